@@ -1,0 +1,112 @@
+//! Request guards: the athlete behind an API token, and the operator behind
+//! the admin token. Per-token rate limiting happens here, once the token is
+//! known to be real, so forged tokens cannot grow the limiter's key space.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+
+use actix_web::{http::header, web, FromRequest, HttpRequest};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use super::{error::ApiError, AppState};
+use crate::store::api_tokens;
+
+/// The athlete an API token belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct AthleteAuth {
+    pub athlete_id: i64,
+}
+
+/// Proof that the request carries the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth;
+
+/// Per-token request limiter: `rate` per second, bursts up to five times that.
+pub struct TokenRateLimiter(DefaultKeyedRateLimiter<[u8; 32]>);
+
+impl TokenRateLimiter {
+    /// None when `rate` is 0 (rate limiting off).
+    pub fn new(rate: u32) -> Option<Self> {
+        let per_second = NonZeroU32::new(rate)?;
+        let burst = NonZeroU32::new(rate.saturating_mul(5)).unwrap_or(per_second);
+        Some(Self(DefaultKeyedRateLimiter::keyed(
+            Quota::per_second(per_second).allow_burst(burst),
+        )))
+    }
+
+    fn check(&self, key: &[u8; 32]) -> Result<(), ApiError> {
+        self.0.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::TooManyRequests {
+                resource: "Application",
+                retry_after_secs: wait.as_secs() + 1,
+            }
+        })
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn state(req: &HttpRequest) -> web::Data<AppState> {
+    req.app_data::<web::Data<AppState>>()
+        .expect("AppState is registered")
+        .clone()
+}
+
+impl FromRequest for AthleteAuth {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = bearer(req).map(str::to_owned);
+        let state = state(req);
+        Box::pin(async move {
+            let token = token.ok_or(ApiError::Unauthorized)?;
+            if token.len() > 256 {
+                return Err(ApiError::Unauthorized);
+            }
+            let key = api_tokens::hash(&token);
+            let athlete_id = state
+                .store
+                .read(move |c| api_tokens::athlete_for(c, &token))
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            if let Some(limiter) = &state.rate_limiter {
+                limiter.check(&key)?;
+            }
+            Ok(AthleteAuth { athlete_id })
+        })
+    }
+}
+
+impl FromRequest for AdminAuth {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = state(req);
+        // Without an admin token the admin surface does not exist.
+        let result = match &state.settings.admin_token {
+            None => Err(ApiError::NotFound { resource: "Route" }),
+            Some(expected) => match bearer(req) {
+                Some(given) if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) => {
+                    Ok(AdminAuth)
+                }
+                _ => Err(ApiError::Unauthorized),
+            },
+        };
+        std::future::ready(result)
+    }
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

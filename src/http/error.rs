@@ -1,0 +1,135 @@
+//! Every error the HTTP surface can answer, in Strava's fault shape. One
+//! function maps each variant to a status, so a new variant forces a decision.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::store::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query, path or body parameter is malformed or out of range.
+    #[error("{message}")]
+    BadParameter {
+        resource: &'static str,
+        field: String,
+        message: String,
+    },
+    /// No bearer token, or one we do not know.
+    #[error("Authorization Error")]
+    Unauthorized,
+    /// Authenticated but not allowed (a foreign subscription, a refused scope).
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        resource: &'static str,
+        field: String,
+        code: &'static str,
+    },
+    /// Absent, or another athlete's: the two are indistinguishable on purpose.
+    #[error("Record Not Found")]
+    NotFound { resource: &'static str },
+    #[error("Payload Too Large")]
+    PayloadTooLarge,
+    #[error("Rate Limit Exceeded")]
+    TooManyRequests {
+        resource: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("Service Unavailable")]
+    NotReady,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_parameter(
+        resource: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::BadParameter {
+            resource,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Strava's error body: `{"message": ..., "errors": [{resource, field, code}]}`.
+#[derive(Debug, Serialize)]
+pub struct Fault<'a> {
+    pub message: &'a str,
+    pub errors: Vec<FaultError<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultError<'a> {
+    pub resource: &'a str,
+    pub field: &'a str,
+    pub code: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (message, resource, field, code) = match self {
+            ApiError::BadParameter {
+                resource,
+                field,
+                message,
+            } => (message.as_str(), *resource, field.as_str(), "invalid"),
+            ApiError::Unauthorized => ("Authorization Error", "Athlete", "access_token", "invalid"),
+            ApiError::Forbidden {
+                message,
+                resource,
+                field,
+                code,
+            } => (message.as_str(), *resource, field.as_str(), *code),
+            ApiError::NotFound { resource } => ("Record Not Found", *resource, "id", "invalid"),
+            ApiError::PayloadTooLarge => ("Payload Too Large", "Request", "body", "too_large"),
+            ApiError::TooManyRequests { resource, .. } => {
+                ("Rate Limit Exceeded", *resource, "rate limit", "exceeded")
+            }
+            ApiError::NotReady => ("Service Unavailable", "Service", "database", "unavailable"),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                ("Internal Server Error", "Service", "", "error")
+            }
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        response.json(Fault {
+            message,
+            errors: vec![FaultError {
+                resource,
+                field,
+                code,
+            }],
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! Liveness and readiness for load balancers and orchestrators.
+
+use actix_web::{get, web, HttpResponse};
+use serde_json::json;
+
+use super::{error::ApiError, AppState};
+
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+#[get("/readyz")]
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.store.ping().await {
+        Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(healthz).service(readyz);
+}

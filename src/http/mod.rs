@@ -1,0 +1,129 @@
+//! The HTTP surface: one module per route group, shared guards, one error
+//! type, and the middleware every request passes through.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_cors::Cors;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{http::header, web, HttpResponse, ResponseError};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Settings;
+use crate::store::Store;
+use auth::TokenRateLimiter;
+use error::ApiError;
+
+/// The largest request body any route accepts (a webhook event is far smaller).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub metrics: PrometheusHandle,
+    pub rate_limiter: Option<TokenRateLimiter>,
+}
+
+impl AppState {
+    pub fn new(settings: Arc<Settings>, store: Store) -> Self {
+        Self {
+            rate_limiter: TokenRateLimiter::new(settings.api_rate_limit),
+            metrics: metrics::recorder(),
+            settings,
+            store,
+        }
+    }
+}
+
+/// Registers every route, the extractor error handlers and the middleware.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(state)
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY_BYTES)
+                    .error_handler(|e, _| body_error(e.to_string(), e.status_code()).into()),
+            )
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::bad_parameter("Request", "query", e.to_string()).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                ApiError::bad_parameter("Request", "path", e.to_string()).into()
+            }))
+            .configure(health::configure)
+            .configure(metrics::configure)
+            .default_service(web::to(|| async {
+                HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
+            }));
+    }
+}
+
+fn body_error(message: String, status: actix_web::http::StatusCode) -> ApiError {
+    if status == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::bad_parameter("Request", "body", message)
+    }
+}
+
+/// CORS for browser frontends: only the configured origins, only what the
+/// read API needs.
+pub fn cors(settings: &Settings) -> Cors {
+    settings
+        .cors_allowed_origins
+        .iter()
+        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG, header::RETRY_AFTER])
+        .max_age(3600)
+}
+
+/// Rejects bodies declared too large before anything reads them, records
+/// latency by route pattern, and logs the route, never the raw path (the
+/// webhook path carries a secret).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        let response = ApiError::PayloadTooLarge.error_response();
+        return Ok(req.into_response(response));
+    }
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let response = next.call(req).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    ::metrics::histogram!(
+        "http_request_duration_seconds",
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+    tracing::info!(%method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    Ok(response.map_into_boxed_body())
+}

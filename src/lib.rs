@@ -1,0 +1,9 @@
+//! strava-sync keeps a local SQLite copy of every connected athlete's Strava
+//! activities and serves it to frontends without spending Strava API calls.
+
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod strava;
+pub mod telemetry;

@@ -1,0 +1,50 @@
+//! The `strava-sync` command line.
+
+use clap::{Parser, Subcommand};
+
+use strava_sync::config::{Requirement, Settings};
+use strava_sync::startup::Application;
+use strava_sync::store::Store;
+use strava_sync::telemetry;
+
+#[derive(Parser)]
+#[command(name = "strava-sync", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply migrations, then serve HTTP and run the background workers (the default).
+    Serve,
+    /// Apply migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("strava-sync: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    telemetry::init(settings.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            settings.require(&[Requirement::StravaApp, Requirement::Webhooks])?;
+            let app = Application::build(settings).await?;
+            tracing::info!(port = app.port(), "listening");
+            app.run().await
+        }
+        Command::Migrate => {
+            let path = settings.database_path.clone();
+            tokio::task::spawn_blocking(move || Store::migrate(&path)).await??;
+            println!("migrations applied to {}", settings.database_path.display());
+            Ok(())
+        }
+    }
+}

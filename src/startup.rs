@@ -1,0 +1,125 @@
+//! `Application::build` wires configuration, storage, HTTP and background
+//! work together; `main` and the tests share it, so tests run the real app on
+//! port 0 with their own database file.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::store::Store;
+
+/// How long in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Stops a running [`Application`] from elsewhere (signals, tests, the demo).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+}
+
+impl Application {
+    /// Opens the store (applying migrations), binds the listener and prepares
+    /// the background workers; nothing runs until [`Application::run`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let path = settings.database_path.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+        let listener = TcpListener::bind(settings.listen_address())?;
+        let port = listener.local_addr()?.port();
+
+        let state = web::Data::new(AppState::new(settings.clone(), store));
+        let server_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(http::cors(&server_state.settings))
+                .wrap(from_fn(http::observe))
+                .configure(http::configure(server_state.clone()))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .run();
+
+        Ok(Self {
+            port,
+            server,
+            state,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.shutdown.clone(),
+        }
+    }
+
+    /// Serves until SIGTERM, Ctrl-C or the shutdown handle; then lets
+    /// in-flight requests finish and waits for background tasks to stop.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            server,
+            shutdown,
+            tasks,
+            ..
+        } = self;
+        let handle: ServerHandle = server.handle();
+        let server_task = tokio::spawn(server);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = signal() => tracing::info!("shutdown requested"),
+        }
+        shutdown.cancel();
+        tasks.close();
+        handle.stop(true).await;
+        tasks.wait().await;
+        server_task.await??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

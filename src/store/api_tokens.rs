@@ -1,0 +1,41 @@
+//! API tokens for the read API: random, shown once, stored only as SHA-256
+//! hashes, each scoped to one athlete.
+
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::{now, DbResult};
+
+/// Issues a new token for the athlete and returns it in clear, the only time
+/// it exists outside the caller's hands.
+pub fn issue(conn: &Connection, athlete_id: i64) -> DbResult<String> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    conn.execute(
+        "INSERT INTO api_tokens (token_hash, athlete_id, created_at) VALUES (?1, ?2, ?3)",
+        params![hash(&token).as_slice(), athlete_id, now()],
+    )?;
+    Ok(token)
+}
+
+/// The athlete a token belongs to, if it is valid.
+pub fn athlete_for(conn: &Connection, token: &str) -> DbResult<Option<i64>> {
+    Ok(conn
+        .query_row(
+            "SELECT athlete_id FROM api_tokens WHERE token_hash = ?1",
+            [hash(token).as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Revokes every token of an athlete; returns how many there were.
+pub fn revoke_all(conn: &Connection, athlete_id: i64) -> DbResult<usize> {
+    Ok(conn.execute("DELETE FROM api_tokens WHERE athlete_id = ?1", [athlete_id])?)
+}
+
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}

@@ -1,0 +1,110 @@
+//! Connected athletes: profile, granted scope and connection status.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
+
+use super::{now, DbResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Connected,
+    /// Strava refused the refresh token: nothing can be fetched until the
+    /// athlete connects again.
+    NeedsReauth,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Connected => "connected",
+            Status::NeedsReauth => "needs_reauth",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "needs_reauth" {
+            Status::NeedsReauth
+        } else {
+            Status::Connected
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Athlete {
+    pub id: i64,
+    pub scope: String,
+    pub status: Status,
+    pub connected_at: i64,
+}
+
+/// Inserts or refreshes an athlete from Strava's athlete JSON (every field
+/// kept); a reconnect resets the status to connected. Returns the athlete id.
+pub fn upsert(conn: &Connection, profile: &serde_json::Value, scope: &str) -> DbResult<i64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: i64,
+    }
+    let id = Id::deserialize(profile)?.id;
+    let at = now();
+    conn.execute(
+        "INSERT INTO athletes (id, profile_json, scope, status, connected_at, updated_at)
+         VALUES (?1, ?2, ?3, 'connected', ?4, ?4)
+         ON CONFLICT(id) DO UPDATE SET profile_json = excluded.profile_json,
+             scope = excluded.scope, status = 'connected', updated_at = excluded.updated_at",
+        params![id, profile.to_string(), scope, at],
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO sync_state (athlete_id) VALUES (?1)",
+        [id],
+    )?;
+    Ok(id)
+}
+
+pub fn get(conn: &Connection, id: i64) -> DbResult<Option<Athlete>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, scope, status, connected_at FROM athletes WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(Athlete {
+                    id: r.get(0)?,
+                    scope: r.get(1)?,
+                    status: Status::parse(&r.get::<_, String>(2)?),
+                    connected_at: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// The athlete's profile JSON as last received.
+pub fn profile_json(conn: &Connection, id: i64) -> DbResult<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT profile_json FROM athletes WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+pub fn set_status(conn: &Connection, id: i64, status: Status) -> DbResult<()> {
+    conn.execute(
+        "UPDATE athletes SET status = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, status.as_str(), now()],
+    )?;
+    Ok(())
+}
+
+/// Deletes everything held for an athlete: tokens, activities, jobs, sync
+/// state and API tokens (by cascade), plus tombstones and inbox events. Call it
+/// inside one transaction. Returns whether the athlete existed.
+pub fn purge(conn: &Connection, id: i64) -> DbResult<bool> {
+    conn.execute(
+        "DELETE FROM activity_tombstones WHERE athlete_id = ?1",
+        [id],
+    )?;
+    conn.execute("DELETE FROM webhook_events WHERE owner_id = ?1", [id])?;
+    Ok(conn.execute("DELETE FROM athletes WHERE id = ?1", [id])? > 0)
+}

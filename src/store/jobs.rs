@@ -1,0 +1,139 @@
+//! Queued work that spends the Strava budget. A job belongs to one athlete and
+//! runs at the priority of its purpose; the queue is ordered by priority, then
+//! age.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now, DbResult};
+use crate::strava::Purpose;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// The first page of activities right after connect.
+    FirstPage,
+    /// A manual refresh from `POST /api/sync`.
+    Refresh,
+    /// Fetch activities announced by webhook create events.
+    WebhookFetch,
+    /// The daily gap-fill for one athlete.
+    GapFill,
+    /// One or more pages of history backfill.
+    Backfill,
+    /// Detailed records for summary-only activities.
+    Enrich,
+    /// Compare Strava's id list with the local copy.
+    Reconcile,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::FirstPage => "first_page",
+            JobKind::Refresh => "refresh",
+            JobKind::WebhookFetch => "webhook_fetch",
+            JobKind::GapFill => "gap_fill",
+            JobKind::Backfill => "backfill",
+            JobKind::Enrich => "enrich",
+            JobKind::Reconcile => "reconcile",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            JobKind::FirstPage,
+            JobKind::Refresh,
+            JobKind::WebhookFetch,
+            JobKind::GapFill,
+            JobKind::Backfill,
+            JobKind::Enrich,
+            JobKind::Reconcile,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    pub fn purpose(self) -> Purpose {
+        match self {
+            JobKind::FirstPage | JobKind::Refresh => Purpose::Interactive,
+            JobKind::WebhookFetch => Purpose::Webhook,
+            JobKind::GapFill => Purpose::GapFill,
+            JobKind::Backfill => Purpose::Backfill,
+            JobKind::Enrich => Purpose::Enrichment,
+            JobKind::Reconcile => Purpose::Reconcile,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub athlete_id: i64,
+    pub kind: JobKind,
+    pub status: String,
+    pub payload_json: Option<String>,
+    pub fetched: i64,
+    pub new: i64,
+    pub updated: i64,
+    pub error: Option<String>,
+    pub created_at: i64,
+}
+
+/// Queues a job unless the athlete already has one of this kind waiting, in
+/// which case that one is returned: queued work coalesces instead of piling up.
+pub fn enqueue(
+    conn: &Connection,
+    athlete_id: i64,
+    kind: JobKind,
+    payload_json: Option<&str>,
+    not_before: i64,
+) -> DbResult<i64> {
+    if let Some(id) = conn
+        .query_row(
+            "SELECT id FROM jobs WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'",
+            params![athlete_id, kind.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        return Ok(id);
+    }
+    conn.execute(
+        "INSERT INTO jobs (athlete_id, kind, priority, payload_json, not_before, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            athlete_id,
+            kind.as_str(),
+            kind.purpose().rank(),
+            payload_json,
+            not_before,
+            now()
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// One job of this athlete, if it exists.
+pub fn get(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<Job>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, athlete_id, kind, status, payload_json, fetched, new, updated, error,
+                    created_at
+             FROM jobs WHERE id = ?1 AND athlete_id = ?2",
+            params![id, athlete_id],
+            |r| {
+                Ok(Job {
+                    id: r.get(0)?,
+                    athlete_id: r.get(1)?,
+                    kind: JobKind::parse(&r.get::<_, String>(2)?).unwrap_or(JobKind::Refresh),
+                    status: r.get(3)?,
+                    payload_json: r.get(4)?,
+                    fetched: r.get(5)?,
+                    new: r.get(6)?,
+                    updated: r.get(7)?,
+                    error: r.get(8)?,
+                    created_at: r.get(9)?,
+                })
+            },
+        )
+        .optional()?)
+}

@@ -1,0 +1,161 @@
+//! Storage: one SQLite file behind two r2d2 pools, one writer and several
+//! readers, so writes never contend with each other for the file lock.
+//!
+//! Table families live in their own modules as plain functions over a
+//! `rusqlite::Connection`, so one transaction can span families (purging an
+//! athlete, applying a page). Async callers go through [`Store::read`] and
+//! [`Store::write`], which run the closure on the blocking thread pool.
+
+pub mod activities;
+pub mod api_tokens;
+pub mod athletes;
+pub mod jobs;
+
+use std::path::Path;
+use std::time::Duration;
+
+use include_dir::{include_dir, Dir};
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite_migration::Migrations;
+
+static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+
+/// How long a connection waits for the file lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const READER_POOL_SIZE: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("connection pool error: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("migration error: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("stored data is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+#[derive(Clone)]
+pub struct Store {
+    writer: Pool<SqliteConnectionManager>,
+    readers: Pool<SqliteConnectionManager>,
+}
+
+impl Store {
+    /// Opens the database file, switches it to WAL once, applies migrations and
+    /// builds the pools.
+    pub fn open(path: &Path) -> DbResult<Self> {
+        {
+            let mut conn = Connection::open(path)?;
+            // WAL is a property of the file: set it here, once, rather than in
+            // every pooled connection, where concurrent first opens race.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            configure(&mut conn)?;
+            migrations().to_latest(&mut conn)?;
+        }
+        let manager = || SqliteConnectionManager::file(path).with_init(configure);
+        let writer = Pool::builder().max_size(1).build(manager())?;
+        let readers = Pool::builder()
+            .max_size(READER_POOL_SIZE)
+            .min_idle(Some(1))
+            .build(manager())?;
+        Ok(Self { writer, readers })
+    }
+
+    /// Applies migrations to the file and returns.
+    pub fn migrate(path: &Path) -> DbResult<()> {
+        Self::open(path).map(|_| ())
+    }
+
+    /// Runs read-only work on a reader connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> DbResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || f(&*pool.get()?)).await?
+    }
+
+    /// Runs work in one `BEGIN IMMEDIATE` transaction on the writer, off the
+    /// async threads; commits when the closure returns `Ok`.
+    pub async fn write<T, F>(&self, f: F) -> DbResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> DbResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_blocking(f)).await?
+    }
+
+    /// [`Store::write`] for callers already on a blocking thread.
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction) -> DbResult<T>) -> DbResult<T> {
+        let mut conn = self.writer.get()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// [`Store::read`] for callers already on a blocking thread.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+        f(&*self.readers.get()?)
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+}
+
+fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations directory is well-formed")
+}
+
+/// Current time as epoch seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn opens_in_wal_with_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let (mode, fk) = store
+            .read(|c| {
+                let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let fk: i64 = c.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+                Ok((mode, fk))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(fk, 1);
+        assert!(store.ping().await);
+    }
+}
