@@ -87,3 +87,148 @@ pub fn count_for(conn: &Connection, athlete_id: i64) -> DbResult<i64> {
         |r| r.get(0),
     )?)
 }
+
+/// The start time of the athlete's newest stored activity.
+pub fn newest_start(conn: &Connection, athlete_id: i64) -> DbResult<Option<i64>> {
+    Ok(conn.query_row(
+        "SELECT MAX(start_time) FROM activities WHERE athlete_id = ?1",
+        [athlete_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// Stores a DetailedActivity as the detail of a stored activity; false when
+/// the activity is not stored (a detail never brings back a deleted one).
+pub fn set_detail(conn: &Connection, athlete_id: i64, id: i64, raw: &RawValue) -> DbResult<bool> {
+    let at = now();
+    let updated = conn.execute(
+        "UPDATE activities SET detail_json = ?3, detail_fetched_at = ?4, last_seen_at = ?4,
+             needs_refresh = 0,
+             updated_at = CASE WHEN detail_json IS ?3 THEN updated_at ELSE ?4 END
+         WHERE id = ?1 AND athlete_id = ?2",
+        params![id, athlete_id, raw.get(), at],
+    )?;
+    Ok(updated > 0)
+}
+
+/// Stores a DetailedActivity fetched for a create event: the detail of a
+/// stored activity, or a new activity (the detail carries every summary
+/// field). Records owned by another athlete are skipped.
+pub fn upsert_detail(conn: &Connection, athlete_id: i64, raw: &RawValue) -> DbResult<Upserted> {
+    let keys: Keys = serde_json::from_str(raw.get())?;
+    if keys.athlete.id != athlete_id {
+        return Ok(Upserted::default());
+    }
+    if set_detail(conn, athlete_id, keys.id, raw)? {
+        return Ok(Upserted { new: 0, updated: 1 });
+    }
+    let at = now();
+    conn.execute(
+        "INSERT INTO activities
+             (id, athlete_id, summary_json, detail_json, detail_fetched_at, last_seen_at, updated_at)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?4, ?4)",
+        params![keys.id, athlete_id, raw.get(), at],
+    )?;
+    Ok(Upserted { new: 1, updated: 0 })
+}
+
+/// Whether storing this activity would bring back one a webhook deleted: it
+/// has a tombstone and no create event newer than that tombstone.
+pub fn resurrection_blocked(conn: &Connection, id: i64) -> DbResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM activity_tombstones t WHERE t.id = ?1
+               AND NOT EXISTS (SELECT 1 FROM webhook_events e
+                               WHERE e.object_type = 'activity' AND e.object_id = t.id
+                                 AND e.aspect_type = 'create' AND e.event_time > t.event_time)",
+        )?
+        .exists([id])?)
+}
+
+/// [`upsert_summaries`] for a page listed by the sync engine, leaving out
+/// activities a newer delete event removed (Strava's list can lag a delete).
+pub fn upsert_listed(
+    conn: &Connection,
+    athlete_id: i64,
+    page: Vec<Box<RawValue>>,
+) -> DbResult<Upserted> {
+    let mut kept = Vec::with_capacity(page.len());
+    for raw in page {
+        let keys: Keys = serde_json::from_str(raw.get())?;
+        if !resurrection_blocked(conn, keys.id)? {
+            kept.push(raw);
+        }
+    }
+    upsert_summaries(conn, athlete_id, &kept)
+}
+
+/// Deletes the athlete's activities that started before `started_before` and
+/// were last seen before `seen_before`: what a complete listing of Strava
+/// begun at `seen_before` no longer showed. Returns how many went.
+pub fn sweep_unseen(
+    conn: &Connection,
+    athlete_id: i64,
+    seen_before: i64,
+    started_before: i64,
+) -> DbResult<usize> {
+    Ok(conn.execute(
+        "DELETE FROM activities
+         WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time < ?3",
+        params![athlete_id, seen_before, started_before],
+    )?)
+}
+
+/// Summary-only activities of connected athletes that started after `since`
+/// and were never tried, newest first: what detail enrichment fetches next.
+pub fn summary_only_since(conn: &Connection, since: i64, limit: u32) -> DbResult<Vec<(i64, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.id, a.athlete_id FROM activities a
+         JOIN athletes t ON t.id = a.athlete_id AND t.status = 'connected'
+         WHERE a.detail_json IS NULL AND a.detail_fetched_at IS NULL AND a.start_time > ?1
+         ORDER BY a.start_time DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Which of these activity ids are already stored for the athlete.
+pub fn stored_ids(conn: &Connection, athlete_id: i64, ids: &[i64]) -> DbResult<Vec<i64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT 1 FROM activities WHERE id = ?1 AND athlete_id = ?2")?;
+    let mut out = Vec::new();
+    for &id in ids {
+        if stmt.exists(params![id, athlete_id])? {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Records a detail fetch that found nothing (404), so enrichment does not
+/// spend another call on it; reconciliation decides whether it is gone.
+pub fn mark_detail_missing(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<()> {
+    conn.execute(
+        "UPDATE activities SET detail_fetched_at = ?3 WHERE id = ?1 AND athlete_id = ?2",
+        params![id, athlete_id, now()],
+    )?;
+    Ok(())
+}
+
+/// The earliest create event received for any of these activities.
+pub fn oldest_create_event(conn: &Connection, ids: &[i64]) -> DbResult<Option<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT MIN(event_time) FROM webhook_events
+         WHERE object_type = 'activity' AND aspect_type = 'create' AND object_id = ?1",
+    )?;
+    let mut oldest: Option<i64> = None;
+    for &id in ids {
+        let t: Option<i64> = stmt.query_row([id], |r| r.get(0))?;
+        oldest = match (oldest, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(oldest)
+}

@@ -137,3 +137,39 @@ pub fn get(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<Job>>
         )
         .optional()?)
 }
+
+/// Where a queued job stands in the runner's order (priority, then age):
+/// 1 means it is next. None when the job is not queued.
+pub fn queue_position(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
+    Ok(conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM jobs o
+                     WHERE o.status = 'queued'
+                       AND (o.priority < j.priority OR (o.priority = j.priority AND o.id < j.id))) + 1
+             FROM jobs j WHERE j.id = ?1 AND j.status = 'queued'",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// How many queued jobs due by `now` would run before any job of `purpose`.
+pub fn due_ahead_of(conn: &Connection, purpose: Purpose, now: i64) -> DbResult<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND priority < ?1 AND not_before <= ?2",
+        params![purpose.rank(), now],
+        |r| r.get(0),
+    )?)
+}
+
+/// The athlete's queued jobs by kind.
+pub fn queued_by_kind(conn: &Connection, athlete_id: i64) -> DbResult<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, COUNT(*) FROM jobs WHERE athlete_id = ?1 AND status = 'queued'
+         GROUP BY kind ORDER BY MIN(priority)",
+    )?;
+    let rows = stmt
+        .query_map([athlete_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}

@@ -10,6 +10,7 @@ pub mod activities;
 pub mod api_tokens;
 pub mod athletes;
 pub mod jobs;
+pub mod sync_state;
 
 use std::path::Path;
 use std::time::Duration;

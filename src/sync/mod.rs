@@ -1,0 +1,8 @@
+//! The sync engine: what keeps the local copy complete although webhooks get
+//! lost, uploads arrive late and deletions go unannounced, on one budget.
+
+pub mod enrich;
+pub mod gap_fill;
+pub mod reconcile;
+pub mod source;
+pub mod webhook_fetch;

@@ -1,0 +1,171 @@
+//! Fetching activities announced by webhook create events.
+//!
+//! A create event carries only the id, so each new activity costs a call. When
+//! several of one athlete's creates are waiting, one listing (after the oldest
+//! event minus a margin) usually brings them all; a single one is fetched by
+//! id. Strava can announce an activity before it is readable: a 404 then
+//! means "not yet", so the id is retried with backoff a few times and after
+//! that left to the daily gap-fill. Activities a newer delete event removed
+//! are never brought back.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{activities, jobs, DbResult, Store};
+use crate::strava::Purpose;
+
+use super::source::{
+    activity_id, store_detail, store_page, ActivitySource, Counts, FetchError, ListQuery,
+    PAGE_SIZE,
+};
+
+/// How far before the oldest create event a shared listing starts: an
+/// activity's start precedes its upload by at least its duration.
+pub const LIST_MARGIN_SECS: i64 = 2 * 86_400;
+/// Tries per id before the gap-fill is left to find it.
+pub const MAX_ATTEMPTS: u32 = 4;
+/// The first retry's delay; each further one waits four times longer.
+pub const FIRST_RETRY_SECS: i64 = 60;
+
+/// The `WebhookFetch` job payload: the announced ids, and how often each was
+/// already tried without success.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Payload {
+    pub activity_ids: Vec<i64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attempts: BTreeMap<i64, u32>,
+}
+
+/// Queues ids for fetching, merged into the athlete's waiting job if there is
+/// one, so many creates become one job and, usually, one call.
+pub fn enqueue(
+    conn: &rusqlite::Connection,
+    athlete_id: i64,
+    add: &Payload,
+    not_before: i64,
+) -> DbResult<i64> {
+    let id = jobs::enqueue(conn, athlete_id, jobs::JobKind::WebhookFetch, None, not_before)?;
+    let current: Option<String> = conn.query_row(
+        "SELECT payload_json FROM jobs WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    let mut merged: Payload = match current {
+        Some(text) => serde_json::from_str(&text)?,
+        None => Payload::default(),
+    };
+    for &activity in &add.activity_ids {
+        if !merged.activity_ids.contains(&activity) {
+            merged.activity_ids.push(activity);
+        }
+    }
+    for (&activity, &n) in &add.attempts {
+        let slot = merged.attempts.entry(activity).or_default();
+        *slot = (*slot).max(n);
+    }
+    // The earliest wish wins: a fresh create must not wait behind a retry.
+    conn.execute(
+        "UPDATE jobs SET payload_json = ?2, not_before = MIN(not_before, ?3) WHERE id = ?1",
+        rusqlite::params![id, serde_json::to_string(&merged)?, not_before],
+    )?;
+    Ok(id)
+}
+
+/// Fetches the announced activities that are not stored yet.
+pub async fn run<S: ActivitySource>(
+    store: &Store,
+    source: &S,
+    athlete_id: i64,
+    payload: Payload,
+    now: i64,
+) -> Result<Counts, FetchError> {
+    let wanted = payload.activity_ids.clone();
+    let (pending, oldest_event) = store
+        .read(move |c| {
+            let stored: BTreeSet<i64> = activities::stored_ids(c, athlete_id, &wanted)?
+                .into_iter()
+                .collect();
+            let mut pending = Vec::new();
+            for id in wanted {
+                if !stored.contains(&id) && !activities::resurrection_blocked(c, id)? {
+                    pending.push(id);
+                }
+            }
+            let oldest = activities::oldest_create_event(c, &pending)?;
+            Ok((pending, oldest))
+        })
+        .await?;
+    let mut counts = Counts::default();
+    let mut missing: BTreeSet<i64> = pending.iter().copied().collect();
+    if pending.len() > 1 {
+        let after = oldest_event.unwrap_or(now) - LIST_MARGIN_SECS;
+        let mut page = 1;
+        loop {
+            let items = source
+                .list_activities(athlete_id, Purpose::Webhook, ListQuery::after(after, page))
+                .await?;
+            let last = items.len() < PAGE_SIZE as usize;
+            for item in &items {
+                if let Some(id) = activity_id(item) {
+                    missing.remove(&id);
+                }
+            }
+            store_page(store, athlete_id, items, &mut counts).await?;
+            if last || missing.is_empty() {
+                break;
+            }
+            page += 1;
+        }
+    }
+    // After a listing, an id seen for the first time is most likely not
+    // readable yet; one tried before may be a late upload older than the
+    // listing's start, which only a fetch by id finds.
+    let (mut not_yet, by_id): (BTreeSet<i64>, BTreeSet<i64>) = if pending.len() > 1 {
+        missing
+            .into_iter()
+            .partition(|id| !payload.attempts.contains_key(id))
+    } else {
+        (BTreeSet::new(), missing)
+    };
+    for id in by_id {
+        match source.get_activity(athlete_id, Purpose::Webhook, id).await {
+            Ok(detail) => store_detail(store, athlete_id, detail, &mut counts).await?,
+            Err(FetchError::NotFound) => {
+                not_yet.insert(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    retry_later(store, athlete_id, &payload, not_yet, now).await?;
+    Ok(counts)
+}
+
+/// Queues another try for ids not found, with a backoff that grows with
+/// their attempts; ids out of attempts are left to the gap-fill.
+async fn retry_later(
+    store: &Store,
+    athlete_id: i64,
+    payload: &Payload,
+    ids: BTreeSet<i64>,
+    now: i64,
+) -> DbResult<()> {
+    let mut retry = Payload::default();
+    let mut delay = FIRST_RETRY_SECS;
+    for id in ids {
+        let tried = payload.attempts.get(&id).copied().unwrap_or(0) + 1;
+        if tried >= MAX_ATTEMPTS {
+            tracing::info!(athlete_id, activity_id = id, "still not readable; left to gap-fill");
+            continue;
+        }
+        delay = delay.max(FIRST_RETRY_SECS * 4_i64.pow(tried - 1));
+        retry.activity_ids.push(id);
+        retry.attempts.insert(id, tried);
+    }
+    if retry.activity_ids.is_empty() {
+        return Ok(());
+    }
+    store
+        .write(move |tx| enqueue(tx, athlete_id, &retry, now + delay).map(|_| ()))
+        .await
+}
