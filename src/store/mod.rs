@@ -9,6 +9,7 @@
 pub mod activities;
 pub mod api_tokens;
 pub mod athletes;
+pub mod budget;
 pub mod jobs;
 pub mod sync_state;
 

@@ -1,6 +1,9 @@
 //! Everything that talks to Strava: the HTTP client, OAuth, and the shared
 //! budget every call must take a permit from.
 
+pub mod budget;
+pub mod clock;
+
 /// Why a call to Strava is made. The order is the budget's priority order:
 /// earlier variants are served first and keep headroom reserved for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
