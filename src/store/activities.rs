@@ -232,3 +232,83 @@ pub fn oldest_create_event(conn: &Connection, ids: &[i64]) -> DbResult<Option<i6
     }
     Ok(oldest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{athletes, Store};
+
+    fn summary(id: i64, start: &str) -> Box<RawValue> {
+        RawValue::from_string(format!(
+            r#"{{"id":{id},"athlete":{{"id":1}},"start_date":"{start}","name":"a"}}"#
+        ))
+        .unwrap()
+    }
+
+    fn with_athlete(f: impl FnOnce(&Connection) -> DbResult<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write_blocking(|tx| {
+                athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all")?;
+                f(tx)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_only_what_a_pass_did_not_see() {
+        with_athlete(|c| {
+            upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")])?;
+            upsert_summaries(c, 1, &[summary(11, "2026-01-02T00:00:00Z")])?;
+            c.execute("UPDATE activities SET last_seen_at = 100 WHERE id = 10", [])?;
+            c.execute("UPDATE activities SET last_seen_at = 300 WHERE id = 11", [])?;
+            // A pass that started at 200, before both started... sweeps nothing
+            // that started after it (it could not have listed them).
+            assert_eq!(sweep_unseen(c, 1, 200, 0)?, 0);
+            assert_eq!(sweep_unseen(c, 1, 200, i64::MAX)?, 1);
+            assert_eq!(count_for(c, 1)?, 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_detail_fills_a_summary_and_never_brings_back_a_missing_one() {
+        with_athlete(|c| {
+            let detail = summary(10, "2026-01-01T00:00:00Z");
+            assert!(!set_detail(c, 1, 10, &detail)?);
+            assert_eq!(
+                upsert_detail(c, 1, &detail)?,
+                Upserted { new: 1, updated: 0 }
+            );
+            assert!(set_detail(c, 1, 10, &detail)?);
+            let foreign = RawValue::from_string(
+                r#"{"id":12,"athlete":{"id":2},"start_date":"2026-01-01T00:00:00Z"}"#.into(),
+            )
+            .unwrap();
+            assert_eq!(upsert_detail(c, 1, &foreign)?, Upserted::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_tombstone_blocks_listing_until_a_newer_create() {
+        with_athlete(|c| {
+            c.execute(
+                "INSERT INTO activity_tombstones (id, athlete_id, event_time) VALUES (10, 1, 500)",
+                [],
+            )?;
+            let page = vec![summary(10, "2026-01-01T00:00:00Z")];
+            assert_eq!(upsert_listed(c, 1, page.clone())?, Upserted::default());
+            c.execute(
+                "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
+                     owner_id, event_time, updates_json, received_at, next_attempt_at)
+                 VALUES ('k', 'activity', 10, 'create', 1, 600, '{}', 600, 600)",
+                [],
+            )?;
+            assert_eq!(upsert_listed(c, 1, page)?.new, 1);
+            assert_eq!(oldest_create_event(c, &[10, 99])?, Some(600));
+            Ok(())
+        });
+    }
+}

@@ -18,7 +18,6 @@ pub struct SyncState {
     pub last_webhook_at: Option<i64>,
     pub last_reconcile_at: Option<i64>,
     pub reconcile_cursor: Option<i64>,
-    pub reconcile_pass_started_at: Option<i64>,
     pub last_manual_refresh_at: Option<i64>,
 }
 
@@ -27,7 +26,7 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
         .query_row(
             "SELECT backfill_before, backfill_pages, backfill_complete, last_gap_fill_at,
                     last_webhook_at, last_reconcile_at, reconcile_cursor,
-                    reconcile_pass_started_at, last_manual_refresh_at
+                    last_manual_refresh_at
              FROM sync_state WHERE athlete_id = ?1",
             [athlete_id],
             |r| {
@@ -39,8 +38,7 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
                     last_webhook_at: r.get(4)?,
                     last_reconcile_at: r.get(5)?,
                     reconcile_cursor: r.get(6)?,
-                    reconcile_pass_started_at: r.get(7)?,
-                    last_manual_refresh_at: r.get(8)?,
+                    last_manual_refresh_at: r.get(7)?,
                 })
             },
         )
@@ -63,14 +61,15 @@ pub fn gap_fill_order(conn: &Connection) -> DbResult<Vec<i64>> {
     Ok(ids)
 }
 
-/// Connected athletes with a complete backfill whose last completed
-/// reconciliation is older than `before` (or who never had one), longest ago
-/// first. Until the backfill is complete it lists the same history anyway.
+/// Connected athletes with a complete backfill whose reconciliation is in
+/// progress, or whose last one started before `before` (or never), longest
+/// ago first. Until the backfill is complete it lists the same history anyway.
 pub fn due_for_reconcile(conn: &Connection, before: i64) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a JOIN sync_state s ON s.athlete_id = a.id
          WHERE a.status = 'connected' AND s.backfill_complete = 1
-           AND (s.last_reconcile_at IS NULL OR s.last_reconcile_at < ?1)
+           AND (s.reconcile_cursor IS NOT NULL OR s.last_reconcile_at IS NULL
+                OR s.last_reconcile_at < ?1)
          ORDER BY s.last_reconcile_at IS NOT NULL, s.last_reconcile_at, a.id",
     )?;
     let ids = stmt
@@ -103,49 +102,48 @@ pub fn claim_manual_refresh(
 }
 
 /// Where a reconciliation pass stands: when it started (activities not seen
-/// since then are gone once it ends) and the `before` of its next page.
+/// since then are gone once it ends) and the next page to list. Kept in
+/// `last_reconcile_at` (the start of the newest pass) and `reconcile_cursor`
+/// (set while that pass is in progress), so a restart resumes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcilePass {
     pub started_at: i64,
-    pub before: i64,
+    pub page: u32,
 }
 
 /// The pass in progress, or a new one starting at `now`.
 pub fn reconcile_pass(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ReconcilePass> {
     let state = get(conn, athlete_id)?;
-    if let (Some(started_at), Some(before)) =
-        (state.reconcile_pass_started_at, state.reconcile_cursor)
-    {
-        return Ok(ReconcilePass { started_at, before });
+    if let (Some(started_at), Some(page)) = (state.last_reconcile_at, state.reconcile_cursor) {
+        return Ok(ReconcilePass {
+            started_at,
+            page: u32::try_from(page).unwrap_or(1),
+        });
     }
     let pass = ReconcilePass {
         started_at: now,
-        before: now,
+        page: 1,
     };
-    save_reconcile_pass(conn, athlete_id, Some(pass))?;
+    save_reconcile_pass(conn, athlete_id, pass, false)?;
     Ok(pass)
 }
 
-/// Records the next page's cursor, or (None) ends the pass as completed.
+/// Records the pass's next page, or that it is `finished`.
 pub fn save_reconcile_pass(
     conn: &Connection,
     athlete_id: i64,
-    pass: Option<ReconcilePass>,
+    pass: ReconcilePass,
+    finished: bool,
 ) -> DbResult<()> {
     ensure(conn, athlete_id)?;
-    match pass {
-        Some(p) => conn.execute(
-            "UPDATE sync_state SET reconcile_pass_started_at = ?2, reconcile_cursor = ?3
-             WHERE athlete_id = ?1",
-            params![athlete_id, p.started_at, p.before],
-        )?,
-        None => conn.execute(
-            "UPDATE sync_state SET last_reconcile_at = reconcile_pass_started_at,
-                 reconcile_pass_started_at = NULL, reconcile_cursor = NULL
-             WHERE athlete_id = ?1",
-            [athlete_id],
-        )?,
-    };
+    conn.execute(
+        "UPDATE sync_state SET last_reconcile_at = ?2, reconcile_cursor = ?3 WHERE athlete_id = ?1",
+        params![
+            athlete_id,
+            pass.started_at,
+            (!finished).then_some(pass.page)
+        ],
+    )?;
     Ok(())
 }
 
@@ -200,4 +198,108 @@ pub fn calls_since(conn: &Connection, purpose: Purpose, since: i64) -> DbResult<
         params![purpose.as_str(), since],
         |r| r.get(0),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{athletes, jobs, Store};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        (dir, store)
+    }
+
+    fn connect(conn: &Connection, id: i64) {
+        athletes::upsert(
+            conn,
+            &serde_json::json!({"id": id}),
+            "read,activity:read_all",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn gap_fill_goes_to_the_longest_unchecked_and_skips_reauth() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                for id in 1..=4 {
+                    connect(tx, id);
+                }
+                set_last_gap_fill(tx, 1, 500)?;
+                set_last_gap_fill(tx, 2, 100)?;
+                athletes::set_status(tx, 4, athletes::Status::NeedsReauth)?;
+                assert_eq!(gap_fill_order(tx)?, vec![3, 2, 1]);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn manual_refresh_cooldown_answers_the_seconds_left() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                connect(tx, 1);
+                assert_eq!(claim_manual_refresh(tx, 1, 1_000, 300)?, Ok(()));
+                assert_eq!(claim_manual_refresh(tx, 1, 1_100, 300)?, Err(200));
+                assert_eq!(claim_manual_refresh(tx, 1, 1_300, 300)?, Ok(()));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_reconcile_pass_resumes_until_it_is_ended() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                connect(tx, 1);
+                let pass = reconcile_pass(tx, 1, 1_000)?;
+                assert_eq!(
+                    pass,
+                    ReconcilePass {
+                        started_at: 1_000,
+                        page: 1
+                    }
+                );
+                save_reconcile_pass(tx, 1, ReconcilePass { page: 4, ..pass }, false)?;
+                let resumed = reconcile_pass(tx, 1, 2_000)?;
+                assert_eq!(
+                    resumed,
+                    ReconcilePass {
+                        started_at: 1_000,
+                        page: 4
+                    }
+                );
+                save_reconcile_pass(tx, 1, resumed, true)?;
+                assert_eq!(get(tx, 1)?.last_reconcile_at, Some(1_000));
+                assert_eq!(get(tx, 1)?.reconcile_cursor, None);
+                assert_eq!(reconcile_pass(tx, 1, 3_000)?.started_at, 3_000);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn queue_position_counts_higher_priorities_and_older_peers() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                for id in 1..=3 {
+                    connect(tx, id);
+                }
+                let backfill = jobs::enqueue(tx, 1, jobs::JobKind::Backfill, None, 0)?;
+                let first = jobs::enqueue(tx, 2, jobs::JobKind::Refresh, None, 0)?;
+                let second = jobs::enqueue(tx, 3, jobs::JobKind::Refresh, None, 0)?;
+                assert_eq!(jobs::queue_position(tx, first)?, Some(1));
+                assert_eq!(jobs::queue_position(tx, second)?, Some(2));
+                assert_eq!(jobs::queue_position(tx, backfill)?, Some(3));
+                assert_eq!(jobs::due_ahead_of(tx, Purpose::Enrichment, 0)?, 3);
+                Ok(())
+            })
+            .unwrap();
+    }
 }

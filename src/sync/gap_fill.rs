@@ -48,7 +48,7 @@ pub async fn catch_up<S: ActivitySource>(
             let since = newest
                 .or(athlete.as_ref().map(|a| a.connected_at))
                 .unwrap_or(now);
-            Ok((since - LOOKBACK_SECS, athlete.is_some_and(|a| sees_all(&a.scope))))
+            Ok((since - LOOKBACK_SECS, sees_all(c, athlete_id)?))
         })
         .await?;
     let mut counts = Counts::default();
@@ -70,8 +70,12 @@ pub async fn catch_up<S: ActivitySource>(
     Ok(counts)
 }
 
-/// Whether the granted scope shows "Only You" activities too.
-pub(super) fn sees_all(scope: &str) -> bool {
+/// Whether the athlete's granted scope shows "Only You" activities too.
+pub(super) fn sees_all(conn: &rusqlite::Connection, athlete_id: i64) -> DbResult<bool> {
+    Ok(athletes::get(conn, athlete_id)?.is_some_and(|a| has_read_all(&a.scope)))
+}
+
+fn has_read_all(scope: &str) -> bool {
     scope.split(',').any(|s| s.trim() == "activity:read_all")
 }
 
@@ -99,7 +103,7 @@ mod tests {
 
     #[test]
     fn read_all_is_recognised_among_other_scopes() {
-        assert!(sees_all("read, activity:read_all"));
-        assert!(!sees_all("read,activity:read"));
+        assert!(has_read_all("read, activity:read_all"));
+        assert!(!has_read_all("read,activity:read"));
     }
 }

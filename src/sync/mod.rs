@@ -3,6 +3,8 @@
 
 pub mod enrich;
 pub mod gap_fill;
+pub mod progress;
 pub mod reconcile;
+pub mod scheduler;
 pub mod source;
 pub mod webhook_fetch;

@@ -117,17 +117,6 @@ pub async fn store_detail(
     Ok(())
 }
 
-/// The `start_date` of a listed activity as epoch seconds, if readable.
-pub fn start_time(raw: &RawValue) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Start {
-        start_date: chrono::DateTime<chrono::Utc>,
-    }
-    serde_json::from_str::<Start>(raw.get())
-        .ok()
-        .map(|s| s.start_date.timestamp())
-}
-
 /// The `id` of a listed activity, if readable.
 pub fn activity_id(raw: &RawValue) -> Option<i64> {
     #[derive(serde::Deserialize)]

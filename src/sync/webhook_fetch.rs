@@ -16,8 +16,7 @@ use crate::store::{activities, jobs, DbResult, Store};
 use crate::strava::Purpose;
 
 use super::source::{
-    activity_id, store_detail, store_page, ActivitySource, Counts, FetchError, ListQuery,
-    PAGE_SIZE,
+    activity_id, store_detail, store_page, ActivitySource, Counts, FetchError, ListQuery, PAGE_SIZE,
 };
 
 /// How far before the oldest create event a shared listing starts: an
@@ -45,12 +44,17 @@ pub fn enqueue(
     add: &Payload,
     not_before: i64,
 ) -> DbResult<i64> {
-    let id = jobs::enqueue(conn, athlete_id, jobs::JobKind::WebhookFetch, None, not_before)?;
-    let current: Option<String> = conn.query_row(
-        "SELECT payload_json FROM jobs WHERE id = ?1",
-        [id],
-        |r| r.get(0),
+    let id = jobs::enqueue(
+        conn,
+        athlete_id,
+        jobs::JobKind::WebhookFetch,
+        None,
+        not_before,
     )?;
+    let current: Option<String> =
+        conn.query_row("SELECT payload_json FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
     let mut merged: Payload = match current {
         Some(text) => serde_json::from_str(&text)?,
         None => Payload::default(),
@@ -155,7 +159,11 @@ async fn retry_later(
     for id in ids {
         let tried = payload.attempts.get(&id).copied().unwrap_or(0) + 1;
         if tried >= MAX_ATTEMPTS {
-            tracing::info!(athlete_id, activity_id = id, "still not readable; left to gap-fill");
+            tracing::info!(
+                athlete_id,
+                activity_id = id,
+                "still not readable; left to gap-fill"
+            );
             continue;
         }
         delay = delay.max(FIRST_RETRY_SECS * 4_i64.pow(tried - 1));

@@ -1,0 +1,66 @@
+//! When background sync work is queued: the daily gap-fill pass at
+//! `SYNC_SCHEDULE` (six-field cron, UTC), and every few minutes the planning
+//! of deletion reconciliation and detail enrichment. Queuing costs no call;
+//! the job runner spends the budget on what is queued, by priority.
+
+use std::sync::Arc;
+
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::Store;
+use crate::strava::clock::Clock;
+
+use super::{enrich, gap_fill, reconcile};
+
+/// How often reconciliation and enrichment are planned.
+pub const PLAN_SCHEDULE: &str = "0 */5 * * * *";
+
+/// Queues reconciliations that are due and, when nothing more urgent waits,
+/// detail fetches. Errors are logged: the next round tries again.
+pub async fn plan(store: &Store, now: i64) {
+    if let Err(e) = reconcile::plan(store, now).await {
+        tracing::error!(error = %e, "planning reconciliation failed");
+    }
+    if let Err(e) = enrich::plan(store, now).await {
+        tracing::error!(error = %e, "planning enrichment failed");
+    }
+}
+
+/// Starts the schedule; it stops when `shutdown` is cancelled.
+pub async fn start(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sync_schedule: &str,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    let mut scheduler = JobScheduler::new().await?;
+    let gap_store = store.clone();
+    scheduler
+        .add(Job::new_async(sync_schedule, move |_, _| {
+            let store = gap_store.clone();
+            Box::pin(async move {
+                match gap_fill::start_pass(&store).await {
+                    Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
+                    Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
+                }
+            })
+        })?)
+        .await?;
+    scheduler
+        .add(Job::new_async(PLAN_SCHEDULE, move |_, _| {
+            let (store, now) = (store.clone(), clock.epoch());
+            Box::pin(async move { plan(&store, now).await })
+        })?)
+        .await?;
+    scheduler.start().await?;
+    tasks.spawn(async move {
+        shutdown.cancelled().await;
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "scheduler did not stop cleanly");
+        }
+    });
+    Ok(())
+}
