@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::auth::{AdminAuth, AthleteAuth};
 use super::{error::ApiError, AppState};
-use crate::store::{self, activities, athletes, jobs, sync_state};
+use crate::store::{activities, athletes, jobs, sync_state};
+use crate::strava::budget::Blocked;
+use crate::strava::Purpose;
 use crate::sync::{gap_fill, progress};
 
 #[derive(Serialize)]
@@ -29,7 +31,7 @@ async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     let athlete_id = auth.athlete_id;
     let cooldown = i64::try_from(state.settings.manual_refresh_cooldown_secs).unwrap_or(i64::MAX);
-    let now = store::now();
+    let now = state.clock.epoch();
     let outcome = state
         .store
         .write(move |tx| {
@@ -41,13 +43,16 @@ async fn refresh(
             if let Err(wait) = sync_state::claim_manual_refresh(tx, athlete_id, now, cooldown)? {
                 return Ok(Err(Some(wait)));
             }
-            let id = jobs::enqueue(tx, athlete_id, jobs::JobKind::Refresh, None, 0)?;
+            let id = jobs::enqueue(tx, athlete_id, jobs::JobKind::Refresh, None, now)?;
             let position = jobs::queue_position(tx, id)?.unwrap_or(1);
             Ok(Ok((id, position)))
         })
         .await?;
     let (job_id, queue_position) = match outcome {
-        Ok(queued) => queued,
+        Ok(queued) => {
+            state.jobs.wake();
+            queued
+        }
         Err(None) => return Err(needs_reauth()),
         Err(Some(wait)) => {
             return Err(ApiError::TooManyRequests {
@@ -60,7 +65,7 @@ async fn refresh(
         job_id,
         status: "queued",
         queue_position,
-        estimated_start: progress::estimated_start(&state, queue_position).await?,
+        estimated_start: estimated_start(&state, Purpose::Interactive, queue_position),
     }))
 }
 
@@ -102,7 +107,7 @@ async fn job(
     }
     if let Some(position) = position {
         body["queue_position"] = json!(position);
-        body["estimated_start"] = json!(progress::estimated_start(&state, position).await?);
+        body["estimated_start"] = json!(estimated_start(&state, job.kind.purpose(), position));
     }
     Ok(HttpResponse::Ok().json(body))
 }
@@ -124,8 +129,16 @@ async fn status(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpRes
         })
         .await?;
     let athlete = athlete.ok_or(ApiError::Unauthorized)?;
-    let backfill = progress::backfill(&state, athlete_id, &sync, stored).await?;
-    let budget = progress::budget_outlook(&state);
+    let now = state.clock.epoch();
+    let daily_limit = state.settings.strava_rate_limit_daily;
+    let backfill = progress::backfill(&state.store, athlete_id, stored, daily_limit, now).await?;
+    let budget = state.budget.snapshot();
+    let next_window_opens_at = budget
+        .blocked
+        .values()
+        .filter(|b| matches!(b.reason, Blocked::Full(_) | Blocked::RateLimited(_)))
+        .filter_map(|b| b.until)
+        .min();
     Ok(HttpResponse::Ok().json(json!({
         "athlete_id": athlete_id,
         "connection": athlete.status.as_str(),
@@ -134,14 +147,30 @@ async fn status(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpRes
         "last_webhook_at": to_time(last_webhook),
         "last_reconcile_at": to_time(sync.last_reconcile_at),
         "queued": queued.into_iter().map(|(kind, n)| (kind, json!(n))).collect::<serde_json::Map<_, _>>(),
-        "budget": budget,
+        "budget": {
+            "paused": budget.paused,
+            "blocked": budget.blocked,
+            "next_window_opens_at": next_window_opens_at,
+        },
     })))
+}
+
+/// When a queued job of `purpose` at `position` should start: once the
+/// budget serves that purpose again, about a second per job ahead of it.
+fn estimated_start(state: &AppState, purpose: Purpose, position: i64) -> Option<DateTime<Utc>> {
+    let now = state.clock.now();
+    let opens = match state.budget.snapshot().blocked.get(purpose.as_str()) {
+        None => now,
+        Some(blocked) => blocked.until?.max(now),
+    };
+    Some(opens + chrono::Duration::seconds(position - 1))
 }
 
 /// Starts a gap-fill pass now, as the schedule would.
 #[post("/admin/sync/run")]
 async fn run_gap_fill(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let queued = gap_fill::start_pass(&state.store).await?;
+    state.jobs.wake();
     Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
 }
 

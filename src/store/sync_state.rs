@@ -63,13 +63,16 @@ pub fn gap_fill_order(conn: &Connection) -> DbResult<Vec<i64>> {
 
 /// Connected athletes with a complete backfill whose reconciliation is in
 /// progress, or whose last one started before `before` (or never), longest
-/// ago first. Until the backfill is complete it lists the same history anyway.
+/// ago first, unless a step is already queued or running. Until the backfill
+/// is complete it would list the same history anyway.
 pub fn due_for_reconcile(conn: &Connection, before: i64) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a JOIN sync_state s ON s.athlete_id = a.id
          WHERE a.status = 'connected' AND s.backfill_complete = 1
            AND (s.reconcile_cursor IS NOT NULL OR s.last_reconcile_at IS NULL
                 OR s.last_reconcile_at < ?1)
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.athlete_id = a.id
+                           AND j.kind = 'reconcile' AND j.status IN ('queued', 'running'))
          ORDER BY s.last_reconcile_at IS NOT NULL, s.last_reconcile_at, a.id",
     )?;
     let ids = stmt

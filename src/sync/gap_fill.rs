@@ -32,7 +32,7 @@ pub async fn start_pass(store: &Store) -> DbResult<usize> {
 }
 
 /// Lists everything the athlete started after their newest stored activity
-/// minus the lookback, every page, and stores it. Pages are taken as sets: with
+/// (or last check, if older) minus the lookback, every page, and stores it. Pages are taken as sets: with
 /// only `after` Strava may answer oldest first, so nothing depends on order.
 pub async fn catch_up<S: ActivitySource>(
     store: &Store,
@@ -43,12 +43,13 @@ pub async fn catch_up<S: ActivitySource>(
 ) -> Result<Counts, FetchError> {
     let (after, read_all) = store
         .read(move |c| {
-            let athlete = athletes::get(c, athlete_id)?;
+            let connected_at = athletes::get(c, athlete_id)?.map(|a| a.connected_at);
             let newest = activities::newest_start(c, athlete_id)?;
-            let since = newest
-                .or(athlete.as_ref().map(|a| a.connected_at))
-                .unwrap_or(now);
-            Ok((since - LOOKBACK_SECS, sees_all(c, athlete_id)?))
+            let checked = sync_state::get(c, athlete_id)?.last_gap_fill_at;
+            Ok((
+                list_after(newest, checked, connected_at, now),
+                sees_all(c, athlete_id)?,
+            ))
         })
         .await?;
     let mut counts = Counts::default();
@@ -68,6 +69,19 @@ pub async fn catch_up<S: ActivitySource>(
         .write(move |tx| sync_state::set_last_gap_fill(tx, athlete_id, now))
         .await?;
     Ok(counts)
+}
+
+/// Where a catch-up starts listing: the lookback before the newest stored
+/// start, or before the last check if that is older. Webhooks keep moving the
+/// newest start forward, so an activity whose event was lost can be older
+/// than it by more than the lookback; it is never older than the last check
+/// minus the lookback, unless uploaded that late.
+fn list_after(newest: Option<i64>, checked: Option<i64>, connected_at: Option<i64>, now: i64) -> i64 {
+    let since = match (newest, checked) {
+        (Some(n), Some(c)) => n.min(c),
+        (n, c) => n.or(c).or(connected_at).unwrap_or(now),
+    };
+    since - LOOKBACK_SECS
 }
 
 /// Whether the athlete's granted scope shows "Only You" activities too.
@@ -99,6 +113,15 @@ mod tests {
         assert!(is_last_page(199, true));
         assert!(!is_last_page(199, false));
         assert!(!is_last_page(200, true));
+    }
+
+    #[test]
+    fn listing_starts_before_the_older_of_newest_start_and_last_check() {
+        let day = 86_400;
+        assert_eq!(list_after(Some(10 * day), Some(4 * day), None, 0), day);
+        assert_eq!(list_after(Some(5 * day), Some(9 * day), None, 0), 2 * day);
+        assert_eq!(list_after(None, None, Some(7 * day), 0), 4 * day);
+        assert_eq!(list_after(None, None, None, 3 * day), 0);
     }
 
     #[test]

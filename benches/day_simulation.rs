@@ -1,0 +1,414 @@
+//! One simulated UTC day of the sync engine against 1,000 Strava calls.
+//!
+//! Real parts: the SQLite store, the budget (`Budget` with its policy,
+//! priorities, reserves and pacing) on a `ManualClock`, the job queue and its
+//! selection (`jobs::claim` at the most permissive purpose the budget serves),
+//! the sync-engine handlers (`sync::dispatch::run`), the gap-fill pass at
+//! 04:00 and the planner every 5 minutes. Simulated: Strava itself (an
+//! in-memory athlete/activity store that takes a budget permit per call, as
+//! the HTTP client does, and answers `after`-only listings oldest first), the
+//! uploads and the webhook deliveries. Calls take no time; waiting for a
+//! permit moves the clock.
+//!
+//! Assumptions, per athlete: 0.5 uploads a day (Poisson; a keen but
+//! ordinary Strava user, 3 to 4 a week), mostly between 06:00 and 21:00 UTC;
+//! the activity started 20 to 150 minutes before its upload, except 5% late
+//! uploads that started 1 to 3 days earlier; 10% are announced before they
+//! are readable (404 for 30 s to 10 min); 1% of webhooks are lost. Every
+//! athlete's backfill is complete, with 10 activities in the last 20 days.
+//!
+//! `cargo bench --bench day_simulation` runs 100, 1,000 and 10,000 athletes;
+//! `cargo bench --bench day_simulation -- 10000` runs one size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::value::RawValue;
+
+use strava_sync::store::{activities, athletes, jobs, Store};
+use strava_sync::strava::budget::{Budget, CallOutcome, Limits, RateReport};
+use strava_sync::strava::clock::{Clock, ManualClock};
+use strava_sync::strava::Purpose;
+use strava_sync::sync::source::{ActivitySource, FetchError, ListQuery};
+use strava_sync::sync::{dispatch, gap_fill, scheduler, webhook_fetch};
+
+const DAY: i64 = 86_400;
+const UPLOADS_PER_DAY: f64 = 0.5;
+const LOST_WEBHOOKS: f64 = 0.01;
+const LATE_UPLOADS: f64 = 0.05;
+const NOT_YET_READABLE: f64 = 0.10;
+const HISTORY: usize = 10;
+/// `SYNC_SCHEDULE`'s default, 04:00 UTC.
+const GAP_FILL_AT: i64 = 4 * 3600;
+const PLAN_EVERY: i64 = 300;
+
+#[derive(Clone)]
+struct Activity {
+    id: i64,
+    athlete_id: i64,
+    start: i64,
+    created: i64,
+    readable: i64,
+    webhook_lost: bool,
+}
+
+impl Activity {
+    fn json(&self) -> Box<RawValue> {
+        let start = DateTime::from_timestamp(self.start, 0).unwrap();
+        RawValue::from_string(format!(
+            r#"{{"id":{},"resource_state":2,"athlete":{{"id":{},"resource_state":1}},"name":"Run","type":"Run","sport_type":"Run","distance":8012.5,"moving_time":2400,"elapsed_time":2460,"total_elevation_gain":41.0,"start_date":"{}","start_date_local":"{}"}}"#,
+            self.id,
+            self.athlete_id,
+            start.format("%Y-%m-%dT%H:%M:%SZ"),
+            start.format("%Y-%m-%dT%H:%M:%SZ"),
+        ))
+        .unwrap()
+    }
+}
+
+/// What the simulated Strava knows and what it handed out, when, and why.
+#[derive(Default)]
+struct World {
+    by_athlete: HashMap<i64, Vec<Activity>>,
+    by_id: HashMap<i64, Activity>,
+    /// First time each activity was returned, and to which purpose.
+    delivered: HashMap<i64, (i64, Purpose)>,
+}
+
+struct FakeStrava {
+    budget: Arc<Budget>,
+    clock: Arc<ManualClock>,
+    world: Mutex<World>,
+}
+
+impl FakeStrava {
+    /// Takes a permit as the HTTP client does; while the budget refuses this
+    /// purpose, simulated time passes until it may change.
+    async fn permit(&self, purpose: Purpose) -> strava_sync::strava::budget::Permit {
+        loop {
+            match self.budget.servable() {
+                (Some(lowest), _) if purpose <= lowest => break,
+                (_, Some(until)) => self.clock.set(until.max(self.clock.now() + chrono::Duration::seconds(1))),
+                (_, None) => self.clock.advance(chrono::Duration::seconds(60)),
+            }
+        }
+        self.budget.acquire(purpose).await.expect("permit")
+    }
+
+    async fn record(&self, permit: strava_sync::strava::budget::Permit, endpoint: &'static str, athlete_id: i64, status: u16) {
+        let outcome = CallOutcome {
+            endpoint,
+            athlete_id: Some(athlete_id),
+            status: Some(status),
+            report: RateReport::default(),
+            duration: Duration::ZERO,
+        };
+        self.budget.record(permit, outcome).await.expect("ledger");
+    }
+}
+
+impl ActivitySource for FakeStrava {
+    async fn list_activities(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        query: ListQuery,
+    ) -> Result<Vec<Box<RawValue>>, FetchError> {
+        let permit = self.permit(purpose).await;
+        let now = self.clock.epoch();
+        let page = {
+            let mut world = self.world.lock().unwrap();
+            let mut listed: Vec<Activity> = world
+                .by_athlete
+                .get(&athlete_id)
+                .into_iter()
+                .flatten()
+                .filter(|a| a.readable <= now)
+                .filter(|a| query.before.is_none_or(|b| a.start < b))
+                .filter(|a| query.after.is_none_or(|t| a.start > t))
+                .cloned()
+                .collect();
+            // As reported of Strava: oldest first when only `after` is given.
+            if query.after.is_some() && query.before.is_none() {
+                listed.sort_by_key(|a| (a.start, a.id));
+            } else {
+                listed.sort_by_key(|a| std::cmp::Reverse((a.start, a.id)));
+            }
+            let per_page = query.per_page as usize;
+            let skip = (query.page.max(1) as usize - 1) * per_page;
+            let page: Vec<Activity> = listed.into_iter().skip(skip).take(per_page).collect();
+            for a in &page {
+                world.delivered.entry(a.id).or_insert((now, purpose));
+            }
+            page
+        };
+        self.record(permit, "GET /athlete/activities", athlete_id, 200).await;
+        Ok(page.iter().map(Activity::json).collect())
+    }
+
+    async fn get_activity(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        id: i64,
+    ) -> Result<Box<RawValue>, FetchError> {
+        let permit = self.permit(purpose).await;
+        let now = self.clock.epoch();
+        let found = {
+            let mut world = self.world.lock().unwrap();
+            let found = world
+                .by_id
+                .get(&id)
+                .filter(|a| a.athlete_id == athlete_id && a.readable <= now)
+                .cloned();
+            if found.is_some() {
+                world.delivered.entry(id).or_insert((now, purpose));
+            }
+            found
+        };
+        let status = if found.is_some() { 200 } else { 404 };
+        self.record(permit, "GET /activities/{id}", athlete_id, status).await;
+        found.map(|a| a.json()).ok_or(FetchError::NotFound)
+    }
+}
+
+/// Poisson draw (Knuth), fine for small means.
+fn poisson(rng: &mut StdRng, mean: f64) -> usize {
+    let (limit, mut product, mut n) = ((-mean).exp(), rng.random::<f64>(), 0);
+    while product > limit {
+        product *= rng.random::<f64>();
+        n += 1;
+    }
+    n
+}
+
+/// An upload time of day: 90% between 06:00 and 21:00, the rest any time.
+fn upload_second(rng: &mut StdRng) -> i64 {
+    if rng.random_bool(0.9) {
+        rng.random_range(6 * 3600..21 * 3600)
+    } else {
+        rng.random_range(0..DAY)
+    }
+}
+
+struct Report {
+    athletes: usize,
+    calls: BTreeMap<String, i64>,
+    created: usize,
+    available: usize,
+    p50: Option<i64>,
+    p95: Option<i64>,
+    lost: usize,
+    lost_recovered_by_gap_fill: usize,
+    wall: Duration,
+}
+
+async fn simulate(athletes_n: usize, seed: u64) -> Report {
+    let wall = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("sim.db")).unwrap();
+    let day0 = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap().timestamp();
+    let clock = ManualClock::new(DateTime::from_timestamp(day0, 0).unwrap());
+    let budget = Budget::load(store.clone(), clock.clone(), Limits { quarter: 100, day: 1000 })
+        .await
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut next_id: i64 = 10_000_000_000;
+    let mut world = World::default();
+
+    // History: stored here and on Strava alike; backfills are complete.
+    let mut history: Vec<(i64, Vec<Activity>)> = Vec::new();
+    for athlete_id in 1..=athletes_n as i64 {
+        let mut acts = Vec::new();
+        for _ in 0..HISTORY {
+            next_id += 1;
+            let start = day0 - rng.random_range(3600..20 * DAY);
+            acts.push(Activity { id: next_id, athlete_id, start, created: start + 3600, readable: start + 3600, webhook_lost: false });
+        }
+        history.push((athlete_id, acts));
+    }
+    for chunk in history.chunks(500) {
+        let chunk = chunk.to_vec();
+        store
+            .write(move |tx| {
+                for (athlete_id, acts) in &chunk {
+                    athletes::upsert(tx, &serde_json::json!({"id": athlete_id}), "read,activity:read_all")?;
+                    tx.execute(
+                        "UPDATE sync_state SET backfill_complete = 1, backfill_pages = 1 WHERE athlete_id = ?1",
+                        [athlete_id],
+                    )?;
+                    let page: Vec<Box<RawValue>> = acts.iter().map(Activity::json).collect();
+                    activities::upsert_summaries(tx, *athlete_id, &page)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    for (athlete_id, acts) in history {
+        for a in &acts {
+            world.by_id.insert(a.id, a.clone());
+        }
+        world.by_athlete.insert(athlete_id, acts);
+    }
+
+    // The day's uploads, in time order.
+    let mut uploads = Vec::new();
+    for athlete_id in 1..=athletes_n as i64 {
+        for _ in 0..poisson(&mut rng, UPLOADS_PER_DAY) {
+            next_id += 1;
+            let created = day0 + upload_second(&mut rng);
+            let start = if rng.random_bool(LATE_UPLOADS) {
+                created - rng.random_range(DAY..3 * DAY)
+            } else {
+                created - rng.random_range(20 * 60..150 * 60)
+            };
+            let readable = if rng.random_bool(NOT_YET_READABLE) {
+                created + rng.random_range(30..600)
+            } else {
+                created
+            };
+            let webhook_lost = rng.random_bool(LOST_WEBHOOKS);
+            uploads.push(Activity { id: next_id, athlete_id, start, created, readable, webhook_lost });
+        }
+    }
+    uploads.sort_by_key(|a| a.created);
+
+    let strava = FakeStrava { budget: budget.clone(), clock: clock.clone(), world: Mutex::new(world) };
+    let end = day0 + DAY;
+    let (mut next_upload, mut next_plan, mut gap_fill_queued) = (0, day0, false);
+    loop {
+        let now = clock.epoch();
+        if now >= end {
+            break;
+        }
+        while next_upload < uploads.len() && uploads[next_upload].created <= now {
+            let a = uploads[next_upload].clone();
+            next_upload += 1;
+            {
+                let mut world = strava.world.lock().unwrap();
+                world.by_id.insert(a.id, a.clone());
+                world.by_athlete.entry(a.athlete_id).or_default().push(a.clone());
+            }
+            if !a.webhook_lost {
+                store
+                    .write(move |tx| {
+                        // What the webhook worker commits for a create event.
+                        tx.execute(
+                            "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
+                                 owner_id, event_time, updates_json, received_at, status, next_attempt_at)
+                             VALUES (?1, 'activity', ?2, 'create', ?3, ?4, '{}', ?4, 'done', ?4)",
+                            rusqlite::params![format!("create:{}", a.id), a.id, a.athlete_id, a.created],
+                        )?;
+                        let add = webhook_fetch::Payload { activity_ids: vec![a.id], ..Default::default() };
+                        webhook_fetch::enqueue(tx, a.athlete_id, &add, a.created).map(|_| ())
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        if now >= next_plan {
+            scheduler::plan(&store, now).await;
+            next_plan += PLAN_EVERY;
+        }
+        if !gap_fill_queued && now >= day0 + GAP_FILL_AT {
+            gap_fill::start_pass(&store).await.unwrap();
+            gap_fill_queued = true;
+        }
+        let (lowest, until) = budget.servable();
+        let job = match lowest {
+            Some(p) => store.write(move |tx| jobs::claim(tx, now, p.rank())).await.unwrap(),
+            None => None,
+        };
+        if let Some(job) = job {
+            let outcome = dispatch::run(&store, &strava, &job, clock.epoch()).await;
+            let done_at = clock.epoch();
+            store
+                .write(move |tx| match outcome {
+                    Ok(counts) => jobs::finish(tx, job.id, counts, done_at),
+                    Err(e) => jobs::fail(tx, job.id, &e.to_string(), done_at),
+                })
+                .await
+                .unwrap();
+            continue;
+        }
+        let due = store.read(jobs::next_due).await.unwrap();
+        let mut next = [
+            uploads.get(next_upload).map(|a| a.created),
+            Some(next_plan),
+            (!gap_fill_queued).then_some(day0 + GAP_FILL_AT),
+            until.map(|t| t.timestamp()),
+            due.filter(|&t| t > now),
+            Some(end),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap();
+        next = next.max(now + 1);
+        clock.set(DateTime::from_timestamp(next, 0).unwrap());
+    }
+
+    let world = strava.world.into_inner().unwrap();
+    let mut delays: Vec<i64> = Vec::new();
+    let (mut lost, mut recovered) = (0, 0);
+    for a in &uploads {
+        if let Some(&(at, purpose)) = world.delivered.get(&a.id) {
+            delays.push(at - a.created);
+            if a.webhook_lost && purpose == Purpose::GapFill {
+                recovered += 1;
+            }
+        }
+        lost += usize::from(a.webhook_lost);
+    }
+    delays.sort_unstable();
+    // Activities not available by midnight count as slower than all others.
+    let percentile = |p: f64| {
+        let rank = ((uploads.len() as f64 * p).ceil() as usize).max(1) - 1;
+        delays.get(rank).copied()
+    };
+    let calls = store
+        .read(|c| {
+            let mut stmt = c.prepare("SELECT purpose, COUNT(*) FROM strava_calls GROUP BY purpose")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    Report {
+        athletes: athletes_n,
+        calls,
+        created: uploads.len(),
+        available: delays.len(),
+        p50: percentile(0.5),
+        p95: percentile(0.95),
+        lost,
+        lost_recovered_by_gap_fill: recovered,
+        wall: wall.elapsed(),
+    }
+}
+
+fn minutes(secs: Option<i64>) -> String {
+    secs.map_or_else(|| "not within the day".to_string(), |s| format!("{:.1} min", s as f64 / 60.0))
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![100, 1_000, 10_000] } else { sizes };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for athletes in sizes {
+        let r = runtime.block_on(simulate(athletes, 7));
+        let total: i64 = r.calls.values().sum();
+        println!("== {} athletes, one day, 1,000 calls/day (simulated in {:.1?})", r.athletes, r.wall);
+        println!("calls: {total} total; by purpose: {:?}", r.calls);
+        println!(
+            "uploads: {} created, {} available here by midnight; creation to availability p50 {}, p95 {}",
+            r.created, r.available, minutes(r.p50), minutes(r.p95)
+        );
+        println!("lost webhooks: {}, recovered the same day by gap-fill: {}", r.lost, r.lost_recovered_by_gap_fill);
+    }
+}
