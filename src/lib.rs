@@ -6,4 +6,5 @@ pub mod http;
 pub mod startup;
 pub mod store;
 pub mod strava;
+pub mod sync;
 pub mod telemetry;
