@@ -33,7 +33,9 @@ use strava_sync::store::{activities, athletes, jobs, Store};
 use strava_sync::strava::budget::{Budget, CallOutcome, Limits, RateReport};
 use strava_sync::strava::clock::{Clock, ManualClock};
 use strava_sync::strava::Purpose;
-use strava_sync::sync::source::{ActivitySource, FetchError, ListQuery};
+use strava_sync::strava::client::{ListQuery, StravaError};
+use strava_sync::sync::runner::Step;
+use strava_sync::sync::source::ActivitySource;
 use strava_sync::sync::{dispatch, gap_fill, scheduler, webhook_fetch};
 
 const DAY: i64 = 86_400;
@@ -116,8 +118,8 @@ impl ActivitySource for FakeStrava {
         &self,
         athlete_id: i64,
         purpose: Purpose,
-        query: ListQuery,
-    ) -> Result<Vec<Box<RawValue>>, FetchError> {
+        query: &ListQuery,
+    ) -> Result<Vec<Box<RawValue>>, StravaError> {
         let permit = self.permit(purpose).await;
         let now = self.clock.epoch();
         let page = {
@@ -138,8 +140,8 @@ impl ActivitySource for FakeStrava {
             } else {
                 listed.sort_by_key(|a| std::cmp::Reverse((a.start, a.id)));
             }
-            let per_page = query.per_page as usize;
-            let skip = (query.page.max(1) as usize - 1) * per_page;
+            let per_page = query.per_page.unwrap_or(30) as usize;
+            let skip = (query.page.unwrap_or(1).max(1) as usize - 1) * per_page;
             let page: Vec<Activity> = listed.into_iter().skip(skip).take(per_page).collect();
             for a in &page {
                 world.delivered.entry(a.id).or_insert((now, purpose));
@@ -155,7 +157,7 @@ impl ActivitySource for FakeStrava {
         athlete_id: i64,
         purpose: Purpose,
         id: i64,
-    ) -> Result<Box<RawValue>, FetchError> {
+    ) -> Result<Box<RawValue>, StravaError> {
         let permit = self.permit(purpose).await;
         let now = self.clock.epoch();
         let found = {
@@ -172,7 +174,7 @@ impl ActivitySource for FakeStrava {
         };
         let status = if found.is_some() { 200 } else { 404 };
         self.record(permit, "GET /activities/{id}", athlete_id, status).await;
-        found.map(|a| a.json()).ok_or(FetchError::NotFound)
+        found.map(|a| a.json()).ok_or(StravaError::NotFound)
     }
 }
 
@@ -329,7 +331,8 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
             let done_at = clock.epoch();
             store
                 .write(move |tx| match outcome {
-                    Ok(counts) => jobs::finish(tx, job.id, counts, done_at),
+                    Ok(Step::Done(counts)) => jobs::finish(tx, job.id, counts, done_at),
+                    Ok(Step::More(counts)) => jobs::requeue(tx, job.id, counts, done_at, None),
                     Err(e) => jobs::fail(tx, job.id, &e.to_string(), done_at),
                 })
                 .await

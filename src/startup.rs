@@ -11,9 +11,17 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
-use crate::http::{self, AppState};
+use crate::config::{Requirement, Settings};
+use crate::http::{self, AppState, Services};
 use crate::store::Store;
+use crate::strava::budget::{Budget, Limits};
+use crate::strava::client::{self, StravaClient};
+use crate::strava::clock::{Clock, SystemClock};
+use crate::strava::oauth::StravaOAuth;
+use crate::strava::tokens::Tokens;
+use crate::sync::runner::JobRunner;
+use crate::sync::scheduler;
+use crate::sync::JobQueue;
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -24,6 +32,7 @@ pub struct Application {
     state: web::Data<AppState>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    runner: Arc<JobRunner>,
 }
 
 /// Stops a running [`Application`] from elsewhere (signals, tests, the demo).
@@ -42,13 +51,47 @@ impl Application {
     /// Opens the store (applying migrations), binds the listener and prepares
     /// the background workers; nothing runs until [`Application::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// [`Application::build`] on a given clock: simulations and tests move
+    /// the budget's, the tokens' and the job runner's time by hand.
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        settings.require(&[Requirement::StravaApp])?;
         let settings = Arc::new(settings);
         let path = settings.database_path.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
         let listener = TcpListener::bind(settings.listen_address())?;
         let port = listener.local_addr()?.port();
 
-        let state = web::Data::new(AppState::new(settings.clone(), store));
+        let http_client = client::http_client()?;
+        let oauth = Arc::new(StravaOAuth::new(&settings, http_client.clone())?);
+        let limits = Limits {
+            quarter: settings.strava_rate_limit_15min,
+            day: settings.strava_rate_limit_daily,
+        };
+        let budget = Budget::load(store.clone(), clock.clone(), limits).await?;
+        let tokens = Arc::new(Tokens::new(store.clone(), oauth.clone(), clock.clone()));
+        let strava = Arc::new(StravaClient::new(
+            http_client,
+            settings.strava_api_url.clone(),
+            budget.clone(),
+            tokens,
+        ));
+        let jobs = Arc::new(JobQueue::new(store.clone(), clock.clone()));
+        let runner = JobRunner::new(store.clone(), strava.clone(), budget.clone(), jobs.clone());
+        let services = Services {
+            clock,
+            budget,
+            strava,
+            oauth,
+            jobs,
+        };
+
+        let state = web::Data::new(AppState::new(settings.clone(), store, services));
         let server_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -67,6 +110,7 @@ impl Application {
             state,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runner,
         })
     }
 
@@ -89,10 +133,14 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             server,
+            state,
             shutdown,
             tasks,
+            runner,
             ..
         } = self;
+        tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
+        scheduler::start(&state, shutdown.clone(), &tasks).await?;
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);
         tokio::select! {

@@ -11,6 +11,8 @@ pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
 pub mod jobs;
+pub mod oauth_states;
+pub mod strava_tokens;
 pub mod sync_state;
 
 use std::path::Path;

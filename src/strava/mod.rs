@@ -2,7 +2,10 @@
 //! budget every call must take a permit from.
 
 pub mod budget;
+pub mod client;
 pub mod clock;
+pub mod oauth;
+pub mod tokens;
 
 /// Why a call to Strava is made. The order is the budget's priority order:
 /// earlier variants are served first and keep headroom reserved for them.

@@ -6,7 +6,8 @@ use crate::store::jobs::{Job, JobKind};
 use crate::store::Store;
 use crate::strava::Purpose;
 
-use super::source::{ActivitySource, Counts, FetchError};
+use super::runner::{JobError, Step};
+use super::source::ActivitySource;
 use super::{enrich, gap_fill, reconcile, webhook_fetch};
 
 /// Whether this module runs jobs of `kind`.
@@ -21,17 +22,17 @@ pub fn handles(kind: JobKind) -> bool {
     )
 }
 
-/// Runs `job` to completion at its kind's priority; `now` is the runner's
-/// clock. Work left over (another reconciliation page, a webhook retry) is
-/// queued as a new job, so this one always ends.
+/// Runs one step of `job` at its kind's priority; `now` is the runner's
+/// clock. A reconciliation walks one page per step; a webhook retry is queued
+/// as a new job (it waits for its own time), so the others end here.
 pub async fn run<S: ActivitySource>(
     store: &Store,
     source: &S,
     job: &Job,
     now: i64,
-) -> Result<Counts, FetchError> {
+) -> Result<Step, JobError> {
     let athlete_id = job.athlete_id;
-    match job.kind {
+    let counts = match job.kind {
         JobKind::Refresh => {
             gap_fill::catch_up(store, source, athlete_id, Purpose::Interactive, now).await
         }
@@ -42,22 +43,21 @@ pub async fn run<S: ActivitySource>(
             let payload = parse(job)?.unwrap_or_default();
             webhook_fetch::run(store, source, athlete_id, payload, now).await
         }
-        JobKind::Enrich => match parse::<enrich::Payload>(job)? {
-            Some(payload) => enrich::run(store, source, athlete_id, &payload).await,
-            None => Ok(Counts::default()),
-        },
-        JobKind::Reconcile => Ok(reconcile::step(store, source, athlete_id).await?.counts),
-        JobKind::FirstPage | JobKind::Backfill => Err(FetchError::Strava(format!(
-            "{} jobs are not the sync engine's",
-            job.kind.as_str()
-        ))),
-    }
+        JobKind::Enrich => {
+            let payload = parse::<enrich::Payload>(job)?
+                .ok_or_else(|| JobError::Malformed("enrich job without payload".into()))?;
+            enrich::run(store, source, athlete_id, &payload).await
+        }
+        JobKind::Reconcile => return reconcile::step(store, source, athlete_id).await,
+        JobKind::FirstPage | JobKind::Backfill => return Err(JobError::Unsupported(job.kind)),
+    }?;
+    Ok(Step::Done(counts))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(job: &Job) -> Result<Option<T>, FetchError> {
+fn parse<T: serde::de::DeserializeOwned>(job: &Job) -> Result<Option<T>, JobError> {
     job.payload_json
         .as_deref()
         .map(serde_json::from_str)
         .transpose()
-        .map_err(|e| FetchError::Strava(format!("malformed job payload: {e}")))
+        .map_err(|e| JobError::Malformed(format!("job payload: {e}")))
 }

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::store::{activities, jobs, DbResult, Store};
 use crate::strava::Purpose;
 
-use super::source::{ActivitySource, Counts, FetchError};
+use super::runner::JobError;
+use super::source::ActivitySource;
+use crate::store::jobs::Counts;
+use crate::strava::client::StravaError;
 
 /// Only activities that started this recently are enriched: fresh ones are
 /// what athletes open, and the backlog stays bounded.
@@ -47,7 +50,7 @@ pub async fn run<S: ActivitySource>(
     source: &S,
     athlete_id: i64,
     payload: &Payload,
-) -> Result<Counts, FetchError> {
+) -> Result<Counts, JobError> {
     let id = payload.activity_id;
     let mut counts = Counts::default();
     match source
@@ -61,12 +64,12 @@ pub async fn run<S: ActivitySource>(
             counts.fetched = 1;
             counts.updated = i64::from(stored);
         }
-        Err(FetchError::NotFound) => {
+        Err(StravaError::NotFound) => {
             store
                 .write(move |tx| activities::mark_detail_missing(tx, athlete_id, id))
                 .await?
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     Ok(counts)
 }

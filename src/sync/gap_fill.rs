@@ -10,7 +10,10 @@
 use crate::store::{activities, athletes, jobs, sync_state, DbResult, Store};
 use crate::strava::Purpose;
 
-use super::source::{store_page, ActivitySource, Counts, FetchError, ListQuery};
+use super::runner::JobError;
+use super::source::{self, store_page, ActivitySource};
+use crate::store::jobs::Counts;
+use crate::strava::client::MAX_PER_PAGE;
 
 /// How far before the newest stored start time a catch-up lists: an activity
 /// recorded days ago can be uploaded (or synced from a watch) today.
@@ -40,7 +43,7 @@ pub async fn catch_up<S: ActivitySource>(
     athlete_id: i64,
     purpose: Purpose,
     now: i64,
-) -> Result<Counts, FetchError> {
+) -> Result<Counts, JobError> {
     let (after, read_all) = store
         .read(move |c| {
             let connected_at = athletes::get(c, athlete_id)?.map(|a| a.connected_at);
@@ -56,7 +59,7 @@ pub async fn catch_up<S: ActivitySource>(
     let mut page = 1;
     loop {
         let items = source
-            .list_activities(athlete_id, purpose, ListQuery::after(after, page))
+            .list_activities(athlete_id, purpose, &source::after(after, page))
             .await?;
         let last = is_last_page(items.len(), read_all);
         store_page(store, athlete_id, items, &mut counts).await?;
@@ -99,7 +102,7 @@ fn has_read_all(scope: &str) -> bool {
 /// Strava leaves private activities out of a page, so only an empty page is
 /// proof of the end.
 pub fn is_last_page(len: usize, read_all: bool) -> bool {
-    len == 0 || (read_all && len < super::source::PAGE_SIZE as usize)
+    len == 0 || (read_all && len < MAX_PER_PAGE as usize)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::store::{athletes, sync_state, DbResult, Store};
 use crate::strava::Purpose;
 
-use super::source::PAGE_SIZE;
+use crate::strava::client::MAX_PER_PAGE;
 
 const DAY: i64 = 86_400;
 
@@ -92,7 +92,7 @@ pub fn remaining_pages(
     let covered = (now - cursor).max(DAY);
     let left = (cursor - account_created?).max(0);
     let activities = (stored as f64 * left as f64 / covered as f64).ceil() as i64;
-    Some((activities + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE) + 1)
+    Some((activities + i64::from(MAX_PER_PAGE) - 1) / i64::from(MAX_PER_PAGE) + 1)
 }
 
 /// When `pages` are done at `pages_per_day`.

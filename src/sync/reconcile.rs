@@ -16,7 +16,10 @@ use crate::store::{self, activities, jobs, sync_state, DbResult, Store};
 use crate::strava::Purpose;
 
 use super::gap_fill::{is_last_page, sees_all};
-use super::source::{ActivitySource, Counts, FetchError, ListQuery};
+use super::runner::{JobError, Step};
+use super::source::ActivitySource;
+use crate::store::jobs::Counts;
+use crate::strava::client::{ListQuery, MAX_PER_PAGE};
 
 /// How often each athlete's list is compared with the local copy.
 pub const RECONCILE_EVERY_SECS: i64 = 86_400;
@@ -34,18 +37,9 @@ pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
         .await
 }
 
-/// What one step did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    pub counts: Counts,
-    /// Activities removed because the finished walk no longer saw them.
-    pub removed: usize,
-    /// Whether the walk ended with this step.
-    pub finished: bool,
-}
-
 /// Lists one page of the athlete's walk and marks what it saw; then either
-/// queues the next page or, after the last one, sweeps.
+/// asks for the next page ([`Step::More`]: the runner requeues the job) or,
+/// after the last one, sweeps ([`Step::Done`]).
 ///
 /// Times here come from the store's clock on purpose: `last_seen_at` is
 /// written with it, and the sweep compares the two.
@@ -53,7 +47,7 @@ pub async fn step<S: ActivitySource>(
     store: &Store,
     source: &S,
     athlete_id: i64,
-) -> Result<Step, FetchError> {
+) -> Result<Step, JobError> {
     let (pass, read_all) = store
         .write(move |tx| {
             let pass = sync_state::reconcile_pass(tx, athlete_id, store::now())?;
@@ -62,11 +56,13 @@ pub async fn step<S: ActivitySource>(
         })
         .await?;
     let query = ListQuery {
-        page: pass.page,
-        ..ListQuery::before(pass.started_at)
+        before: Some(pass.started_at),
+        page: Some(pass.page),
+        per_page: Some(MAX_PER_PAGE),
+        ..ListQuery::default()
     };
     let page = source
-        .list_activities(athlete_id, Purpose::Reconcile, query)
+        .list_activities(athlete_id, Purpose::Reconcile, &query)
         .await?;
     let finished = is_last_page(page.len(), read_all);
     let fetched = page.len() as i64;
@@ -81,7 +77,6 @@ pub async fn step<S: ActivitySource>(
             let removed = if finished {
                 activities::sweep_unseen(tx, athlete_id, pass.started_at, pass.started_at)?
             } else {
-                jobs::enqueue(tx, athlete_id, jobs::JobKind::Reconcile, None, 0)?;
                 0
             };
             Ok((changed, removed))
@@ -95,13 +90,14 @@ pub async fn step<S: ActivitySource>(
         );
         metrics::counter!("sync_reconcile_removed_total").increment(removed as u64);
     }
-    Ok(Step {
-        counts: Counts {
-            fetched,
-            new: i64::from(changed.new),
-            updated: i64::from(changed.updated),
-        },
-        removed,
-        finished,
+    let counts = Counts {
+        fetched,
+        new: i64::from(changed.new),
+        updated: i64::from(changed.updated),
+    };
+    Ok(if finished {
+        Step::Done(counts)
+    } else {
+        Step::More(counts)
     })
 }

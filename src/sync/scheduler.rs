@@ -3,14 +3,12 @@
 //! of deletion reconciliation and detail enrichment. Queuing costs no call;
 //! the job runner spends the budget on what is queued, by priority.
 
-use std::sync::Arc;
-
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http::AppState;
 use crate::store::Store;
-use crate::strava::clock::Clock;
 
 use super::{enrich, gap_fill, reconcile};
 
@@ -28,31 +26,35 @@ pub async fn plan(store: &Store, now: i64) {
     }
 }
 
-/// Starts the schedule; it stops when `shutdown` is cancelled.
+/// Starts the schedule (an invalid `SYNC_SCHEDULE` stops the service
+/// here); it stops when `shutdown` is cancelled.
 pub async fn start(
-    store: Store,
-    clock: Arc<dyn Clock>,
-    sync_schedule: &str,
+    state: &AppState,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
     let mut scheduler = JobScheduler::new().await?;
-    let gap_store = store.clone();
+    let (store, queue) = (state.store.clone(), state.jobs.clone());
     scheduler
-        .add(Job::new_async(sync_schedule, move |_, _| {
-            let store = gap_store.clone();
+        .add(Job::new_async(state.settings.sync_schedule.as_str(), move |_, _| {
+            let (store, queue) = (store.clone(), queue.clone());
             Box::pin(async move {
                 match gap_fill::start_pass(&store).await {
                     Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
                     Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
                 }
+                queue.wake();
             })
         })?)
         .await?;
+    let (store, queue, clock) = (state.store.clone(), state.jobs.clone(), state.clock.clone());
     scheduler
         .add(Job::new_async(PLAN_SCHEDULE, move |_, _| {
-            let (store, now) = (store.clone(), clock.epoch());
-            Box::pin(async move { plan(&store, now).await })
+            let (store, queue, now) = (store.clone(), queue.clone(), clock.epoch());
+            Box::pin(async move {
+                plan(&store, now).await;
+                queue.wake();
+            })
         })?)
         .await?;
     scheduler.start().await?;

@@ -1,56 +1,18 @@
 //! The two Strava reads the sync engine makes, behind one small seam: every
-//! call names its athlete and its purpose, so the budgeted client can take a
-//! permit at the right priority and use that athlete's token.
+//! call names its athlete and its purpose, so the budgeted client takes a
+//! permit at the right priority and uses that athlete's token. The service
+//! passes its [`StravaClient`]; the day simulation (benches/day_simulation.rs)
+//! passes a simulated Strava that spends the same budget, so the handlers it
+//! measures are the ones that run.
+
+use std::future::Future;
 
 use serde_json::value::RawValue;
 
+use crate::store::jobs::Counts;
 use crate::store::{activities, DbError, Store};
+use crate::strava::client::{ListQuery, StravaClient, StravaError, MAX_PER_PAGE};
 use crate::strava::Purpose;
-
-/// Strava's largest page.
-pub const PAGE_SIZE: u32 = 200;
-
-/// `GET /athlete/activities` parameters (epoch seconds; `page` from 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListQuery {
-    pub before: Option<i64>,
-    pub after: Option<i64>,
-    pub page: u32,
-    pub per_page: u32,
-}
-
-impl ListQuery {
-    pub fn after(after: i64, page: u32) -> Self {
-        Self {
-            before: None,
-            after: Some(after),
-            page,
-            per_page: PAGE_SIZE,
-        }
-    }
-
-    pub fn before(before: i64) -> Self {
-        Self {
-            before: Some(before),
-            after: None,
-            page: 1,
-            per_page: PAGE_SIZE,
-        }
-    }
-}
-
-/// Why a fetch did not return data.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The record does not exist, or not yet (right after a create event).
-    #[error("not found on Strava")]
-    NotFound,
-    /// Anything else: the job fails or retries as the runner decides.
-    #[error("{0}")]
-    Strava(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
 
 /// Reads from Strava on behalf of one athlete, spending one budget permit of
 /// the given purpose per call.
@@ -59,31 +21,52 @@ pub trait ActivitySource: Send + Sync {
         &self,
         athlete_id: i64,
         purpose: Purpose,
-        query: ListQuery,
-    ) -> impl std::future::Future<Output = Result<Vec<Box<RawValue>>, FetchError>> + Send;
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<Box<RawValue>>, StravaError>> + Send;
 
     fn get_activity(
         &self,
         athlete_id: i64,
         purpose: Purpose,
         id: i64,
-    ) -> impl std::future::Future<Output = Result<Box<RawValue>, FetchError>> + Send;
+    ) -> impl Future<Output = Result<Box<RawValue>, StravaError>> + Send;
 }
 
-/// What a job fetched and changed; recorded on the job row.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub fetched: i64,
-    pub new: i64,
-    pub updated: i64,
-}
-
-impl Counts {
-    fn add(&mut self, fetched: usize, changed: activities::Upserted) {
-        self.fetched += fetched as i64;
-        self.new += i64::from(changed.new);
-        self.updated += i64::from(changed.updated);
+impl ActivitySource for StravaClient {
+    fn list_activities(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<Box<RawValue>>, StravaError>> + Send {
+        StravaClient::list_activities(self, athlete_id, purpose, query)
     }
+
+    fn get_activity(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        id: i64,
+    ) -> impl Future<Output = Result<Box<RawValue>, StravaError>> + Send {
+        StravaClient::get_activity(self, athlete_id, purpose, id)
+    }
+}
+
+/// Full pages of activities after `after` (epoch seconds), page `page`.
+pub fn after(after: i64, page: u32) -> ListQuery {
+    ListQuery {
+        after: Some(after),
+        page: Some(page),
+        per_page: Some(MAX_PER_PAGE),
+        ..ListQuery::default()
+    }
+}
+
+/// Adds a stored batch to a job's counts.
+fn add(counts: &mut Counts, fetched: usize, changed: activities::Upserted) {
+    counts.fetched += fetched as i64;
+    counts.new += i64::from(changed.new);
+    counts.updated += i64::from(changed.updated);
 }
 
 /// Stores a listed page in one transaction (leaving out what a newer delete
@@ -98,7 +81,7 @@ pub async fn store_page(
     let changed = store
         .write(move |tx| activities::upsert_listed(tx, athlete_id, page))
         .await?;
-    counts.add(fetched, changed);
+    add(counts, fetched, changed);
     Ok(())
 }
 
@@ -113,7 +96,7 @@ pub async fn store_detail(
     let changed = store
         .write(move |tx| activities::upsert_detail(tx, athlete_id, &detail))
         .await?;
-    counts.add(1, changed);
+    add(counts, 1, changed);
     Ok(())
 }
 

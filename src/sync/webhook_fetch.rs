@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::store::{activities, jobs, DbResult, Store};
 use crate::strava::Purpose;
 
-use super::source::{
-    activity_id, store_detail, store_page, ActivitySource, Counts, FetchError, ListQuery, PAGE_SIZE,
-};
+use super::runner::JobError;
+use super::source::{self, activity_id, store_detail, store_page, ActivitySource};
+use crate::store::jobs::Counts;
+use crate::strava::client::{StravaError, MAX_PER_PAGE};
 
 /// How far before the oldest create event a shared listing starts: an
 /// activity's start precedes its upload by at least its duration.
@@ -83,7 +84,7 @@ pub async fn run<S: ActivitySource>(
     athlete_id: i64,
     payload: Payload,
     now: i64,
-) -> Result<Counts, FetchError> {
+) -> Result<Counts, JobError> {
     let wanted = payload.activity_ids.clone();
     let (pending, oldest_event) = store
         .read(move |c| {
@@ -107,9 +108,9 @@ pub async fn run<S: ActivitySource>(
         let mut page = 1;
         loop {
             let items = source
-                .list_activities(athlete_id, Purpose::Webhook, ListQuery::after(after, page))
+                .list_activities(athlete_id, Purpose::Webhook, &source::after(after, page))
                 .await?;
-            let last = items.len() < PAGE_SIZE as usize;
+            let last = items.len() < MAX_PER_PAGE as usize;
             for item in &items {
                 if let Some(id) = activity_id(item) {
                     missing.remove(&id);
@@ -135,10 +136,10 @@ pub async fn run<S: ActivitySource>(
     for id in by_id {
         match source.get_activity(athlete_id, Purpose::Webhook, id).await {
             Ok(detail) => store_detail(store, athlete_id, detail, &mut counts).await?,
-            Err(FetchError::NotFound) => {
+            Err(StravaError::NotFound) => {
                 not_yet.insert(id);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     retry_later(store, athlete_id, &payload, not_yet, now).await?;
