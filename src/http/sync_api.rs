@@ -25,10 +25,7 @@ struct Queued {
 /// Queues a refresh (a catch-up from the newest stored activity) at the
 /// highest priority, once per cooldown.
 #[post("/api/sync")]
-async fn refresh(
-    auth: AthleteAuth,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn refresh(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let athlete_id = auth.athlete_id;
     let cooldown = i64::try_from(state.settings.manual_refresh_cooldown_secs).unwrap_or(i64::MAX);
     let now = state.clock.epoch();
@@ -169,7 +166,8 @@ fn estimated_start(state: &AppState, purpose: Purpose, position: i64) -> Option<
 /// Starts a gap-fill pass now, as the schedule would.
 #[post("/admin/sync/run")]
 async fn run_gap_fill(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let queued = gap_fill::start_pass(&state.store).await?;
+    let queued =
+        gap_fill::start_pass(&state.store, state.settings.strava_rate_limit_daily).await?;
     state.jobs.wake();
     Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
 }

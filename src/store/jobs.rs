@@ -254,11 +254,11 @@ pub fn queue_position(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
         .optional()?)
 }
 
-/// How many queued jobs due by `now` would run before any job of `purpose`.
-pub fn due_ahead_of(conn: &Connection, purpose: Purpose, now: i64) -> DbResult<i64> {
+/// How many queued jobs due by `now` are of another kind than `kind`.
+pub fn due_besides(conn: &Connection, kind: JobKind, now: i64) -> DbResult<i64> {
     Ok(conn.query_row(
-        "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND priority < ?1 AND not_before <= ?2",
-        params![purpose.rank(), now],
+        "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND kind <> ?1 AND not_before <= ?2",
+        params![kind.as_str(), now],
         |r| r.get(0),
     )?)
 }

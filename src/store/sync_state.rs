@@ -135,17 +135,18 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
         .unwrap_or_default())
 }
 
-/// Connected athletes in gap-fill order: never checked first, then the one
-/// checked longest ago. Athletes needing re-authorization are left out: their
-/// tokens cannot fetch anything.
-pub fn gap_fill_order(conn: &Connection) -> DbResult<Vec<i64>> {
+/// Up to `limit` connected athletes in gap-fill order: never checked first,
+/// then the one checked longest ago. Athletes needing re-authorization are
+/// left out: their tokens cannot fetch anything.
+pub fn gap_fill_order(conn: &Connection, limit: u32) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a LEFT JOIN sync_state s ON s.athlete_id = a.id
          WHERE a.status = 'connected'
-         ORDER BY s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, a.id",
+         ORDER BY s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, a.id
+         LIMIT ?1",
     )?;
     let ids = stmt
-        .query_map([], |r| r.get(0))?
+        .query_map([limit], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(ids)
 }
@@ -323,7 +324,8 @@ mod tests {
                 set_last_gap_fill(tx, 1, 500)?;
                 set_last_gap_fill(tx, 2, 100)?;
                 athletes::set_status(tx, 4, athletes::Status::NeedsReauth)?;
-                assert_eq!(gap_fill_order(tx)?, vec![3, 2, 1]);
+                assert_eq!(gap_fill_order(tx, 10)?, vec![3, 2, 1]);
+                assert_eq!(gap_fill_order(tx, 2)?, vec![3, 2]);
                 Ok(())
             })
             .unwrap();
@@ -389,7 +391,7 @@ mod tests {
                 assert_eq!(jobs::queue_position(tx, first)?, Some(1));
                 assert_eq!(jobs::queue_position(tx, second)?, Some(2));
                 assert_eq!(jobs::queue_position(tx, backfill)?, Some(3));
-                assert_eq!(jobs::due_ahead_of(tx, Purpose::Enrichment, 0)?, 3);
+                assert_eq!(jobs::due_besides(tx, jobs::JobKind::Refresh, 0)?, 1);
                 Ok(())
             })
             .unwrap();

@@ -1,6 +1,9 @@
 //! Detail enrichment: a listing gives summaries; the detailed record (full
 //! polyline, description, laps) costs one call per activity. Only budget no
-//! other purpose wants is spent on it, on recent activities, newest first.
+//! other work wants is spent on it, on recent activities, newest first: it is
+//! planned only while nothing else is due, reconciliation included, although
+//! its purpose ranks above reconciliation's (deletions have a deadline,
+//! details do not).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,12 +28,12 @@ pub struct Payload {
 }
 
 /// Queues detail fetches for the newest summary-only activities, but only
-/// while no more urgent work is due (one job per athlete; jobs coalesce).
+/// while no other work is due (one job per athlete; jobs coalesce).
 /// Returns how many activities were picked.
 pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
     store
         .write(move |tx| {
-            if jobs::due_ahead_of(tx, Purpose::Enrichment, now)? > 0 {
+            if jobs::due_besides(tx, jobs::JobKind::Enrich, now)? > 0 {
                 return Ok(0);
             }
             let picks = activities::summary_only_since(tx, now - RECENT_SECS, BATCH)?;

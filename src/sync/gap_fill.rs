@@ -4,8 +4,12 @@
 //! A pass only queues one `GapFill` job per athlete, longest-unchecked first;
 //! the runner spends the budget on them at gap-fill priority, so the pass is
 //! paced and fair, and whatever the budget did not reach stays queued (jobs
-//! coalesce per athlete) and runs first when the next pass comes. A manual
-//! refresh is the same catch-up at interactive priority.
+//! coalesce per athlete) and runs first when the next pass comes. A pass
+//! queues at most [`PASS_SHARE_PERCENT`] of the daily limit: gap-fill outranks
+//! history backfill, and an unbounded pass over thousands of athletes would
+//! hold a new athlete's history back for days. Those not queued are the
+//! longest unchecked at the next pass. A manual refresh is the same catch-up
+//! at interactive priority.
 
 use crate::store::{activities, athletes, jobs, sync_state, DbResult, Store};
 use crate::strava::Purpose;
@@ -19,13 +23,18 @@ use crate::strava::client::MAX_PER_PAGE;
 /// recorded days ago can be uploaded (or synced from a watch) today.
 pub const LOOKBACK_SECS: i64 = 3 * 86_400;
 
-/// Queues a gap-fill for every connected athlete, the one checked longest ago
-/// first. Athletes needing re-authorization are skipped. Returns how many
-/// athletes are now queued.
-pub async fn start_pass(store: &Store) -> DbResult<usize> {
+/// The share of the daily call limit one pass may queue (one call each,
+/// usually).
+pub const PASS_SHARE_PERCENT: u32 = 20;
+
+/// Queues a gap-fill for connected athletes, the one checked longest ago
+/// first, as many as [`PASS_SHARE_PERCENT`] of `daily_limit`. Athletes needing
+/// re-authorization are skipped. Returns how many athletes are now queued.
+pub async fn start_pass(store: &Store, daily_limit: u32) -> DbResult<usize> {
+    let limit = (daily_limit * PASS_SHARE_PERCENT / 100).max(1);
     store
-        .write(|tx| {
-            let order = sync_state::gap_fill_order(tx)?;
+        .write(move |tx| {
+            let order = sync_state::gap_fill_order(tx, limit)?;
             for &athlete_id in &order {
                 jobs::enqueue(tx, athlete_id, jobs::JobKind::GapFill, None, 0)?;
             }
@@ -79,7 +88,12 @@ pub async fn catch_up<S: ActivitySource>(
 /// newest start forward, so an activity whose event was lost can be older
 /// than it by more than the lookback; it is never older than the last check
 /// minus the lookback, unless uploaded that late.
-fn list_after(newest: Option<i64>, checked: Option<i64>, connected_at: Option<i64>, now: i64) -> i64 {
+fn list_after(
+    newest: Option<i64>,
+    checked: Option<i64>,
+    connected_at: Option<i64>,
+    now: i64,
+) -> i64 {
     let since = match (newest, checked) {
         (Some(n), Some(c)) => n.min(c),
         (n, c) => n.or(c).or(connected_at).unwrap_or(now),

@@ -35,17 +35,21 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let mut scheduler = JobScheduler::new().await?;
     let (store, queue) = (state.store.clone(), state.jobs.clone());
+    let daily_limit = state.settings.strava_rate_limit_daily;
     scheduler
-        .add(Job::new_async(state.settings.sync_schedule.as_str(), move |_, _| {
-            let (store, queue) = (store.clone(), queue.clone());
-            Box::pin(async move {
-                match gap_fill::start_pass(&store).await {
-                    Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
-                    Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
-                }
-                queue.wake();
-            })
-        })?)
+        .add(Job::new_async(
+            state.settings.sync_schedule.as_str(),
+            move |_, _| {
+                let (store, queue) = (store.clone(), queue.clone());
+                Box::pin(async move {
+                    match gap_fill::start_pass(&store, daily_limit).await {
+                        Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
+                        Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
+                    }
+                    queue.wake();
+                })
+            },
+        )?)
         .await?;
     let (store, queue, clock) = (state.store.clone(), state.jobs.clone(), state.clock.clone());
     scheduler

@@ -1,0 +1,477 @@
+//! The sync engine against the Strava simulator: backfill across budget
+//! windows and restarts, the gap-fill pass, deletion reconciliation, webhook
+//! fetches, manual refresh, and reads that never call Strava.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use strava_sync::simulator::{NewActivity, SimConfig};
+use strava_sync::store::{activities, jobs};
+use strava_sync::sync::{reconcile, webhook_fetch};
+
+use crate::helpers::ADMIN_TOKEN;
+use crate::sim_app::SimApp;
+
+fn config(activities_per_athlete: usize) -> SimConfig {
+    SimConfig {
+        athletes: 2,
+        activities_per_athlete,
+        ..SimConfig::default()
+    }
+}
+
+async fn sync_status(app: &SimApp, token: &str) -> Value {
+    let res = reqwest::Client::new()
+        .get(app.url("/api/sync"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+async fn post(app: &SimApp, path: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn stored(app: &SimApp, athlete_id: u64) -> i64 {
+    app.state()
+        .store
+        .read(move |c| activities::count_for(c, athlete_id as i64))
+        .await
+        .unwrap()
+}
+
+async fn is_stored(app: &SimApp, athlete_id: u64, id: u64) -> bool {
+    app.state()
+        .store
+        .read(move |c| activities::get_json(c, athlete_id as i64, id as i64))
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Calls the ledger recorded for `purpose`.
+async fn ledger_calls(app: &SimApp, purpose: &'static str) -> i64 {
+    app.state()
+        .store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM strava_calls WHERE purpose = ?1",
+                [purpose],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap()
+}
+
+/// Polls `done`; whenever a moment of real time passes without it, moves both
+/// clocks into the next quarter hour so a spent window reopens.
+async fn run_until<F, Fut>(app: &SimApp, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..60 {
+        for _ in 0..10 {
+            if done().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        app.advance(app.secs_to_next_quarter() + 1);
+    }
+    panic!("never reached: {what}");
+}
+
+/// Connects an athlete and waits for the whole history to be stored.
+async fn connect_and_backfill(app: &SimApp, athlete_id: u64) -> String {
+    let token = app.connect(athlete_id).await;
+    let total = app.sim.activities(athlete_id).unwrap().len() as i64;
+    run_until(app, "the backfill completes", || async {
+        sync_status(app, &token).await["backfill"]["complete"] == true
+    })
+    .await;
+    assert_eq!(stored(app, athlete_id).await, total);
+    token
+}
+
+#[tokio::test]
+async fn a_3000_activity_backfill_spans_windows_without_429_and_resumes_after_a_restart() {
+    let mut app = SimApp::start(config(3000), &[("STRAVA_RATE_LIMIT_15MIN", "10")]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = app.connect(athlete).await;
+
+    // The first window runs out long before the history does.
+    app.wait_until("the first window is spent", || async {
+        let status = sync_status(&app, &token).await;
+        status["backfill"]["pages_done"].as_i64().unwrap() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = sync_status(&app, &token).await;
+    assert_eq!(status["backfill"]["complete"], false);
+    assert!(
+        status["backfill"]["estimated_completion"].is_string(),
+        "{status}"
+    );
+    let pages_before_restart = status["backfill"]["pages_done"].as_i64().unwrap();
+
+    app.restart().await;
+    run_until(&app, "the backfill completes", || async {
+        sync_status(&app, &token).await["backfill"]["complete"] == true
+    })
+    .await;
+
+    let status = sync_status(&app, &token).await;
+    assert_eq!(status["backfill"]["activities_stored"], 3000);
+    assert!(status["backfill"]["pages_done"].as_i64().unwrap() > pages_before_restart);
+    assert_eq!(stored(&app, athlete).await, 3000);
+    // 3,000 activities are 15 pages of 200 and the empty page that ends
+    // them: nothing was listed twice, the restart included.
+    let listed = ledger_calls(&app, "interactive").await + ledger_calls(&app, "backfill").await;
+    assert_eq!(listed, 16);
+    let calls = app.api_calls();
+    assert!(calls.iter().all(|c| c.status != 429), "no 429 ever");
+    assert!(app.busiest_quarter() <= 10);
+}
+
+#[tokio::test]
+async fn gap_fill_finds_creates_without_webhooks_and_late_uploads_in_any_order() {
+    let app = SimApp::start(config(30), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+
+    let newest = app.sim.activities(athlete).unwrap()[0]["start_date"]
+        .as_str()
+        .unwrap()
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    // No webhook for either: one just recorded, one recorded two days
+    // before the newest stored activity and uploaded only now.
+    let fresh = app
+        .sim
+        .create_activity(athlete, NewActivity::default(), None)
+        .unwrap();
+    let late = app
+        .sim
+        .create_activity(
+            athlete,
+            NewActivity {
+                start_date: Some(newest - chrono::Duration::days(2)),
+                ..NewActivity::default()
+            },
+            None,
+        )
+        .unwrap();
+    let (fresh, late) = (fresh["id"].as_u64().unwrap(), late["id"].as_u64().unwrap());
+
+    let res = post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["athletes"], 2, "every connected athlete is queued");
+    run_until(&app, "both activities are stored", || async {
+        is_stored(&app, athlete, fresh).await && is_stored(&app, athlete, late).await
+    })
+    .await;
+    assert!(sync_status(&app, &token).await["last_gap_fill_at"].is_string());
+    // The simulator answers an `after`-only listing oldest first; one page
+    // held everything, so one call (the other athlete is not connected).
+    assert_eq!(ledger_calls(&app, "gap_fill").await, 1);
+}
+
+#[tokio::test]
+async fn admin_sync_run_needs_the_admin_token() {
+    let app = SimApp::start(config(1), &[]).await;
+    assert_eq!(post(&app, "/admin/sync/run", "wrong").await.status(), 401);
+    let res = reqwest::Client::new()
+        .post(app.url("/admin/sync/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn reconciliation_removes_a_silently_deleted_activity() {
+    let app = SimApp::start(config(250), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+    let gone = app.sim.activities(athlete).unwrap()[120]["id"]
+        .as_u64()
+        .unwrap();
+    assert!(is_stored(&app, athlete, gone).await);
+    // Deleted on Strava with no event at all.
+    app.sim.delete_activity(gone, None).unwrap();
+
+    let state = app.state().clone();
+    let now = state.clock.epoch();
+    assert_eq!(reconcile::plan(&state.store, now).await.unwrap(), 1);
+    state.jobs.wake();
+    run_until(&app, "the deleted activity is gone", || async {
+        !is_stored(&app, athlete, gone).await
+    })
+    .await;
+    assert_eq!(stored(&app, athlete).await, 249);
+    // Two pages (200 and 49) marked everything else as seen.
+    assert_eq!(ledger_calls(&app, "reconcile").await, 2);
+    assert!(sync_status(&app, &token).await["last_reconcile_at"].is_string());
+}
+
+/// Queues a webhook fetch as the webhook worker does for create events.
+async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
+    let payload = webhook_fetch::Payload {
+        activity_ids: ids.iter().map(|&id| id as i64).collect(),
+        ..Default::default()
+    };
+    let state = app.state().clone();
+    let now = state.clock.epoch();
+    state
+        .store
+        .write(move |tx| webhook_fetch::enqueue(tx, athlete as i64, &payload, now).map(|_| ()))
+        .await
+        .unwrap();
+    state.jobs.wake();
+}
+
+#[tokio::test]
+async fn a_create_not_yet_readable_is_retried_until_it_is() {
+    let app = SimApp::start(config(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    connect_and_backfill(&app, athlete).await;
+    app.sim
+        .update_settings(|s| s.detail_not_found_secs = 200);
+    let new = app
+        .sim
+        .create_activity(athlete, NewActivity::default(), None)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+
+    announce(&app, athlete, &[new]).await;
+    run_until(&app, "the announced activity is stored", || async {
+        is_stored(&app, athlete, new).await
+    })
+    .await;
+    let by_id: Vec<u16> = app
+        .api_calls()
+        .iter()
+        .filter(|c| c.endpoint == "GET /api/v3/activities/{id}")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(by_id.last(), Some(&200));
+    assert!(by_id[..by_id.len() - 1].iter().all(|&s| s == 404), "{by_id:?}");
+    assert!(by_id.len() >= 2, "a 404 came first: {by_id:?}");
+}
+
+#[tokio::test]
+async fn several_creates_of_one_athlete_share_one_listing() {
+    let app = SimApp::start(config(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    connect_and_backfill(&app, athlete).await;
+    let ids: Vec<u64> = (0..3)
+        .map(|_| {
+            app.sim
+                .create_activity(athlete, NewActivity::default(), None)
+                .unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let webhook_calls = ledger_calls(&app, "webhook").await;
+    announce(&app, athlete, &ids).await;
+    run_until(&app, "the three activities are stored", || async {
+        let mut all = true;
+        for &id in &ids {
+            all &= is_stored(&app, athlete, id).await;
+        }
+        all
+    })
+    .await;
+    assert_eq!(ledger_calls(&app, "webhook").await - webhook_calls, 1);
+}
+
+#[tokio::test]
+async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
+    let app = SimApp::start(config(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    connect_and_backfill(&app, athlete).await;
+    let id = app
+        .sim
+        .create_activity(athlete, NewActivity::default(), None)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let state = app.state().clone();
+    let now = state.clock.epoch();
+    state
+        .store
+        .write(move |tx| {
+            tx.execute(
+                "INSERT INTO activity_tombstones (id, athlete_id, event_time) VALUES (?1, ?2, ?3)",
+                rusqlite::params![id as i64, athlete as i64, now],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let before = app.api_calls().len();
+    announce(&app, athlete, &[id]).await;
+    app.wait_until("the fetch job is done", || async {
+        let state = app.state().clone();
+        state
+            .store
+            .read(move |c| jobs::queued_by_kind(c, athlete as i64))
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!is_stored(&app, athlete, id).await);
+    assert_eq!(app.api_calls().len(), before, "nothing was fetched");
+}
+
+#[tokio::test]
+async fn manual_refresh_is_queued_runs_to_done_with_counts_and_has_a_cooldown() {
+    let app = SimApp::start(config(20), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+    for _ in 0..2 {
+        app.sim
+            .create_activity(athlete, NewActivity::default(), None)
+            .unwrap();
+    }
+
+    let res = post(&app, "/api/sync", &token).await;
+    assert_eq!(res.status(), 202);
+    let queued: Value = res.json().await.unwrap();
+    assert_eq!(queued["status"], "queued");
+    assert!(queued["queue_position"].as_i64().unwrap() >= 1);
+    assert!(queued["estimated_start"].is_string(), "{queued}");
+    let job = queued["job_id"].as_i64().unwrap();
+
+    let path = format!("/api/sync/jobs/{job}");
+    let mut body = Value::Null;
+    run_until(&app, "the refresh is done", || async {
+        body = app_get(&app, &path, &token).await.json().await.unwrap();
+        body["status"] == "done"
+    })
+    .await;
+    assert_eq!(body["counts"]["new"], 2);
+    assert_eq!(body["counts"]["updated"], 0);
+    assert!(body["counts"]["fetched"].as_i64().unwrap() >= 2);
+
+    let again = post(&app, "/api/sync", &token).await;
+    assert_eq!(again.status(), 429);
+    let retry: u64 = again.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    let fault: Value = again.json().await.unwrap();
+    assert_eq!(fault["message"], "Rate Limit Exceeded");
+}
+
+async fn app_get(app: &SimApp, path: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sync_routes_refuse_missing_foreign_and_malformed_input() {
+    let app = SimApp::start(config(3), &[]).await;
+    let [a, b] = app.sim.athlete_ids()[..] else {
+        panic!("two athletes")
+    };
+    let (token_a, token_b) = (app.connect(a).await, app.connect(b).await);
+    let job: Value = post(&app, "/api/sync", &token_a).await.json().await.unwrap();
+    let path = format!("/api/sync/jobs/{}", job["job_id"]);
+
+    assert_eq!(app_get(&app, &path, &token_a).await.status(), 200);
+    assert_eq!(app_get(&app, &path, &token_b).await.status(), 404, "not yours");
+    assert_eq!(app_get(&app, "/api/sync/jobs/999999", &token_a).await.status(), 404);
+    let res = app_get(&app, "/api/sync/jobs/abc", &token_a).await;
+    assert_eq!(res.status(), 400);
+    let fault: Value = res.json().await.unwrap();
+    assert!(fault["errors"].is_array());
+    let huge = format!("/api/sync/jobs/{}", "9".repeat(40));
+    assert_eq!(app_get(&app, &huge, &token_a).await.status(), 400);
+    for path in ["/api/sync", &path] {
+        let res = reqwest::Client::new().get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path} without a token");
+        assert_eq!(app_get(&app, path, "forged").await.status(), 401);
+    }
+    assert_eq!(post(&app, "/api/sync", "forged").await.status(), 401);
+    let res = reqwest::Client::new()
+        .post(app.url("/api/sync"))
+        .bearer_auth(&token_b)
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+}
+
+#[tokio::test]
+async fn sync_status_shows_connection_progress_and_queued_work() {
+    let app = SimApp::start(config(10), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+    let status = sync_status(&app, &token).await;
+    assert_eq!(status["athlete_id"], athlete);
+    assert_eq!(status["connection"], "connected");
+    assert_eq!(status["backfill"]["activities_stored"], 10);
+    assert_eq!(status["backfill"]["complete"], true);
+    assert!(status["backfill"]["estimated_completion"].is_null());
+    assert!(status["queued"].is_object());
+    assert_eq!(status["budget"]["paused"], false);
+    assert!(status["budget"]["next_window_opens_at"].is_null());
+
+    post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
+    let status = sync_status(&app, &token).await;
+    assert_eq!(status["queued"]["gap_fill"], 1);
+    assert_eq!(status["budget"]["paused"], true);
+    assert_eq!(status["budget"]["blocked"]["gap_fill"]["reason"], "paused");
+}
+
+#[tokio::test]
+async fn a_thousand_reads_cost_no_strava_call() {
+    let app = SimApp::start(config(50), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+    // Nothing in the background may spend the budget while reads are counted.
+    post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    let (ledger, strava) = (app.ledger_count().await, app.api_calls().len());
+    let job: Value = app_get(&app, "/api/sync", &token).await.json().await.unwrap();
+    assert!(job.is_object());
+    let client = reqwest::Client::new();
+    for i in 0..1000 {
+        let path = match i % 2 {
+            0 => "/api/sync".to_string(),
+            _ => "/api/sync/jobs/1".to_string(),
+        };
+        let res = client
+            .get(app.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status() == 200 || res.status() == 404, "{path}");
+    }
+    assert_eq!(app.ledger_count().await, ledger);
+    assert_eq!(app.api_calls().len(), strava);
+}
