@@ -20,6 +20,8 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// Run the built-in Strava simulator alone (frontend development).
+    Simulator(strava_sync::simulator::SimulatorArgs),
 }
 
 #[tokio::main]
@@ -46,5 +48,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", settings.database_path.display());
             Ok(())
         }
+        Command::Simulator(args) => strava_sync::simulator::run_standalone(args).await,
     }
 }

@@ -5,3 +5,4 @@ mod budget;
 mod connect;
 mod helpers;
 mod operations;
+mod simulator;
