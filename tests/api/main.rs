@@ -5,4 +5,5 @@ mod budget;
 mod connect;
 mod helpers;
 mod operations;
+mod sim_app;
 mod simulator;
