@@ -43,6 +43,10 @@ pub const PACE_LEAD_SECS: i64 = 2 * 3600;
 /// A window passing this share of its limit is logged as a warning.
 const WARN_PERCENT: u32 = 80;
 
+/// Our clock and Strava's may disagree by this much: a call sent this close
+/// to a window's end may land in the next one, so it is counted there too.
+pub const CLOCK_SKEW_SECS: i64 = 2;
+
 /// Budget windows are pruned once they are this old.
 const KEEP_WINDOWS_SECS: i64 = 2 * 86_400;
 
@@ -216,6 +220,9 @@ pub struct Policy {
     paused: bool,
     /// The window instance a high-usage warning was last logged for.
     warned: [Option<i64>; 2],
+    /// Calls granted within [`CLOCK_SKEW_SECS`] of each current window's end,
+    /// carried into the next window's count.
+    straddling: [u32; 2],
 }
 
 impl Policy {
@@ -228,6 +235,7 @@ impl Policy {
             day,
             paused,
             warned: [None; 2],
+            straddling: [0; 2],
         }
     }
 
@@ -270,16 +278,21 @@ impl Policy {
 
     /// Starts fresh windows when time has moved past the current ones.
     pub fn roll(&mut self, now: i64) {
-        for kind in WindowKind::ALL {
+        for (i, kind) in WindowKind::ALL.into_iter().enumerate() {
             let start = kind.start_of(now);
+            let straddling = std::mem::take(&mut self.straddling[i]);
             let window = self.window_mut(kind);
-            if window.start != start {
-                *window = Window {
-                    start,
-                    reported_limit: window.reported_limit,
-                    ..Window::default()
-                };
+            if window.start == start {
+                self.straddling[i] = straddling;
+                continue;
             }
+            let next = window.start + kind.len_secs() == start;
+            *window = Window {
+                start,
+                used: if next { straddling } else { 0 },
+                reported_limit: window.reported_limit,
+                ..Window::default()
+            };
         }
     }
 
@@ -332,8 +345,13 @@ impl Policy {
         if let Some(wait) = self.blocked(purpose, now) {
             return Err(wait);
         }
-        self.quarter.used += 1;
-        self.day.used += 1;
+        for (i, kind) in WindowKind::ALL.into_iter().enumerate() {
+            let window = self.window_mut(kind);
+            window.used += 1;
+            if now >= window.start + kind.len_secs() - CLOCK_SKEW_SECS {
+                self.straddling[i] += 1;
+            }
+        }
         self.warn_when_high();
         Ok(Grant {
             quarter_start: self.quarter.start,
@@ -825,6 +843,25 @@ mod tests {
     }
 
     #[test]
+    fn calls_at_a_windows_very_end_count_in_the_next_one_too() {
+        let mut p = policy(10, 1000);
+        let end = QUARTER + 900;
+        assert_eq!(take(&mut p, Purpose::Interactive, end - 10, 1), 1);
+        assert_eq!(
+            take(&mut p, Purpose::Interactive, end - CLOCK_SKEW_SECS, 2),
+            2
+        );
+        p.roll(end);
+        // Strava's clock may have counted those two in the new window.
+        assert_eq!(p.window(WindowKind::Quarter).used, 2);
+        assert_eq!(p.window(WindowKind::Day).used, 3);
+        // Nothing carries over a gap of a whole window.
+        take(&mut p, Purpose::Interactive, end + 900 - 1, 1);
+        p.roll(end + 1800);
+        assert_eq!(p.window(WindowKind::Quarter).used, 0);
+    }
+
+    #[test]
     fn the_daily_limit_waits_for_midnight() {
         let mut p = policy(100, 20);
         assert_eq!(take(&mut p, Purpose::Interactive, NOON, 20), 20);
@@ -856,7 +893,7 @@ mod tests {
     #[test]
     fn usage_reported_after_the_window_rolled_does_not_touch_the_new_one() {
         let mut p = policy(100, 1000);
-        let grant = p.decide(Purpose::Interactive, QUARTER + 899).unwrap();
+        let grant = p.decide(Purpose::Interactive, QUARTER + 890).unwrap();
         let report = RateReport {
             usage: Some((90, 500)),
             limit: None,

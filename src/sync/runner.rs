@@ -28,6 +28,8 @@ const BACKGROUND_SLOTS: usize = 4;
 /// How often the queue is looked at when nothing wakes the runner (jobs
 /// enqueued by another process, retry times passing).
 const POLL: Duration = Duration::from_secs(1);
+/// How long a job in flight at shutdown may take to finish its step.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Claims before a job that keeps failing transiently is given up.
 const MAX_ATTEMPTS: i64 = 5;
 /// First retry delay of a transiently failed job; doubles per attempt.
@@ -79,8 +81,9 @@ impl JobRunner {
         })
     }
 
-    /// Runs until `shutdown`; jobs in flight are abandoned at shutdown and
-    /// requeued at the next start (their progress is committed per step).
+    /// Runs until `shutdown`. A job in flight then gets a moment to commit
+    /// its step; one that does not is requeued at the next start, resuming
+    /// from its last committed step.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tasks: TaskTracker) {
         match self.store.write(|tx| jobs::requeue_interrupted(tx)).await {
             Ok(0) => {}
@@ -93,9 +96,15 @@ impl JobRunner {
                     let runner = self.clone();
                     let shutdown = shutdown.clone();
                     tasks.spawn(async move {
+                        let run = runner.run_one(job);
+                        tokio::pin!(run);
                         tokio::select! {
-                            _ = runner.run_one(job) => {}
-                            _ = shutdown.cancelled() => {}
+                            _ = &mut run => {}
+                            _ = shutdown.cancelled() => {
+                                // Let a step in flight commit; a job still
+                                // waiting for the budget is abandoned.
+                                let _ = tokio::time::timeout(SHUTDOWN_GRACE, run).await;
+                            }
                         }
                         drop(slot);
                         runner.queue.wake();

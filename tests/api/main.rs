@@ -1,6 +1,9 @@
 //! Integration tests: one binary (linking dominates build time), one module
 //! per concern. Each test spawns the real app on port 0 with a fresh database.
 
+mod budget;
+mod connect;
 mod helpers;
 mod operations;
+mod sim_app;
 mod simulator;

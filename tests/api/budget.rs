@@ -1,0 +1,289 @@
+//! The shared Strava budget as operators see it and as Strava sees it.
+
+use serde_json::Value;
+use strava_sync::simulator::{Limits, SimConfig, SimSettings};
+
+use crate::helpers::{TestApp, ADMIN_TOKEN};
+use crate::sim_app::SimApp;
+
+async fn admin_post(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_budget_shows_both_windows_with_their_limits_and_resets() {
+    let app = TestApp::spawn_with(&[
+        ("STRAVA_RATE_LIMIT_15MIN", "40"),
+        ("STRAVA_RATE_LIMIT_DAILY", "400"),
+    ])
+    .await;
+    let res = app.get_as(ADMIN_TOKEN, "/admin/budget").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let windows = body["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2);
+    assert_eq!(windows[0]["window"], "15min");
+    assert_eq!(windows[0]["limit"], 40);
+    assert_eq!(windows[0]["used"], 0);
+    assert_eq!(windows[1]["window"], "day");
+    assert_eq!(windows[1]["limit"], 400);
+    let started =
+        chrono::DateTime::parse_from_rfc3339(windows[0]["started_at"].as_str().unwrap()).unwrap();
+    let resets =
+        chrono::DateTime::parse_from_rfc3339(windows[0]["resets_at"].as_str().unwrap()).unwrap();
+    assert_eq!((resets - started).num_seconds(), 900);
+    assert_eq!(started.timestamp() % 900, 0);
+    assert_eq!(body["paused"], false);
+    assert_eq!(body["throttled"], false);
+    assert_eq!(body["calls_today_by_purpose"]["backfill"], 0);
+    assert!(body["forecast"]["exhausted_at"].is_null());
+}
+
+#[tokio::test]
+async fn pause_blocks_background_purposes_until_resume() {
+    let app = TestApp::spawn().await;
+    let res = admin_post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = app
+        .get_as(ADMIN_TOKEN, "/admin/budget")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["paused"], true);
+    assert_eq!(body["throttled"], true);
+    assert_eq!(body["blocked"]["backfill"]["reason"], "paused");
+    assert!(body["blocked"].get("interactive").is_none());
+    assert_eq!(
+        admin_post(&app, "/admin/resume", ADMIN_TOKEN)
+            .await
+            .status(),
+        200
+    );
+    let body: Value = app
+        .get_as(ADMIN_TOKEN, "/admin/budget")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["paused"], false);
+    assert!(body["blocked"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_token() {
+    let app = TestApp::spawn().await;
+    for path in ["/admin/budget", "/admin/athletes"] {
+        assert_eq!(app.get(path).await.status(), 401, "{path}");
+        assert_eq!(app.get_as("wrong", path).await.status(), 401, "{path}");
+    }
+    for path in ["/admin/pause", "/admin/resume"] {
+        assert_eq!(
+            admin_post(&app, path, "wrong").await.status(),
+            401,
+            "{path}"
+        );
+    }
+    let body: Value = app
+        .get_as(ADMIN_TOKEN, "/admin/budget")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["paused"], false, "a refused pause changed nothing");
+    let hidden = TestApp::spawn_with(&[("ADMIN_TOKEN", "")]).await;
+    assert_eq!(
+        admin_post(&hidden, "/admin/pause", ADMIN_TOKEN)
+            .await
+            .status(),
+        404
+    );
+}
+
+/// One athlete with a long history, Strava and the service both limited to
+/// `per_quarter` calls per 15 minutes.
+async fn limited(activities: usize, per_quarter: u32) -> SimApp {
+    let config = SimConfig {
+        athletes: 2,
+        activities_per_athlete: activities,
+        settings: SimSettings {
+            limits: Limits::read_and_overall(per_quarter, 1000),
+            ..SimSettings::default()
+        },
+        ..SimConfig::default()
+    };
+    let limit = per_quarter.to_string();
+    SimApp::start(config, &[("STRAVA_RATE_LIMIT_15MIN", &limit)]).await
+}
+
+/// What keeps backfill from calling now, if anything.
+async fn backfill_blocked(app: &SimApp) -> Option<String> {
+    let budget = app.admin("/admin/budget").await;
+    budget["blocked"]["backfill"]["reason"]
+        .as_object()
+        .and_then(|r| r.keys().next().cloned())
+        .or_else(|| {
+            budget["blocked"]["backfill"]["reason"]
+                .as_str()
+                .map(String::from)
+        })
+}
+
+/// Runs the athlete's backfill to the end, moving both clocks to the next
+/// quarter hour whenever the budget holds backfill back. Returns how many
+/// windows it took.
+async fn backfill_to_the_end(app: &SimApp, athlete: u64) -> u32 {
+    let mut windows = 1;
+    loop {
+        app.wait_until("backfill completes or waits for the budget", || async {
+            app.athlete(athlete).await["backfill_complete"] == true
+                || backfill_blocked(app).await.is_some()
+        })
+        .await;
+        if app.athlete(athlete).await["backfill_complete"] == true {
+            return windows;
+        }
+        app.advance(app.secs_to_next_quarter() + 1);
+        windows += 1;
+        assert!(windows < 20, "the backfill does not end");
+    }
+}
+
+fn status_count(app: &SimApp, status: u16) -> usize {
+    app.api_calls()
+        .iter()
+        .filter(|c| c.status == status)
+        .count()
+}
+
+#[tokio::test]
+async fn a_long_backfill_under_small_limits_never_exceeds_a_window_and_gets_no_429() {
+    let app = limited(3000, 10).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.connect(athlete).await;
+    let windows = backfill_to_the_end(&app, athlete).await;
+
+    assert_eq!(app.athlete(athlete).await["activities"], 3000);
+    // The first page (200), 14 backfill pages of 200, and the empty page.
+    assert_eq!(app.sim.calls().to("GET /api/v3/athlete/activities"), 16);
+    // Backfill stops at 70% of each window: 7 calls per window (the first
+    // page's included), 16 in all.
+    assert_eq!(windows, 3);
+    assert!(app.busiest_quarter() <= 10, "{}", app.busiest_quarter());
+    assert_eq!(status_count(&app, 429), 0);
+    assert_eq!(app.ledger_count().await, app.api_calls().len() as i64);
+}
+
+#[tokio::test]
+async fn a_restart_mid_window_resumes_the_count_and_the_cursor() {
+    let mut app = limited(1500, 10).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.connect(athlete).await;
+    app.wait_until(
+        "backfill waits for the next window, every call answered",
+        || async {
+            let used = app.admin("/admin/budget").await["windows"][0]["used"].clone();
+            backfill_blocked(&app).await.is_some() && used == app.ledger_count().await
+        },
+    )
+    .await;
+    let before = app.api_calls().len();
+    // Backfill stops at 70% of the window: the first page and 6 pages.
+    assert_eq!(before, 7);
+    app.restart().await;
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(budget["windows"][0]["used"], 7, "the count survived");
+    assert_eq!(backfill_blocked(&app).await.as_deref(), Some("full"));
+    assert_eq!(app.api_calls().len(), before);
+
+    backfill_to_the_end(&app, athlete).await;
+    assert_eq!(app.athlete(athlete).await["activities"], 1500);
+    // 200 + 6 × 200 in the first window, the last 100 and the empty page in
+    // the next: no page was fetched twice.
+    assert_eq!(app.sim.calls().to("GET /api/v3/athlete/activities"), 9);
+    assert!(app.busiest_quarter() <= 10);
+    assert_eq!(status_count(&app, 429), 0);
+    assert_eq!(app.ledger_count().await, app.api_calls().len() as i64);
+}
+
+#[tokio::test]
+async fn usage_reported_for_other_clients_holds_our_calls_back() {
+    let app = limited(3000, 10).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.sim.add_other_client_calls(6);
+    app.connect(athlete).await;
+    app.wait_until("backfill waits for the next window", || async {
+        backfill_blocked(&app).await.is_some()
+    })
+    .await;
+    // The first page's answer said 7 were used: backfill's share was gone.
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(budget["windows"][0]["used"], 7);
+    assert_eq!(budget["windows"][0]["reported_usage"], 7);
+    assert_eq!(budget["windows"][0]["reported_limit"], 10);
+    assert_eq!(app.api_calls().len(), 1);
+    app.advance(app.secs_to_next_quarter() + 1);
+    app.wait_until("backfill resumes", || async { app.api_calls().len() > 1 })
+        .await;
+    assert_eq!(status_count(&app, 429), 0);
+}
+
+#[tokio::test]
+async fn after_a_429_nothing_is_sent_until_the_window_resets() {
+    let app = limited(300, 10).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.sim.add_other_client_calls(10);
+    app.connect(athlete).await;
+    app.wait_until("the budget locks the window", || async {
+        app.admin("/admin/budget").await["windows"][0]["exhausted"] == true
+    })
+    .await;
+    let budget = app.admin("/admin/budget").await;
+    let reason = &budget["blocked"]["interactive"]["reason"];
+    assert_eq!(reason, &serde_json::json!({"rate_limited": "15min"}));
+    assert_eq!(
+        budget["blocked"]["interactive"]["until"],
+        budget["windows"][0]["resets_at"]
+    );
+    assert_eq!(app.api_calls().len(), 1);
+    assert_eq!(status_count(&app, 429), 1);
+
+    let refused_at = app.api_calls()[0].at.timestamp();
+    app.advance(app.secs_to_next_quarter() + 1);
+    backfill_to_the_end(&app, athlete).await;
+    assert_eq!(app.athlete(athlete).await["activities"], 300);
+    let calls = app.api_calls();
+    assert!(calls[1..]
+        .iter()
+        .all(|c| c.at.timestamp().div_euclid(900) > refused_at.div_euclid(900)));
+    assert_eq!(status_count(&app, 429), 1);
+    assert_eq!(app.ledger_count().await, calls.len() as i64);
+}
+
+#[tokio::test]
+async fn an_interactive_first_page_overtakes_queued_backfill() {
+    let app = limited(3000, 10).await;
+    let [long, newcomer] = app.sim.athlete_ids()[..] else {
+        panic!("two athletes")
+    };
+    app.connect(long).await;
+    app.wait_until("backfill waits for the next window", || async {
+        backfill_blocked(&app).await.is_some() && app.athlete(long).await["activities"] == 1400
+    })
+    .await;
+    // Same window, no time moved: the newcomer's first page goes at once.
+    app.connect(newcomer).await;
+    app.wait_until("the newcomer's first page is stored", || async {
+        app.athlete(newcomer).await["activities"] == 200
+    })
+    .await;
+    assert_eq!(app.athlete(long).await["backfill_complete"], false);
+    assert_eq!(app.athlete(long).await["activities"], 1400);
+    assert!(app.busiest_quarter() <= 10);
+    assert_eq!(status_count(&app, 429), 0);
+}
