@@ -166,8 +166,7 @@ fn estimated_start(state: &AppState, purpose: Purpose, position: i64) -> Option<
 /// Starts a gap-fill pass now, as the schedule would.
 #[post("/admin/sync/run")]
 async fn run_gap_fill(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let queued =
-        gap_fill::start_pass(&state.store, state.settings.strava_rate_limit_daily).await?;
+    let queued = gap_fill::start_pass(&state.store, state.settings.strava_rate_limit_daily).await?;
     state.jobs.wake();
     Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
 }

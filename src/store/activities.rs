@@ -162,6 +162,18 @@ pub fn upsert_listed(
     upsert_summaries(conn, athlete_id, &kept)
 }
 
+/// Records that a listing saw these activities at `at` (never moving the
+/// mark back).
+pub fn mark_seen(conn: &Connection, athlete_id: i64, ids: &[i64], at: i64) -> DbResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE activities SET last_seen_at = MAX(last_seen_at, ?3) WHERE id = ?1 AND athlete_id = ?2",
+    )?;
+    for &id in ids {
+        stmt.execute(params![id, athlete_id, at])?;
+    }
+    Ok(())
+}
+
 /// Deletes the athlete's activities that started before `started_before` and
 /// were last seen before `seen_before`: what a complete listing of Strava
 /// begun at `seen_before` no longer showed. Returns how many went.

@@ -17,7 +17,7 @@ use crate::strava::Purpose;
 
 use super::gap_fill::{is_last_page, sees_all};
 use super::runner::{JobError, Step};
-use super::source::ActivitySource;
+use super::source::{activity_id, ActivitySource};
 use crate::store::jobs::Counts;
 use crate::strava::client::{ListQuery, MAX_PER_PAGE};
 
@@ -42,7 +42,10 @@ pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
 /// after the last one, sweeps ([`Step::Done`]).
 ///
 /// Times here come from the store's clock on purpose: `last_seen_at` is
-/// written with it, and the sweep compares the two.
+/// written with it, and the sweep compares the two. What the walk lists is
+/// marked one second past the pass start, so an activity seen by anything
+/// else in the very second the pass began, and deleted before the walk came
+/// to it, is still swept.
 pub async fn step<S: ActivitySource>(
     store: &Store,
     source: &S,
@@ -66,16 +69,19 @@ pub async fn step<S: ActivitySource>(
         .await?;
     let finished = is_last_page(page.len(), read_all);
     let fetched = page.len() as i64;
+    let listed: Vec<i64> = page.iter().filter_map(|r| activity_id(r)).collect();
+    let mark = pass.started_at + 1;
     let (changed, removed) = store
         .write(move |tx| {
             let changed = activities::upsert_listed(tx, athlete_id, page)?;
+            activities::mark_seen(tx, athlete_id, &listed, mark)?;
             let next = sync_state::ReconcilePass {
                 page: pass.page + 1,
                 ..pass
             };
             sync_state::save_reconcile_pass(tx, athlete_id, next, finished)?;
             let removed = if finished {
-                activities::sweep_unseen(tx, athlete_id, pass.started_at, pass.started_at)?
+                activities::sweep_unseen(tx, athlete_id, mark, pass.started_at)?
             } else {
                 0
             };

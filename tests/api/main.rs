@@ -7,3 +7,4 @@ mod helpers;
 mod operations;
 mod sim_app;
 mod simulator;
+mod sync;
