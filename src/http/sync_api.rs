@@ -128,7 +128,8 @@ async fn status(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpRes
     let athlete = athlete.ok_or(ApiError::Unauthorized)?;
     let now = state.clock.epoch();
     let daily_limit = state.settings.strava_rate_limit_daily;
-    let backfill = progress::backfill(&state.store, athlete_id, stored, daily_limit, now).await?;
+    let backfill =
+        progress::backfill(&state.store, athlete_id, &sync, stored, daily_limit, now).await?;
     let budget = state.budget.snapshot();
     let next_window_opens_at = budget
         .blocked
@@ -143,6 +144,7 @@ async fn status(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpRes
         "last_gap_fill_at": to_time(sync.last_gap_fill_at),
         "last_webhook_at": to_time(last_webhook),
         "last_reconcile_at": to_time(sync.last_reconcile_at),
+        "reconcile_in_progress": sync.reconcile_cursor.is_some(),
         "queued": queued.into_iter().map(|(kind, n)| (kind, json!(n))).collect::<serde_json::Map<_, _>>(),
         "budget": {
             "paused": budget.paused,
@@ -171,7 +173,7 @@ async fn run_gap_fill(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
 }
 
-pub fn to_time(t: Option<i64>) -> Option<DateTime<Utc>> {
+fn to_time(t: Option<i64>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t, 0))
 }
 

@@ -6,7 +6,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::store::{athletes, sync_state, DbResult, Store};
+use crate::store::sync_state::{self, SyncState};
+use crate::store::{athletes, DbResult, Store};
 use crate::strava::Purpose;
 
 use crate::strava::client::MAX_PER_PAGE;
@@ -27,17 +28,17 @@ pub struct Backfill {
 pub async fn backfill(
     store: &Store,
     athlete_id: i64,
+    state: &SyncState,
     activities_stored: i64,
     daily_limit: u32,
     now: i64,
 ) -> DbResult<Backfill> {
-    let (state, created, recent_calls, in_progress) = store
+    let (created, recent_calls, in_progress) = store
         .read(move |c| {
             let created = athletes::profile_json(c, athlete_id)?
                 .as_deref()
                 .and_then(account_created);
             Ok((
-                sync_state::get(c, athlete_id)?,
                 created,
                 sync_state::calls_since(c, Purpose::Backfill, now - DAY)?,
                 sync_state::backfills_in_progress(c)?,
