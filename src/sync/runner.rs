@@ -150,9 +150,10 @@ impl JobRunner {
     /// in the budget, a budget window or retry time arriving, or the poll.
     async fn idle(&self, shutdown: &CancellationToken) {
         let (_, budget_change) = self.budget.servable();
+        let now = self.budget.clock().epoch();
         let next_due = self
             .store
-            .read(jobs::next_due)
+            .read(move |c| jobs::next_due_after(c, now))
             .await
             .ok()
             .flatten()

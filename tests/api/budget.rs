@@ -1,7 +1,9 @@
 //! The shared Strava budget as operators see it and as Strava sees it.
 
 use serde_json::Value;
-use strava_sync::simulator::{Limits, SimConfig, SimSettings};
+use strava_sync::simulator::{Faults, Limits, SimConfig, SimSettings};
+use strava_sync::strava::client::StravaError;
+use strava_sync::strava::Purpose;
 
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 use crate::sim_app::SimApp;
@@ -286,4 +288,71 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
     assert_eq!(app.athlete(long).await["activities"], 1400);
     assert!(app.busiest_quarter() <= 10);
     assert_eq!(status_count(&app, 429), 0);
+}
+
+#[tokio::test]
+async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
+    let app = limited(10, 100).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.connect(athlete).await;
+    app.wait_until("the backfill completes", || async {
+        app.athlete(athlete).await["backfill_complete"] == true
+    })
+    .await;
+    let strava = app.state().strava.clone();
+    let get = || strava.get_athlete(athlete as i64, Purpose::Interactive);
+    let before = app.api_calls().len();
+
+    let fail = |count| Faults {
+        count,
+        status: Some(503),
+        latency_ms: 0,
+    };
+    app.sim.inject_faults(fail(2)).unwrap();
+    get().await.expect("the third attempt succeeds");
+    assert_eq!(app.api_calls().len(), before + 3);
+
+    // Five failures in a row open the circuit: the next attempt is not sent.
+    app.sim.inject_faults(fail(100)).unwrap();
+    assert!(matches!(get().await, Err(StravaError::Server(503))));
+    assert!(matches!(get().await, Err(StravaError::CircuitOpen(_))));
+    assert_eq!(app.api_calls().len(), before + 8);
+    assert!(matches!(get().await, Err(StravaError::CircuitOpen(_))));
+    assert_eq!(app.api_calls().len(), before + 8);
+
+    // A minute later one trial call goes; Strava has recovered.
+    app.sim.inject_faults(fail(0)).unwrap();
+    app.advance(61);
+    get().await.expect("the circuit half-opens");
+
+    let calls = app.api_calls().len() as i64;
+    assert_eq!(app.ledger_count().await, calls);
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(
+        budget["windows"][1]["used"], calls,
+        "every attempt took a permit"
+    );
+    let metrics = reqwest::Client::new()
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"strava_calls_total{endpoint="GET /athlete",status="503",purpose="interactive"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"strava_budget_used{window="15min"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"strava_budget_limit{window="day"}"#),
+        "{metrics}"
+    );
 }
