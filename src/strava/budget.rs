@@ -268,10 +268,6 @@ impl Policy {
         limit - reserve
     }
 
-    pub fn paused(&self) -> bool {
-        self.paused
-    }
-
     pub fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
     }

@@ -325,6 +325,22 @@ async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
     app.advance(61);
     get().await.expect("the circuit half-opens");
 
+    // Details come back as Strava sent them; a missing one is a typed 404.
+    let id = app.sim.activities(athlete).unwrap()[0]["id"]
+        .as_i64()
+        .unwrap();
+    let detail = strava
+        .get_activity(athlete as i64, Purpose::Webhook, id)
+        .await
+        .unwrap();
+    let detail: serde_json::Value = serde_json::from_str(detail.get()).unwrap();
+    assert_eq!(detail, app.sim.activity(id as u64).unwrap());
+    assert_eq!(detail["resource_state"], 3);
+    let missing = strava
+        .get_activity(athlete as i64, Purpose::Webhook, 1)
+        .await;
+    assert!(matches!(missing, Err(StravaError::NotFound)));
+
     let calls = app.api_calls().len() as i64;
     assert_eq!(app.ledger_count().await, calls);
     let budget = app.admin("/admin/budget").await;
