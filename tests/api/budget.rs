@@ -8,9 +8,9 @@ use strava_sync::strava::Purpose;
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 use crate::sim_app::SimApp;
 
-async fn admin_post(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
+async fn admin_post(url: String, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
         .bearer_auth(token)
         .send()
         .await
@@ -49,7 +49,7 @@ async fn admin_budget_shows_both_windows_with_their_limits_and_resets() {
 #[tokio::test]
 async fn pause_blocks_background_purposes_until_resume() {
     let app = TestApp::spawn().await;
-    let res = admin_post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    let res = admin_post(app.url("/admin/pause"), ADMIN_TOKEN).await;
     assert_eq!(res.status(), 200);
     let body: Value = app
         .get_as(ADMIN_TOKEN, "/admin/budget")
@@ -62,7 +62,7 @@ async fn pause_blocks_background_purposes_until_resume() {
     assert_eq!(body["blocked"]["backfill"]["reason"], "paused");
     assert!(body["blocked"].get("interactive").is_none());
     assert_eq!(
-        admin_post(&app, "/admin/resume", ADMIN_TOKEN)
+        admin_post(app.url("/admin/resume"), ADMIN_TOKEN)
             .await
             .status(),
         200
@@ -86,7 +86,7 @@ async fn admin_routes_need_the_admin_token() {
     }
     for path in ["/admin/pause", "/admin/resume"] {
         assert_eq!(
-            admin_post(&app, path, "wrong").await.status(),
+            admin_post(app.url(path), "wrong").await.status(),
             401,
             "{path}"
         );
@@ -100,7 +100,7 @@ async fn admin_routes_need_the_admin_token() {
     assert_eq!(body["paused"], false, "a refused pause changed nothing");
     let hidden = TestApp::spawn_with(&[("ADMIN_TOKEN", "")]).await;
     assert_eq!(
-        admin_post(&hidden, "/admin/pause", ADMIN_TOKEN)
+        admin_post(hidden.url("/admin/pause"), ADMIN_TOKEN)
             .await
             .status(),
         404
@@ -371,4 +371,29 @@ async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
         metrics.contains(r#"strava_budget_limit{window="day"}"#),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn while_paused_only_interactive_work_reaches_strava() {
+    let app = limited(500, 100).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let pause = admin_post(app.url("/admin/pause"), ADMIN_TOKEN).await;
+    assert_eq!(pause.status(), 200);
+    app.connect(athlete).await;
+    app.wait_until("the first page is stored", || async {
+        app.athlete(athlete).await["activities"] == 200
+    })
+    .await;
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(budget["paused"], true);
+    assert_eq!(budget["blocked"]["backfill"]["reason"], "paused");
+    assert_eq!(app.api_calls().len(), 1, "the backfill waits");
+
+    let resume = admin_post(app.url("/admin/resume"), ADMIN_TOKEN).await;
+    assert_eq!(resume.status(), 200);
+    app.wait_until("the backfill completes", || async {
+        app.athlete(athlete).await["backfill_complete"] == true
+    })
+    .await;
+    assert_eq!(app.athlete(athlete).await["activities"], 500);
 }

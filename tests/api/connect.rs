@@ -98,6 +98,18 @@ async fn denial_is_forbidden_and_its_state_cannot_be_reused() {
 }
 
 #[tokio::test]
+async fn an_unexpected_error_from_strava_is_a_bad_request_that_echoes_nothing() {
+    let app = TestApp::spawn().await;
+    let state = &start_connect(&app).await["state"];
+    let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let (status, body) =
+        fault(callback(&app, &format!("state={state}&error={hostile}")).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "error");
+    assert!(!body.to_string().contains("script"), "{body}");
+}
+
+#[tokio::test]
 async fn a_missing_code_is_a_bad_request() {
     let app = TestApp::spawn().await;
     let state = &start_connect(&app).await["state"];
@@ -125,6 +137,14 @@ async fn disconnect_needs_an_api_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    let res = app
+        .client
+        .post(app.url("/auth/disconnect"))
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
 }
 
 fn athletes_with(activities: usize) -> SimConfig {
@@ -225,6 +245,22 @@ async fn a_callback_replayed_or_with_a_forged_state_or_bad_code_stores_nothing_m
     let athletes = app.admin("/admin/athletes").await;
     assert_eq!(athletes["athletes"].as_array().unwrap().len(), 1);
     assert!(app.athlete(second).await.is_null());
+}
+
+#[tokio::test]
+async fn a_state_older_than_ten_minutes_is_refused() {
+    let app = SimApp::start(athletes_with(5), &[]).await;
+    let callback = app.authorize(app.sim.athlete_ids()[0]).await;
+    app.advance(strava_sync::http::connect::STATE_TTL_SECS as u64 + 1);
+    let (status, body) = fault(app.callback(&callback).await).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (400, &Value::from("state"))
+    );
+    assert!(app.admin("/admin/athletes").await["athletes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
