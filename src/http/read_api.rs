@@ -162,8 +162,8 @@ fn invalid(field: &'static str, message: String) -> ApiError {
 }
 
 /// A JSON answer with a strong ETag over its exact bytes, or 304 when the
-/// client already holds them. Answers are per athlete: shared caches must not
-/// keep them, and clients must revalidate.
+/// client already holds them. Answers depend on the token: shared caches must
+/// not keep them, and clients must revalidate.
 fn json_with_etag(req: &HttpRequest, body: String) -> HttpResponse {
     let digest = Sha256::digest(body.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -176,7 +176,8 @@ fn json_with_etag(req: &HttpRequest, body: String) -> HttpResponse {
     };
     response
         .insert_header((header::ETAG, etag))
-        .insert_header((header::CACHE_CONTROL, "private, no-cache"));
+        .insert_header((header::CACHE_CONTROL, "private, no-cache"))
+        .insert_header((header::VARY, "Authorization"));
     if unchanged {
         response.finish()
     } else {

@@ -357,6 +357,9 @@ async fn a_matching_etag_answers_304() {
         etag.starts_with('"') && etag.ends_with('"'),
         "strong: {etag}"
     );
+    assert_eq!(first.headers()[header::CACHE_CONTROL], "private, no-cache");
+    let vary = first.headers()[header::VARY].to_str().unwrap();
+    assert!(vary.starts_with("Authorization"), "{vary}");
     let body = first.text().await.unwrap();
 
     let conditional = |tag: String, path: &'static str| {
