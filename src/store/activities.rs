@@ -212,7 +212,7 @@ pub fn stats(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ActivityS
         .map_or(i64::MIN, |t| t.timestamp());
     let mut stmt = conn.prepare_cached(
         "WITH periods(period, since) AS (VALUES ('recent', ?2), ('ytd', ?3), ('all', ?4)),
-         sorted AS (
+         classified AS (
              SELECT CASE
                         WHEN COALESCE(sport_type, activity_type)
                              IN ('Ride', 'MountainBikeRide', 'GravelRide', 'VirtualRide') THEN 'ride'
@@ -227,7 +227,7 @@ pub fn stats(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ActivityS
          SELECT sport, period, COUNT(*), TOTAL(distance), COALESCE(SUM(moving_time), 0),
                 COALESCE(SUM(elapsed_time), 0), TOTAL(elevation_gain),
                 COALESCE(SUM(achievement_count), 0), MAX(distance), MAX(elevation_gain)
-         FROM sorted JOIN periods ON start_time >= since
+         FROM classified JOIN periods ON start_time >= since
          WHERE sport IS NOT NULL
          GROUP BY sport, period",
     )?;
