@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod read_api;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +62,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .configure(health::configure)
             .configure(metrics::configure)
+            .configure(read_api::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             }));

@@ -3,4 +3,5 @@
 
 mod helpers;
 mod operations;
+mod read_api;
 mod simulator;
