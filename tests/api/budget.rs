@@ -125,15 +125,28 @@ async fn limited(activities: usize, per_quarter: u32) -> SimApp {
 
 /// What keeps backfill from calling now, if anything.
 async fn backfill_blocked(app: &SimApp) -> Option<String> {
-    let budget = app.admin("/admin/budget").await;
-    budget["blocked"]["backfill"]["reason"]
+    blocked_in(&app.admin("/admin/budget").await)
+}
+
+fn blocked_in(budget: &Value) -> Option<String> {
+    let reason = &budget["blocked"]["backfill"]["reason"];
+    reason
         .as_object()
         .and_then(|r| r.keys().next().cloned())
-        .or_else(|| {
-            budget["blocked"]["backfill"]["reason"]
-                .as_str()
-                .map(String::from)
-        })
+        .or_else(|| reason.as_str().map(String::from))
+}
+
+/// Backfill is held back and every call counted today has been answered
+/// (the ledger row is written when the answer arrives, after the permit).
+async fn settled(app: &SimApp) -> bool {
+    let budget = app.admin("/admin/budget").await;
+    let answered: i64 = app.admin("/admin/budget").await["calls_today_by_purpose"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_i64)
+        .sum();
+    blocked_in(&budget).is_some() && budget["windows"][1]["used"] == answered
 }
 
 /// Runs the athlete's backfill to the end, moving both clocks to the next
@@ -143,8 +156,7 @@ async fn backfill_to_the_end(app: &SimApp, athlete: u64) -> u32 {
     let mut windows = 1;
     loop {
         app.wait_until("backfill completes or waits for the budget", || async {
-            app.athlete(athlete).await["backfill_complete"] == true
-                || backfill_blocked(app).await.is_some()
+            app.athlete(athlete).await["backfill_complete"] == true || settled(app).await
         })
         .await;
         if app.athlete(athlete).await["backfill_complete"] == true {
@@ -186,14 +198,8 @@ async fn a_restart_mid_window_resumes_the_count_and_the_cursor() {
     let mut app = limited(1500, 10).await;
     let athlete = app.sim.athlete_ids()[0];
     app.connect(athlete).await;
-    app.wait_until(
-        "backfill waits for the next window, every call answered",
-        || async {
-            let used = app.admin("/admin/budget").await["windows"][0]["used"].clone();
-            backfill_blocked(&app).await.is_some() && used == app.ledger_count().await
-        },
-    )
-    .await;
+    app.wait_until("backfill waits for the next window", || settled(&app))
+        .await;
     let before = app.api_calls().len();
     // Backfill stops at 70% of the window: the first page and 6 pages.
     assert_eq!(before, 7);
@@ -275,7 +281,7 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
     };
     app.connect(long).await;
     app.wait_until("backfill waits for the next window", || async {
-        backfill_blocked(&app).await.is_some() && app.athlete(long).await["activities"] == 1400
+        settled(&app).await && app.athlete(long).await["activities"] == 1400
     })
     .await;
     // Same window, no time moved: the newcomer's first page goes at once.

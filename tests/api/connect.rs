@@ -177,6 +177,18 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
     assert_eq!(body["athlete"], app.sim.athlete(athlete).unwrap());
 
     let synced = backfilled(&app, athlete).await;
+    // The issued token reads the stored copy, newest first, as Strava sent it.
+    let token = body["token"].as_str().unwrap();
+    let listed: Vec<Value> = reqwest::Client::new()
+        .get(app.url("/api/v3/athlete/activities?per_page=200&page=2"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[..], app.sim.activities(athlete).unwrap()[200..]);
     assert_eq!(synced["status"], "connected");
     assert_eq!(synced["scope"], "read,activity:read_all");
     assert_eq!(synced["activities"], 250);

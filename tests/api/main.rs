@@ -5,5 +5,6 @@ mod budget;
 mod connect;
 mod helpers;
 mod operations;
+mod read_api;
 mod sim_app;
 mod simulator;
