@@ -50,8 +50,6 @@ pub enum JobError {
     Strava(#[from] StravaError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("Strava sent something unusable: {0}")]
-    Malformed(String),
     /// No handler is wired for this kind yet.
     #[error("job kind `{}` has no handler", .0.as_str())]
     Unsupported(JobKind),
@@ -256,7 +254,7 @@ mod tests {
             JobError::Strava(StravaError::InvalidToken),
             JobError::Strava(StravaError::NotFound),
             JobError::Unsupported(JobKind::GapFill),
-            JobError::Malformed("x".into()),
+            JobError::Strava(StravaError::Malformed("x".into())),
         ] {
             assert!(matches!(disposition(&permanent, 1), Disposition::Fail));
         }
