@@ -199,6 +199,38 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
     assert_eq!(budget["calls_today_by_purpose"]["backfill"], 2);
     assert_eq!(budget["windows"][0]["used"], 3);
     assert_eq!(app.ledger_count().await, app.api_calls().len() as i64);
+    let ledger = app
+        .state()
+        .store
+        .read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT endpoint, athlete_id, purpose, status, usage_15min, usage_daily
+                 FROM strava_calls ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(format!(
+                    "{} {} {} {} {}/{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    let row = |purpose, n| format!("GET /athlete/activities {athlete} {purpose} 200 {n}/{n}");
+    assert_eq!(
+        ledger,
+        [
+            row("interactive", 1),
+            row("backfill", 2),
+            row("backfill", 3)
+        ]
+    );
 }
 
 #[tokio::test]
