@@ -17,6 +17,8 @@
 //! - the limits are the configured ceilings, lowered by any lower limit Strava
 //!   reports;
 //! - after a 429 nothing is sent until the window that was over resets;
+//! - a call in the last [`CLOCK_SKEW_SECS`] of a window also counts in the
+//!   next one, since Strava's clock may be a little ahead of ours;
 //! - each purpose below interactive stops short of a window's limit by a
 //!   reserve ([`reserve_percent`]), so higher purposes always find headroom;
 //! - background purposes (gap-fill and below) are paced across the UTC day by
