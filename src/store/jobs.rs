@@ -188,6 +188,16 @@ pub fn next_due_after(conn: &Connection, now: i64) -> DbResult<Option<i64>> {
     )?)
 }
 
+/// Jobs waiting in the queue, those of athletes needing re-authorization
+/// included.
+pub fn queued_count(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE status = 'queued'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 /// Ends a job successfully, adding its last counts.
 pub fn finish(conn: &Connection, id: i64, counts: Counts, now: i64) -> DbResult<()> {
     conn.execute(

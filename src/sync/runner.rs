@@ -149,13 +149,20 @@ impl JobRunner {
     async fn idle(&self, shutdown: &CancellationToken) {
         let (_, budget_change) = self.budget.servable();
         let now = self.budget.clock().epoch();
-        let next_due = self
+        let queue = self
             .store
-            .read(move |c| jobs::next_due_after(c, now))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+            .read(move |c| Ok((jobs::next_due_after(c, now)?, jobs::queued_count(c)?)))
+            .await;
+        let next_due = match queue {
+            Ok((next_due, queued)) => {
+                metrics::gauge!("jobs_queued").set(queued as f64);
+                next_due.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the job queue");
+                None
+            }
+        };
         let wake_at = [budget_change, next_due].into_iter().flatten().min();
         let clock = self.budget.clock().clone();
         let timer = async move {
