@@ -392,13 +392,13 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                 .unwrap();
             continue;
         }
-        let due = store.read(jobs::next_due).await.unwrap();
+        let due = store.read(move |c| jobs::next_due_after(c, now)).await.unwrap();
         let mut next = [
             uploads.get(next_upload).map(|a| a.created),
             Some(next_plan),
             Some(next_gap_fill),
             until.map(|t| t.timestamp()),
-            due.filter(|&t| t > now),
+            due,
             Some(end),
         ]
         .into_iter()

@@ -78,7 +78,7 @@ async fn callback(
         return Err(if error == "access_denied" {
             forbidden("The athlete denied access", "error", "access_denied")
         } else {
-            ApiError::bad_parameter("OAuth", "error", format!("Strava answered `{error}`"))
+            ApiError::bad_parameter("OAuth", "error", "Strava did not grant access")
         });
     }
     let scope = query.scope.unwrap_or_default();

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod read_api;
 pub mod sync_api;
 
 use std::sync::Arc;
@@ -101,6 +102,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(metrics::configure)
             .configure(connect::configure)
             .configure(admin::configure)
+            .configure(read_api::configure)
             .configure(sync_api::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })

@@ -176,11 +176,23 @@ pub fn claim(conn: &Connection, now: i64, max_rank: i64) -> DbResult<Option<Job>
         .optional()?)
 }
 
-/// When the next queued job of a connected athlete becomes due.
-pub fn next_due(conn: &Connection) -> DbResult<Option<i64>> {
+/// When the next queued job of a connected athlete that is not yet due
+/// becomes due (jobs already due wait for the budget or their athlete, not
+/// for time).
+pub fn next_due_after(conn: &Connection, now: i64) -> DbResult<Option<i64>> {
     Ok(conn.query_row(
         "SELECT MIN(j.not_before) FROM jobs j JOIN athletes a ON a.id = j.athlete_id
-         WHERE j.status = 'queued' AND a.status = 'connected'",
+         WHERE j.status = 'queued' AND a.status = 'connected' AND j.not_before > ?1",
+        [now],
+        |r| r.get(0),
+    )?)
+}
+
+/// Jobs waiting in the queue, those of athletes needing re-authorization
+/// included.
+pub fn queued_count(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE status = 'queued'",
         [],
         |r| r.get(0),
     )?)

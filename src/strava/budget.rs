@@ -17,13 +17,15 @@
 //! - the limits are the configured ceilings, lowered by any lower limit Strava
 //!   reports;
 //! - after a 429 nothing is sent until the window that was over resets;
+//! - a call in the last [`CLOCK_SKEW_SECS`] of a window also counts in the
+//!   next one, since Strava's clock may be a little ahead of ours;
 //! - each purpose below interactive stops short of a window's limit by a
 //!   reserve ([`reserve_percent`]), so higher purposes always find headroom;
 //! - background purposes (gap-fill and below) are paced across the UTC day by
 //!   an allowance curve instead of spending the day in its first hours;
 //! - an operator may pause everything but interactive calls.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -223,6 +225,8 @@ pub struct Policy {
     /// Calls granted within [`CLOCK_SKEW_SECS`] of each current window's end,
     /// carried into the next window's count.
     straddling: [u32; 2],
+    /// When our calls of the last hour were granted, for the forecast.
+    recent: VecDeque<i64>,
 }
 
 impl Policy {
@@ -236,6 +240,7 @@ impl Policy {
             paused,
             warned: [None; 2],
             straddling: [0; 2],
+            recent: VecDeque::new(),
         }
     }
 
@@ -266,10 +271,6 @@ impl Policy {
         let limit = self.limit(kind);
         let reserve = (limit * reserve_percent(purpose)).div_ceil(100);
         limit - reserve
-    }
-
-    pub fn paused(&self) -> bool {
-        self.paused
     }
 
     pub fn set_paused(&mut self, paused: bool) {
@@ -345,6 +346,10 @@ impl Policy {
         if let Some(wait) = self.blocked(purpose, now) {
             return Err(wait);
         }
+        while self.recent.front().is_some_and(|t| *t <= now - 3600) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
         for (i, kind) in WindowKind::ALL.into_iter().enumerate() {
             let window = self.window_mut(kind);
             window.used += 1;
@@ -423,13 +428,16 @@ impl Policy {
         (best, None)
     }
 
-    /// When today's budget runs out at today's average rate so far (None when
-    /// it lasts past midnight). The first quarter hour counts as elapsed, so a
-    /// burst just after midnight does not forecast nonsense.
+    /// When today's budget runs out at the current rate (None when it lasts
+    /// past midnight). The rate is the higher of the last hour's and today's
+    /// average, so a burst shows at once and a quiet hour does not hide a
+    /// busy day. The first quarter hour counts as elapsed, so a burst just
+    /// after midnight does not forecast nonsense.
     pub fn forecast(&self, now: i64) -> Forecast {
         let elapsed = (now - self.day.start).max(WindowKind::Quarter.len_secs());
-        let used = f64::from(self.day.used);
-        let per_sec = used / elapsed as f64;
+        let today = f64::from(self.day.used) / elapsed as f64;
+        let last_hour = self.recent.iter().filter(|t| **t > now - 3600).count();
+        let per_sec = today.max(last_hour as f64 / 3600.0);
         let remaining = f64::from(self.limit(WindowKind::Day).saturating_sub(self.day.used));
         let day_end = self.day.start + WindowKind::Day.len_secs();
         let exhausted_at = if remaining == 0.0 {
@@ -1012,17 +1020,22 @@ mod tests {
     }
 
     #[test]
-    fn forecast_extrapolates_todays_rate() {
+    fn forecast_extrapolates_the_current_rate() {
         let mut p = policy(1000, 1000);
         assert_eq!(p.forecast(NOON).exhausted_at, None);
-        // 250 calls by 06:00: 1000 are gone by midnight exactly, so not today.
-        let six = MIDNIGHT + 6 * 3600;
-        take(&mut p, Purpose::Interactive, six, 250);
+        // 240 calls at 03:00, none since: at 06:00 today's average (40 an
+        // hour) leaves 760 for 19 hours, past midnight.
+        let (three, six) = (MIDNIGHT + 3 * 3600, MIDNIGHT + 6 * 3600);
+        take(&mut p, Purpose::Interactive, three, 240);
         assert_eq!(p.forecast(six).exhausted_at, None);
-        assert!((p.forecast(six).calls_per_hour - 250.0 / 6.0).abs() < 1e-9);
-        // 500 by 06:00: the rest lasts 6 more hours.
-        take(&mut p, Purpose::Interactive, six, 250);
-        assert_eq!(p.forecast(six).exhausted_at, to_time(six + 6 * 3600));
+        assert!((p.forecast(six).calls_per_hour - 40.0).abs() < 1e-9);
+        // A burst of 200 now: at 200 an hour the other 560 last 2.8 hours.
+        take(&mut p, Purpose::Interactive, six, 200);
+        assert!((p.forecast(six).calls_per_hour - 200.0).abs() < 1e-9);
+        assert_eq!(p.forecast(six).exhausted_at, to_time(six + 10_080));
+        // Spent: now.
+        take(&mut p, Purpose::Interactive, six, 1000);
+        assert_eq!(p.forecast(six).exhausted_at, to_time(six));
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub enum StravaError {
     CircuitOpen(chrono::DateTime<chrono::Utc>),
     #[error("unexpected answer from Strava ({status}): {message}")]
     Unexpected { status: u16, message: String },
+    /// A success whose body is not the JSON the endpoint promises.
+    #[error("Strava sent malformed JSON: {0}")]
+    Malformed(String),
     /// Strava's refresh was refused: the athlete must connect again.
     #[error("the athlete needs to re-authorize")]
     NeedsReauth,
@@ -327,10 +330,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, StravaError> {
-    serde_json::from_slice(body).map_err(|e| StravaError::Unexpected {
-        status: 200,
-        message: format!("malformed JSON: {e}"),
-    })
+    serde_json::from_slice(body).map_err(|e| StravaError::Malformed(e.to_string()))
 }
 
 /// The typed error for a non-success answer.

@@ -47,10 +47,6 @@ impl Tokens {
         }
     }
 
-    pub fn oauth(&self) -> &Arc<StravaOAuth> {
-        &self.oauth
-    }
-
     /// A usable access token for the athlete, refreshing it first if needed.
     pub async fn access_token(&self, athlete_id: i64) -> Result<String, StravaError> {
         if let Fresh::Yes(token) = self.check(athlete_id).await? {

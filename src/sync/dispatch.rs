@@ -2,8 +2,9 @@
 //! those kinds, and the day simulation calls the same function, so what is
 //! simulated is what runs.
 
+use crate::store::jobs::Counts;
 use crate::store::jobs::{Job, JobKind};
-use crate::store::Store;
+use crate::store::{DbError, Store};
 use crate::strava::Purpose;
 
 use super::runner::{JobError, Step};
@@ -43,21 +44,18 @@ pub async fn run<S: ActivitySource>(
             let payload = parse(job)?.unwrap_or_default();
             webhook_fetch::run(store, source, athlete_id, payload, now).await
         }
-        JobKind::Enrich => {
-            let payload = parse::<enrich::Payload>(job)?
-                .ok_or_else(|| JobError::Malformed("enrich job without payload".into()))?;
-            enrich::run(store, source, athlete_id, &payload).await
-        }
+        JobKind::Enrich => match parse::<enrich::Payload>(job)? {
+            Some(payload) => enrich::run(store, source, athlete_id, &payload).await,
+            None => Ok(Counts::default()),
+        },
         JobKind::Reconcile => return reconcile::step(store, source, athlete_id).await,
         JobKind::FirstPage | JobKind::Backfill => return Err(JobError::Unsupported(job.kind)),
     }?;
     Ok(Step::Done(counts))
 }
 
+/// The job's payload; unreadable stored JSON fails the job.
 fn parse<T: serde::de::DeserializeOwned>(job: &Job) -> Result<Option<T>, JobError> {
-    job.payload_json
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|e| JobError::Malformed(format!("job payload: {e}")))
+    let payload = job.payload_json.as_deref().map(serde_json::from_str);
+    Ok(payload.transpose().map_err(DbError::from)?)
 }

@@ -61,11 +61,18 @@ pub async fn run<S: ActivitySource>(
         .await
     {
         Ok(detail) => {
-            let stored = store
-                .write(move |tx| activities::set_detail(tx, athlete_id, id, &detail))
+            // Only a detail for an activity still stored: one deleted while
+            // the call was out does not come back.
+            let changed = store
+                .write(move |tx| {
+                    if activities::stored_ids(tx, athlete_id, &[id])?.is_empty() {
+                        return Ok(activities::Upserted::default());
+                    }
+                    activities::upsert_detail(tx, athlete_id, &detail)
+                })
                 .await?;
             counts.fetched = 1;
-            counts.updated = i64::from(stored);
+            counts.updated = i64::from(changed.updated);
         }
         Err(StravaError::NotFound) => {
             store

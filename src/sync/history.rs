@@ -12,7 +12,7 @@ use super::runner::{JobError, Step};
 use crate::store::jobs::{Counts, Job, JobKind};
 use crate::store::sync_state::{self, Backfill};
 use crate::store::{activities, Store};
-use crate::strava::client::{ListQuery, StravaClient, MAX_PER_PAGE};
+use crate::strava::client::{ListQuery, StravaClient, StravaError, MAX_PER_PAGE};
 
 /// Fetches one page of history for the job's athlete: the newest page for
 /// [`JobKind::FirstPage`], the page below the cursor for
@@ -68,7 +68,7 @@ pub async fn page(client: &StravaClient, store: &Store, job: &Job) -> Result<Ste
 
 /// The earliest `start_date` on a page, as epoch seconds: the next page
 /// lists what started before it.
-fn oldest_start(page: &[Box<RawValue>]) -> Result<Option<i64>, JobError> {
+fn oldest_start(page: &[Box<RawValue>]) -> Result<Option<i64>, StravaError> {
     #[derive(Deserialize)]
     struct Start {
         start_date: DateTime<Utc>,
@@ -77,7 +77,7 @@ fn oldest_start(page: &[Box<RawValue>]) -> Result<Option<i64>, JobError> {
         .map(|raw| {
             serde_json::from_str::<Start>(raw.get())
                 .map(|s| s.start_date.timestamp())
-                .map_err(|e| JobError::Malformed(format!("activity without start_date: {e}")))
+                .map_err(|e| StravaError::Malformed(format!("activity without start_date: {e}")))
         })
         .try_fold(None, |min: Option<i64>, t| {
             let t = t?;

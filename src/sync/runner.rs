@@ -50,8 +50,6 @@ pub enum JobError {
     Strava(#[from] StravaError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("Strava sent something unusable: {0}")]
-    Malformed(String),
     /// No handler is wired for this kind yet.
     #[error("job kind `{}` has no handler", .0.as_str())]
     Unsupported(JobKind),
@@ -150,13 +148,21 @@ impl JobRunner {
     /// in the budget, a budget window or retry time arriving, or the poll.
     async fn idle(&self, shutdown: &CancellationToken) {
         let (_, budget_change) = self.budget.servable();
-        let next_due = self
+        let now = self.budget.clock().epoch();
+        let queue = self
             .store
-            .read(jobs::next_due)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+            .read(move |c| Ok((jobs::next_due_after(c, now)?, jobs::queued_count(c)?)))
+            .await;
+        let next_due = match queue {
+            Ok((next_due, queued)) => {
+                metrics::gauge!("jobs_queued").set(queued as f64);
+                next_due.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the job queue");
+                None
+            }
+        };
         let wake_at = [budget_change, next_due].into_iter().flatten().min();
         let clock = self.budget.clock().clone();
         let timer = async move {
@@ -255,7 +261,7 @@ mod tests {
             JobError::Strava(StravaError::InvalidToken),
             JobError::Strava(StravaError::NotFound),
             JobError::Unsupported(JobKind::GapFill),
-            JobError::Malformed("x".into()),
+            JobError::Strava(StravaError::Malformed("x".into())),
         ] {
             assert!(matches!(disposition(&permanent, 1), Disposition::Fail));
         }

@@ -1,14 +1,16 @@
 //! The shared Strava budget as operators see it and as Strava sees it.
 
 use serde_json::Value;
-use strava_sync::simulator::{Limits, SimConfig, SimSettings};
+use strava_sync::simulator::{Faults, Limits, SimConfig, SimSettings};
+use strava_sync::strava::client::StravaError;
+use strava_sync::strava::Purpose;
 
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 use crate::sim_app::SimApp;
 
-async fn admin_post(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
+async fn admin_post(url: String, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
         .bearer_auth(token)
         .send()
         .await
@@ -47,7 +49,7 @@ async fn admin_budget_shows_both_windows_with_their_limits_and_resets() {
 #[tokio::test]
 async fn pause_blocks_background_purposes_until_resume() {
     let app = TestApp::spawn().await;
-    let res = admin_post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    let res = admin_post(app.url("/admin/pause"), ADMIN_TOKEN).await;
     assert_eq!(res.status(), 200);
     let body: Value = app
         .get_as(ADMIN_TOKEN, "/admin/budget")
@@ -60,7 +62,7 @@ async fn pause_blocks_background_purposes_until_resume() {
     assert_eq!(body["blocked"]["backfill"]["reason"], "paused");
     assert!(body["blocked"].get("interactive").is_none());
     assert_eq!(
-        admin_post(&app, "/admin/resume", ADMIN_TOKEN)
+        admin_post(app.url("/admin/resume"), ADMIN_TOKEN)
             .await
             .status(),
         200
@@ -84,7 +86,7 @@ async fn admin_routes_need_the_admin_token() {
     }
     for path in ["/admin/pause", "/admin/resume"] {
         assert_eq!(
-            admin_post(&app, path, "wrong").await.status(),
+            admin_post(app.url(path), "wrong").await.status(),
             401,
             "{path}"
         );
@@ -98,7 +100,7 @@ async fn admin_routes_need_the_admin_token() {
     assert_eq!(body["paused"], false, "a refused pause changed nothing");
     let hidden = TestApp::spawn_with(&[("ADMIN_TOKEN", "")]).await;
     assert_eq!(
-        admin_post(&hidden, "/admin/pause", ADMIN_TOKEN)
+        admin_post(hidden.url("/admin/pause"), ADMIN_TOKEN)
             .await
             .status(),
         404
@@ -123,15 +125,28 @@ async fn limited(activities: usize, per_quarter: u32) -> SimApp {
 
 /// What keeps backfill from calling now, if anything.
 async fn backfill_blocked(app: &SimApp) -> Option<String> {
-    let budget = app.admin("/admin/budget").await;
-    budget["blocked"]["backfill"]["reason"]
+    blocked_in(&app.admin("/admin/budget").await)
+}
+
+fn blocked_in(budget: &Value) -> Option<String> {
+    let reason = &budget["blocked"]["backfill"]["reason"];
+    reason
         .as_object()
         .and_then(|r| r.keys().next().cloned())
-        .or_else(|| {
-            budget["blocked"]["backfill"]["reason"]
-                .as_str()
-                .map(String::from)
-        })
+        .or_else(|| reason.as_str().map(String::from))
+}
+
+/// Backfill is held back and every call counted today has been answered
+/// (the ledger row is written when the answer arrives, after the permit).
+async fn settled(app: &SimApp) -> bool {
+    let budget = app.admin("/admin/budget").await;
+    let answered: i64 = app.admin("/admin/budget").await["calls_today_by_purpose"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_i64)
+        .sum();
+    blocked_in(&budget).is_some() && budget["windows"][1]["used"] == answered
 }
 
 /// Runs the athlete's backfill to the end, moving both clocks to the next
@@ -141,8 +156,7 @@ async fn backfill_to_the_end(app: &SimApp, athlete: u64) -> u32 {
     let mut windows = 1;
     loop {
         app.wait_until("backfill completes or waits for the budget", || async {
-            app.athlete(athlete).await["backfill_complete"] == true
-                || backfill_blocked(app).await.is_some()
+            app.athlete(athlete).await["backfill_complete"] == true || settled(app).await
         })
         .await;
         if app.athlete(athlete).await["backfill_complete"] == true {
@@ -184,14 +198,8 @@ async fn a_restart_mid_window_resumes_the_count_and_the_cursor() {
     let mut app = limited(1500, 10).await;
     let athlete = app.sim.athlete_ids()[0];
     app.connect(athlete).await;
-    app.wait_until(
-        "backfill waits for the next window, every call answered",
-        || async {
-            let used = app.admin("/admin/budget").await["windows"][0]["used"].clone();
-            backfill_blocked(&app).await.is_some() && used == app.ledger_count().await
-        },
-    )
-    .await;
+    app.wait_until("backfill waits for the next window", || settled(&app))
+        .await;
     let before = app.api_calls().len();
     // Backfill stops at 70% of the window: the first page and 6 pages.
     assert_eq!(before, 7);
@@ -273,7 +281,7 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
     };
     app.connect(long).await;
     app.wait_until("backfill waits for the next window", || async {
-        backfill_blocked(&app).await.is_some() && app.athlete(long).await["activities"] == 1400
+        settled(&app).await && app.athlete(long).await["activities"] == 1400
     })
     .await;
     // Same window, no time moved: the newcomer's first page goes at once.
@@ -286,4 +294,114 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
     assert_eq!(app.athlete(long).await["activities"], 1400);
     assert!(app.busiest_quarter() <= 10);
     assert_eq!(status_count(&app, 429), 0);
+}
+
+#[tokio::test]
+async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
+    let app = limited(10, 100).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.connect(athlete).await;
+    app.wait_until("the backfill completes", || async {
+        app.athlete(athlete).await["backfill_complete"] == true
+    })
+    .await;
+    let strava = app.state().strava.clone();
+    let get = || strava.get_athlete(athlete as i64, Purpose::Interactive);
+    let before = app.api_calls().len();
+
+    let fail = |count| Faults {
+        count,
+        status: Some(503),
+        latency_ms: 0,
+    };
+    app.sim.inject_faults(fail(2)).unwrap();
+    get().await.expect("the third attempt succeeds");
+    assert_eq!(app.api_calls().len(), before + 3);
+
+    // Five failures in a row open the circuit: the next attempt is not sent.
+    app.sim.inject_faults(fail(100)).unwrap();
+    assert!(matches!(get().await, Err(StravaError::Server(503))));
+    assert!(matches!(get().await, Err(StravaError::CircuitOpen(_))));
+    assert_eq!(app.api_calls().len(), before + 8);
+    assert!(matches!(get().await, Err(StravaError::CircuitOpen(_))));
+    assert_eq!(app.api_calls().len(), before + 8);
+
+    // A minute later one trial call goes; Strava has recovered.
+    app.sim.inject_faults(fail(0)).unwrap();
+    app.advance(61);
+    get().await.expect("the circuit half-opens");
+
+    // Details come back as Strava sent them; a missing one is a typed 404.
+    let id = app.sim.activities(athlete).unwrap()[0]["id"]
+        .as_i64()
+        .unwrap();
+    let detail = strava
+        .get_activity(athlete as i64, Purpose::Webhook, id)
+        .await
+        .unwrap();
+    let detail: serde_json::Value = serde_json::from_str(detail.get()).unwrap();
+    assert_eq!(detail, app.sim.activity(id as u64).unwrap());
+    assert_eq!(detail["resource_state"], 3);
+    let missing = strava
+        .get_activity(athlete as i64, Purpose::Webhook, 1)
+        .await;
+    assert!(matches!(missing, Err(StravaError::NotFound)));
+
+    let calls = app.api_calls().len() as i64;
+    assert_eq!(app.ledger_count().await, calls);
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(
+        budget["windows"][1]["used"], calls,
+        "every attempt took a permit"
+    );
+    let metrics = reqwest::Client::new()
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"strava_calls_total{endpoint="GET /athlete",status="503",purpose="interactive"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"strava_budget_used{window="15min"}"#),
+        "{metrics}"
+    );
+    // Gauges are process-wide and other tests' services set them too.
+    assert!(metrics.contains("\njobs_queued "), "{metrics}");
+    assert!(
+        metrics.contains(r#"strava_budget_limit{window="day"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn while_paused_only_interactive_work_reaches_strava() {
+    let app = limited(500, 100).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let pause = admin_post(app.url("/admin/pause"), ADMIN_TOKEN).await;
+    assert_eq!(pause.status(), 200);
+    app.connect(athlete).await;
+    app.wait_until("the first page is stored", || async {
+        app.athlete(athlete).await["activities"] == 200
+    })
+    .await;
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(budget["paused"], true);
+    assert_eq!(budget["blocked"]["backfill"]["reason"], "paused");
+    assert_eq!(app.api_calls().len(), 1, "the backfill waits");
+
+    let resume = admin_post(app.url("/admin/resume"), ADMIN_TOKEN).await;
+    assert_eq!(resume.status(), 200);
+    app.wait_until("the backfill completes", || async {
+        app.athlete(athlete).await["backfill_complete"] == true
+    })
+    .await;
+    assert_eq!(app.athlete(athlete).await["activities"], 500);
 }

@@ -98,6 +98,18 @@ async fn denial_is_forbidden_and_its_state_cannot_be_reused() {
 }
 
 #[tokio::test]
+async fn an_unexpected_error_from_strava_is_a_bad_request_that_echoes_nothing() {
+    let app = TestApp::spawn().await;
+    let state = &start_connect(&app).await["state"];
+    let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let (status, body) =
+        fault(callback(&app, &format!("state={state}&error={hostile}")).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "error");
+    assert!(!body.to_string().contains("script"), "{body}");
+}
+
+#[tokio::test]
 async fn a_missing_code_is_a_bad_request() {
     let app = TestApp::spawn().await;
     let state = &start_connect(&app).await["state"];
@@ -125,6 +137,14 @@ async fn disconnect_needs_an_api_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    let res = app
+        .client
+        .post(app.url("/auth/disconnect"))
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
 }
 
 fn athletes_with(activities: usize) -> SimConfig {
@@ -157,6 +177,18 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
     assert_eq!(body["athlete"], app.sim.athlete(athlete).unwrap());
 
     let synced = backfilled(&app, athlete).await;
+    // The issued token reads the stored copy, newest first, as Strava sent it.
+    let token = body["token"].as_str().unwrap();
+    let listed: Vec<Value> = reqwest::Client::new()
+        .get(app.url("/api/v3/athlete/activities?per_page=200&page=2"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[..], app.sim.activities(athlete).unwrap()[200..]);
     assert_eq!(synced["status"], "connected");
     assert_eq!(synced["scope"], "read,activity:read_all");
     assert_eq!(synced["activities"], 250);
@@ -167,6 +199,38 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
     assert_eq!(budget["calls_today_by_purpose"]["backfill"], 2);
     assert_eq!(budget["windows"][0]["used"], 3);
     assert_eq!(app.ledger_count().await, app.api_calls().len() as i64);
+    let ledger = app
+        .state()
+        .store
+        .read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT endpoint, athlete_id, purpose, status, usage_15min, usage_daily
+                 FROM strava_calls ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(format!(
+                    "{} {} {} {} {}/{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    let row = |purpose, n| format!("GET /athlete/activities {athlete} {purpose} 200 {n}/{n}");
+    assert_eq!(
+        ledger,
+        [
+            row("interactive", 1),
+            row("backfill", 2),
+            row("backfill", 3)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -225,6 +289,22 @@ async fn a_callback_replayed_or_with_a_forged_state_or_bad_code_stores_nothing_m
     let athletes = app.admin("/admin/athletes").await;
     assert_eq!(athletes["athletes"].as_array().unwrap().len(), 1);
     assert!(app.athlete(second).await.is_null());
+}
+
+#[tokio::test]
+async fn a_state_older_than_ten_minutes_is_refused() {
+    let app = SimApp::start(athletes_with(5), &[]).await;
+    let callback = app.authorize(app.sim.athlete_ids()[0]).await;
+    app.advance(strava_sync::http::connect::STATE_TTL_SECS as u64 + 1);
+    let (status, body) = fault(app.callback(&callback).await).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (400, &Value::from("state"))
+    );
+    assert!(app.admin("/admin/athletes").await["athletes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

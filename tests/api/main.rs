@@ -5,6 +5,7 @@ mod budget;
 mod connect;
 mod helpers;
 mod operations;
+mod read_api;
 mod sim_app;
 mod simulator;
 mod sync;
