@@ -392,7 +392,10 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                 .unwrap();
             continue;
         }
-        let due = store.read(move |c| jobs::next_due_after(c, now)).await.unwrap();
+        let due = store
+            .read(move |c| jobs::next_due_after(c, now))
+            .await
+            .unwrap();
         let mut next = [
             uploads.get(next_upload).map(|a| a.created),
             Some(next_plan),
