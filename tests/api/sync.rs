@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strava_sync::simulator::{NewActivity, SimConfig};
-use strava_sync::store::{activities, jobs};
+use strava_sync::store::{activities, athletes, jobs};
 use strava_sync::sync::{reconcile, webhook_fetch};
 
 use crate::helpers::ADMIN_TOKEN;
@@ -490,4 +490,33 @@ async fn a_thousand_reads_cost_no_strava_call() {
     }
     assert_eq!(app.ledger_count().await, ledger);
     assert_eq!(app.api_calls().len(), strava);
+}
+
+#[tokio::test]
+async fn an_athlete_needing_reauthorization_is_shown_refused_a_refresh_and_skipped() {
+    let app = SimApp::start(config(5), &[]).await;
+    let [a, b] = app.sim.athlete_ids()[..] else {
+        panic!("two athletes")
+    };
+    let (token_a, _) = (app.connect(a).await, app.connect(b).await);
+    app.state()
+        .store
+        .write(move |tx| athletes::set_status(tx, a as i64, athletes::Status::NeedsReauth))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        sync_status(&app, &token_a).await["connection"],
+        "needs_reauth"
+    );
+    let res = post(&app, "/api/sync", &token_a).await;
+    assert_eq!(res.status(), 403);
+    let fault: Value = res.json().await.unwrap();
+    assert_eq!(fault["errors"][0]["code"], "needs_reauth");
+    let pass: Value = post(&app, "/admin/sync/run", ADMIN_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pass["athletes"], 1, "only the connected athlete is queued");
 }
