@@ -48,7 +48,7 @@ pub async fn run<S: ActivitySource>(
             Some(payload) => enrich::run(store, source, athlete_id, &payload).await,
             None => Ok(Counts::default()),
         },
-        JobKind::Reconcile => return reconcile::step(store, source, athlete_id).await,
+        JobKind::Reconcile => return reconcile::step(store, source, athlete_id, now).await,
         JobKind::FirstPage | JobKind::Backfill => return Err(JobError::Unsupported(job.kind)),
     }?;
     Ok(Step::Done(counts))

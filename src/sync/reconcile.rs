@@ -12,7 +12,7 @@
 //! Strava lists. Every athlete is due once a day; a walk finishing within the
 //! next day keeps the 48 hours whenever the budget allows.
 
-use crate::store::{self, activities, jobs, sync_state, DbResult, Store};
+use crate::store::{activities, jobs, sync_state, DbResult, Store};
 use crate::strava::Purpose;
 
 use super::gap_fill::{is_last_page, sees_all};
@@ -41,19 +41,20 @@ pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
 /// asks for the next page ([`Step::More`]: the runner requeues the job) or,
 /// after the last one, sweeps ([`Step::Done`]).
 ///
-/// Times here come from the store's clock on purpose: `last_seen_at` is
-/// written with it, and the sweep compares the two. What the walk lists is
-/// marked one second past the pass start, so an activity seen by anything
+/// What the walk lists is marked one second past the pass start (`now` when
+/// the pass began, on the runner's clock), so an activity seen by anything
 /// else in the very second the pass began, and deleted before the walk came
-/// to it, is still swept.
+/// to it, is still swept. Other paths stamp `last_seen_at` with the store's
+/// wall clock: in production the same clock.
 pub async fn step<S: ActivitySource>(
     store: &Store,
     source: &S,
     athlete_id: i64,
+    now: i64,
 ) -> Result<Step, JobError> {
     let (pass, read_all) = store
         .write(move |tx| {
-            let pass = sync_state::reconcile_pass(tx, athlete_id, store::now())?;
+            let pass = sync_state::reconcile_pass(tx, athlete_id, now)?;
             let read_all = sees_all(tx, athlete_id)?;
             Ok((pass, read_all))
         })
