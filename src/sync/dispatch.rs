@@ -2,8 +2,7 @@
 //! those kinds, and the day simulation calls the same function, so what is
 //! simulated is what runs.
 
-use crate::store::jobs::Counts;
-use crate::store::jobs::{Job, JobKind};
+use crate::store::jobs::{Counts, Job, JobKind};
 use crate::store::{DbError, Store};
 use crate::strava::Purpose;
 

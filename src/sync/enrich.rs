@@ -7,13 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::jobs::Counts;
 use crate::store::{activities, jobs, DbResult, Store};
+use crate::strava::client::StravaError;
 use crate::strava::Purpose;
 
 use super::runner::JobError;
 use super::source::ActivitySource;
-use crate::store::jobs::Counts;
-use crate::strava::client::StravaError;
 
 /// Only activities that started this recently are enriched: fresh ones are
 /// what athletes open, and the backlog stays bounded.

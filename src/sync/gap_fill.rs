@@ -11,13 +11,13 @@
 //! longest unchecked at the next pass. A manual refresh is the same catch-up
 //! at interactive priority.
 
+use crate::store::jobs::Counts;
 use crate::store::{activities, athletes, jobs, sync_state, DbResult, Store};
+use crate::strava::client::MAX_PER_PAGE;
 use crate::strava::Purpose;
 
 use super::runner::JobError;
 use super::source::{self, store_page, ActivitySource};
-use crate::store::jobs::Counts;
-use crate::strava::client::MAX_PER_PAGE;
 
 /// How far before the newest stored start time a catch-up lists: an activity
 /// recorded days ago can be uploaded (or synced from a watch) today.

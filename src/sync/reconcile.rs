@@ -12,14 +12,14 @@
 //! Strava lists. Every athlete is due once a day; a walk finishing within the
 //! next day keeps the 48 hours whenever the budget allows.
 
+use crate::store::jobs::Counts;
 use crate::store::{activities, jobs, sync_state, DbResult, Store};
+use crate::strava::client::{ListQuery, MAX_PER_PAGE};
 use crate::strava::Purpose;
 
 use super::gap_fill::{is_last_page, sees_all};
 use super::runner::{JobError, Step};
 use super::source::{activity_id, ActivitySource};
-use crate::store::jobs::Counts;
-use crate::strava::client::{ListQuery, MAX_PER_PAGE};
 
 /// How often each athlete's list is compared with the local copy.
 pub const RECONCILE_EVERY_SECS: i64 = 86_400;

@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::jobs::Counts;
 use crate::store::{activities, jobs, DbResult, Store};
+use crate::strava::client::{StravaError, MAX_PER_PAGE};
 use crate::strava::Purpose;
 
 use super::runner::JobError;
 use super::source::{self, activity_id, store_detail, store_page, ActivitySource};
-use crate::store::jobs::Counts;
-use crate::strava::client::{StravaError, MAX_PER_PAGE};
 
 /// How far before the oldest create event a shared listing starts: an
 /// activity's start precedes its upload by at least its duration.
