@@ -17,7 +17,8 @@
 //! the activity started 20 to 150 minutes before its upload, except 5% late
 //! uploads that started 1 to 3 days earlier; 10% are announced before they
 //! are readable (404 for 30 s to 10 min); 1% of webhooks are lost. Every
-//! athlete's backfill is complete, with 10 activities in the last 20 days.
+//! athlete's backfill is complete, with 10 activities in the last 20 days,
+//! except one who connects at 08:00 on the measured day with 3,000.
 //!
 //! `cargo bench --bench day_simulation` runs 100, 1,000 and 10,000 athletes;
 //! `cargo bench --bench day_simulation -- 10000` runs one size.
@@ -31,7 +32,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 
-use strava_sync::store::{activities, athletes, jobs, Store};
+use strava_sync::store::{activities, athletes, jobs, sync_state, Store};
 use strava_sync::strava::budget::{Budget, CallOutcome, Limits, RateReport};
 use strava_sync::strava::client::{ListQuery, StravaError};
 use strava_sync::strava::clock::{Clock, ManualClock};
@@ -46,6 +47,10 @@ const LOST_WEBHOOKS: f64 = 0.01;
 const LATE_UPLOADS: f64 = 0.05;
 const NOT_YET_READABLE: f64 = 0.10;
 const HISTORY: usize = 10;
+/// One more athlete connects at 08:00 on the measured day with this much
+/// history, as the connect flow queues it: the first page, then backfill.
+const NEWCOMER_HISTORY: usize = 3_000;
+const NEWCOMER_AT: i64 = 8 * 3600;
 /// `SYNC_SCHEDULE`'s default, 04:00 UTC.
 const GAP_FILL_AT: i64 = 4 * 3600;
 const PLAN_EVERY: i64 = 300;
@@ -223,6 +228,9 @@ struct Report {
     lost_recovered_by_gap_fill: usize,
     /// Uploads of either day not available at the end.
     backlog: usize,
+    /// How long the newcomer's backfill took, and its pages done at the end.
+    backfill: Option<i64>,
+    backfill_pages: i64,
     wall: Duration,
 }
 
@@ -286,6 +294,22 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
             .await
             .unwrap();
     }
+    let newcomer = athletes_n as i64 + 1;
+    let connect_at = measured + NEWCOMER_AT;
+    let mut acts = Vec::new();
+    for _ in 0..NEWCOMER_HISTORY {
+        next_id += 1;
+        let start = connect_at - rng.random_range(3600..5 * 365 * DAY);
+        acts.push(Activity {
+            id: next_id,
+            athlete_id: newcomer,
+            start,
+            created: start + 3600,
+            readable: start + 3600,
+            webhook_lost: false,
+        });
+    }
+    history.push((newcomer, acts));
     for (athlete_id, acts) in history {
         for a in &acts {
             world.by_id.insert(a.id, a.clone());
@@ -328,6 +352,7 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
         world: Mutex::new(world),
     };
     let end = measured + DAY;
+    let (mut connected, mut backfill_done) = (false, None);
     let (mut next_upload, mut next_plan, mut next_gap_fill) = (0, day0, day0 + GAP_FILL_AT);
     loop {
         let now = clock.epoch();
@@ -371,6 +396,21 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
             gap_fill::start_pass(&store, 1000).await.unwrap();
             next_gap_fill += DAY;
         }
+        if !connected && now >= connect_at {
+            store
+                .write(move |tx| {
+                    athletes::upsert(
+                        tx,
+                        &serde_json::json!({"id": newcomer}),
+                        "read,activity:read_all",
+                    )?;
+                    jobs::enqueue(tx, newcomer, jobs::JobKind::FirstPage, None, now)?;
+                    jobs::enqueue(tx, newcomer, jobs::JobKind::Backfill, None, now).map(|_| ())
+                })
+                .await
+                .unwrap();
+            connected = true;
+        }
         let (lowest, until) = budget.servable();
         let job = match lowest {
             Some(p) => store
@@ -390,6 +430,13 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                 })
                 .await
                 .unwrap();
+            if job.athlete_id == newcomer && backfill_done.is_none() {
+                let complete = store
+                    .read(move |c| Ok(sync_state::get(c, newcomer)?.backfill_complete))
+                    .await
+                    .unwrap();
+                backfill_done = complete.then_some(done_at - connect_at);
+            }
             continue;
         }
         let due = store
@@ -400,6 +447,7 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
             uploads.get(next_upload).map(|a| a.created),
             Some(next_plan),
             Some(next_gap_fill),
+            (!connected).then_some(connect_at),
             until.map(|t| t.timestamp()),
             due,
             Some(end),
@@ -456,6 +504,11 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
         lost,
         lost_recovered_by_gap_fill: recovered,
         backlog,
+        backfill: backfill_done,
+        backfill_pages: store
+            .read(move |c| Ok(sync_state::get(c, newcomer)?.backfill_pages))
+            .await
+            .unwrap(),
         wall: wall.elapsed(),
     }
 }
@@ -497,6 +550,14 @@ fn main() {
         println!(
             "lost webhooks (both days): {}, brought in by the gap-fill: {}; uploads still missing at the end: {}",
             r.lost, r.lost_recovered_by_gap_fill, r.backlog
+        );
+        println!(
+            "a {NEWCOMER_HISTORY}-activity backfill connected at 08:00: {} ({} pages done)",
+            r.backfill.map_or_else(
+                || "not complete by midnight".to_string(),
+                |s| format!("complete after {}", minutes(Some(s)))
+            ),
+            r.backfill_pages
         );
     }
 }

@@ -1,6 +1,6 @@
-//! Runs one claimed job of a sync-engine kind. The job runner calls this for
-//! those kinds, and the day simulation calls the same function, so what is
-//! simulated is what runs.
+//! Runs one step of a claimed job: the job runner's dispatch point, one arm
+//! per kind. The day simulation calls the same function with a simulated
+//! Strava, so what is simulated is what runs.
 
 use crate::store::jobs::{Counts, Job, JobKind};
 use crate::store::{DbError, Store};
@@ -8,23 +8,12 @@ use crate::strava::Purpose;
 
 use super::runner::{JobError, Step};
 use super::source::ActivitySource;
-use super::{enrich, gap_fill, reconcile, webhook_fetch};
-
-/// Whether this module runs jobs of `kind`.
-pub fn handles(kind: JobKind) -> bool {
-    matches!(
-        kind,
-        JobKind::Refresh
-            | JobKind::GapFill
-            | JobKind::WebhookFetch
-            | JobKind::Enrich
-            | JobKind::Reconcile
-    )
-}
+use super::{enrich, gap_fill, history, reconcile, webhook_fetch};
 
 /// Runs one step of `job` at its kind's priority; `now` is the runner's
-/// clock. A reconciliation walks one page per step; a webhook retry is queued
-/// as a new job (it waits for its own time), so the others end here.
+/// clock. History and reconciliation go one page per step; a webhook retry
+/// is queued as a new job (it waits for its own time), so the others end
+/// here.
 pub async fn run<S: ActivitySource>(
     store: &Store,
     source: &S,
@@ -48,7 +37,7 @@ pub async fn run<S: ActivitySource>(
             None => Ok(Counts::default()),
         },
         JobKind::Reconcile => return reconcile::step(store, source, athlete_id, now).await,
-        JobKind::FirstPage | JobKind::Backfill => return Err(JobError::Unsupported(job.kind)),
+        JobKind::FirstPage | JobKind::Backfill => return history::page(source, store, job).await,
     }?;
     Ok(Step::Done(counts))
 }

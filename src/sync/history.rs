@@ -9,16 +9,21 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::runner::{JobError, Step};
+use super::source::ActivitySource;
 use crate::store::jobs::{Counts, Job, JobKind};
 use crate::store::sync_state::{self, Backfill};
 use crate::store::{activities, Store};
-use crate::strava::client::{ListQuery, StravaClient, StravaError, MAX_PER_PAGE};
+use crate::strava::client::{ListQuery, StravaError, MAX_PER_PAGE};
 
 /// Fetches one page of history for the job's athlete: the newest page for
 /// [`JobKind::FirstPage`], the page below the cursor for
 /// [`JobKind::Backfill`]. The backfill ends at the first empty page (Strava
 /// has no total; a short page may only mean hidden activities).
-pub async fn page(client: &StravaClient, store: &Store, job: &Job) -> Result<Step, JobError> {
+pub async fn page<S: ActivitySource>(
+    client: &S,
+    store: &Store,
+    job: &Job,
+) -> Result<Step, JobError> {
     let athlete_id = job.athlete_id;
     let first = job.kind == JobKind::FirstPage;
     let cursor = store

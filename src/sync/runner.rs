@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{dispatch, history, JobQueue};
-use crate::store::jobs::{self, Counts, Job, JobKind};
+use super::{dispatch, JobQueue};
+use crate::store::jobs::{self, Counts, Job};
 use crate::store::{DbError, Store};
 use crate::strava::budget::Budget;
 use crate::strava::client::{StravaClient, StravaError};
@@ -50,9 +50,6 @@ pub enum JobError {
     Strava(#[from] StravaError),
     #[error(transparent)]
     Db(#[from] DbError),
-    /// No handler is wired for this kind yet.
-    #[error("job kind `{}` has no handler", .0.as_str())]
-    Unsupported(JobKind),
 }
 
 pub struct JobRunner {
@@ -205,18 +202,10 @@ impl JobRunner {
         }
     }
 
-    /// The dispatch point: one arm per job kind.
+    /// Runs one step of the job ([`dispatch::run`] has one arm per kind).
     async fn execute(&self, job: &Job) -> Result<Step, JobError> {
-        match job.kind {
-            JobKind::FirstPage | JobKind::Backfill => {
-                history::page(&self.client, &self.store, job).await
-            }
-            kind if dispatch::handles(kind) => {
-                let now = self.budget.clock().epoch();
-                dispatch::run(&self.store, &*self.client, job, now).await
-            }
-            kind => Err(JobError::Unsupported(kind)),
-        }
+        let now = self.budget.clock().epoch();
+        dispatch::run(&self.store, &*self.client, job, now).await
     }
 }
 
@@ -260,7 +249,6 @@ mod tests {
         for permanent in [
             JobError::Strava(StravaError::InvalidToken),
             JobError::Strava(StravaError::NotFound),
-            JobError::Unsupported(JobKind::GapFill),
             JobError::Strava(StravaError::Malformed("x".into())),
         ] {
             assert!(matches!(disposition(&permanent, 1), Disposition::Fail));

@@ -26,7 +26,7 @@ pub const LIST_MARGIN_SECS: i64 = 2 * 86_400;
 /// Tries per id before the gap-fill is left to find it.
 pub const MAX_ATTEMPTS: u32 = 4;
 /// The first retry's delay; each further one waits four times longer.
-pub const FIRST_RETRY_SECS: i64 = 60;
+pub const FIRST_RETRY_SECS: i64 = 30;
 
 /// The `WebhookFetch` job payload: the announced ids, and how often each was
 /// already tried without success.
