@@ -231,8 +231,13 @@ const OTHER_SPORT_TYPES: &[&str] = &[
     "Elliptical",
 ];
 
-pub fn is_sport_type(s: &str) -> bool {
-    SPORTS.iter().any(|sp| sp.sport_type == s) || OTHER_SPORT_TYPES.contains(&s)
+/// The sport type as stored, if Strava knows it.
+pub fn known_sport_type(s: &str) -> Option<&'static str> {
+    SPORTS
+        .iter()
+        .map(|sp| sp.sport_type)
+        .chain(OTHER_SPORT_TYPES.iter().copied())
+        .find(|known| *known == s)
 }
 
 /// The deprecated `type` field: sport types newer than it map to their parent.
@@ -268,7 +273,7 @@ pub struct Activity {
     pub id: u64,
     pub athlete_id: u64,
     pub name: String,
-    pub sport_type: String,
+    pub sport_type: &'static str,
     /// Epoch seconds, UTC.
     pub start: i64,
     /// "Only You": hidden from tokens without `activity:read_all`.
@@ -320,7 +325,7 @@ pub fn random_activity(
     athlete: &Athlete,
     next_id: &mut u64,
     start: i64,
-    sport_type: Option<&str>,
+    sport_type: Option<&'static str>,
 ) -> Activity {
     *next_id += rng.random_range(1..5_000);
     let sport = match sport_type {
@@ -338,7 +343,7 @@ pub fn random_activity(
                 .unwrap_or(&SPORTS[0])
         }
     };
-    let sport_type = sport_type.unwrap_or(sport.sport_type).to_string();
+    let sport_type = sport_type.unwrap_or(sport.sport_type);
     let moving_time = rng.random_range(sport.duration.0..=sport.duration.1);
     let speed = if sport.speed.1 > 0.0 {
         rng.random_range(sport.speed.0..=sport.speed.1)
@@ -350,7 +355,7 @@ pub fn random_activity(
     let name = if rng.random_bool(0.2) {
         CUSTOM_NAMES[rng.random_range(0..CUSTOM_NAMES.len())].to_string()
     } else {
-        default_name(local_hour as u32, &sport_type)
+        default_name(local_hour as u32, sport_type)
     };
     Activity {
         id: *next_id,
@@ -456,7 +461,7 @@ impl Activity {
     /// The SummaryActivity (`resource_state` 2) of list answers.
     pub fn summary(&self, athlete: &Athlete) -> Value {
         let home = &HOMES[athlete.home];
-        let sport = sport(&self.sport_type);
+        let sport = sport(self.sport_type);
         // Everything not stored is derived from the id: stable across renders.
         let mut rng = StdRng::seed_from_u64(self.id);
         let outdoor = !sport.indoor && !self.manual && self.distance > 0.0;
@@ -475,7 +480,7 @@ impl Activity {
             0.0
         };
         let watts = matches!(
-            self.sport_type.as_str(),
+            self.sport_type,
             "Ride" | "VirtualRide" | "MountainBikeRide" | "GravelRide"
         ) && !self.manual;
         let average_heartrate = rng.random_range(118.0..162.0_f64);
@@ -488,7 +493,7 @@ impl Activity {
             "moving_time": self.moving_time,
             "elapsed_time": self.elapsed_time,
             "total_elevation_gain": self.elevation_gain,
-            "type": legacy_type(&self.sport_type),
+            "type": legacy_type(self.sport_type),
             "sport_type": self.sport_type,
             "workout_type": if self.sport_type == "Run" { json!(rng.random_range(0..4)) } else { Value::Null },
             "id": self.id,

@@ -43,11 +43,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use cli::{run_standalone, SimulatorArgs};
-pub use clock::SimClock;
 pub use control::{ActivityUpdate, CallRecord, CallStats, Faults, NewActivity, SimError};
 pub use rate::{Limits, Usage, WindowUsage};
-pub use webhook::{DeliveryRecord, Push};
+pub use webhook::{DeliveryOutcome, DeliveryRecord, Push};
 
+use clock::SimClock;
 use data::{Activity, Athlete};
 use oauth::Tokens;
 use rate::RateCounter;
@@ -215,10 +215,6 @@ impl Simulator {
 
     pub fn client_secret(&self) -> &str {
         &self.client_secret
-    }
-
-    pub fn clock(&self) -> &SimClock {
-        &self.clock
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
