@@ -296,21 +296,28 @@ pub fn generate_athlete(
     next_id: &mut u64,
 ) -> (Athlete, Vec<Activity>) {
     let id = 10_000_000 + index as u64 * 1_000 + rng.random_range(0..1_000);
-    let span_days = (activities as f64 * 1.5).max(30.0);
+    // Walk back from the last day with gaps averaging 1.5 days, then upload
+    // in time order so later activities get larger ids, as on Strava.
+    let mut at = now - rng.random_range(3_600..129_600);
+    let mut starts: Vec<i64> = (0..activities)
+        .map(|_| {
+            let start = at;
+            at -= rng.random_range(10_000..250_000);
+            start
+        })
+        .collect();
+    starts.reverse();
     let mut athlete = Athlete {
         id,
         firstname: FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())],
         lastname: LAST_NAMES[rng.random_range(0..LAST_NAMES.len())],
         home: rng.random_range(0..HOMES.len()),
-        created_at: now - (span_days as i64 + 30) * 86_400,
+        created_at: at - 30 * 86_400,
         index: BTreeSet::new(),
     };
-    // Walk forward from the start of the history with gaps averaging 1.5 days.
-    let mut day = now - (span_days * 86_400.0) as i64;
-    let list = (0..activities)
-        .map(|_| {
-            day += rng.random_range(10_000..250_000);
-            let start = day.min(now - 3_600);
+    let list = starts
+        .into_iter()
+        .map(|start| {
             let activity = random_activity(rng, &athlete, next_id, start, None);
             athlete.index.insert((activity.start, activity.id));
             activity
@@ -659,6 +666,20 @@ fn encode_polyline(points: &[(f64, f64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histories_end_before_now_with_ids_rising_in_time_order() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut next_id = FIRST_ACTIVITY_ID;
+        let now = 1_800_000_000;
+        let (athlete, list) = generate_athlete(&mut rng, 0, 500, now, &mut next_id);
+        assert_eq!(athlete.index.len(), 500);
+        let ids: Vec<u64> = athlete.index.iter().map(|(_, id)| *id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise with start time");
+        assert!(list.iter().all(|a| a.start < now && a.id > FIRST_ACTIVITY_ID));
+        let span_days = (now - list[0].start) / 86_400;
+        assert!((500..1000).contains(&span_days), "{span_days} days");
+    }
 
     #[test]
     fn polyline_matches_googles_example() {
