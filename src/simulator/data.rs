@@ -675,8 +675,13 @@ mod tests {
         let (athlete, list) = generate_athlete(&mut rng, 0, 500, now, &mut next_id);
         assert_eq!(athlete.index.len(), 500);
         let ids: Vec<u64> = athlete.index.iter().map(|(_, id)| *id).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise with start time");
-        assert!(list.iter().all(|a| a.start < now && a.id > FIRST_ACTIVITY_ID));
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids rise with start time"
+        );
+        assert!(list
+            .iter()
+            .all(|a| a.start < now && a.id > FIRST_ACTIVITY_ID));
         let span_days = (now - list[0].start) / 86_400;
         assert!((500..1000).contains(&span_days), "{span_days} days");
     }

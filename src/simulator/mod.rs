@@ -286,6 +286,18 @@ impl SimHandle {
         format!("{}/_sim", self.base_url())
     }
 
+    /// The service settings that point it at this simulator, for
+    /// `TestApp::spawn_with` or the demo: API and OAuth URLs, client id and
+    /// secret.
+    pub fn service_env(&self) -> [(&'static str, String); 4] {
+        [
+            ("STRAVA_API_URL", self.api_url()),
+            ("STRAVA_OAUTH_URL", self.oauth_url()),
+            ("STRAVA_CLIENT_ID", self.client_id.to_string()),
+            ("STRAVA_CLIENT_SECRET", self.client_secret.clone()),
+        ]
+    }
+
     /// Waits until the server has stopped (dropping the handle stops it too).
     pub async fn stop(self) {
         self.stop.cancel();
