@@ -7,3 +7,4 @@ pub mod startup;
 pub mod store;
 pub mod strava;
 pub mod telemetry;
+pub mod webhook;

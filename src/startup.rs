@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::store::Store;
+use crate::webhook::{self, Webhooks};
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -22,6 +23,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -48,10 +50,13 @@ impl Application {
         let listener = TcpListener::bind(settings.listen_address())?;
         let port = listener.local_addr()?.port();
 
+        let webhooks = web::Data::new(Webhooks::load(&store).await?);
         let state = web::Data::new(AppState::new(settings.clone(), store));
         let server_state = state.clone();
+        let server_webhooks = webhooks.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(server_webhooks.clone())
                 .wrap(http::cors(&server_state.settings))
                 .wrap(from_fn(http::observe))
                 .configure(http::configure(server_state.clone()))
@@ -65,6 +70,7 @@ impl Application {
             port,
             server,
             state,
+            webhooks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -89,10 +95,17 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             server,
+            state,
+            webhooks,
             shutdown,
             tasks,
             ..
         } = self;
+        tasks.spawn(webhook::worker::run(
+            state.store.clone(),
+            webhooks,
+            shutdown.clone(),
+        ));
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);
         tokio::select! {

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod webhook;
+pub mod webhook_admin;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +63,8 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .configure(health::configure)
             .configure(metrics::configure)
+            .configure(webhook::configure)
+            .configure(webhook_admin::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             }));

@@ -7,9 +7,12 @@
 //! [`Store::write`], which run the closure on the blocking thread pool.
 
 pub mod activities;
+pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
+pub mod inbox;
 pub mod jobs;
+pub mod subscription;
 
 use std::path::Path;
 use std::time::Duration;

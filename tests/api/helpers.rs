@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 
 use strava_sync::config::Settings;
 use strava_sync::startup::{Application, ShutdownHandle};
+use strava_sync::store::Store;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// The app's own store, for seeding and asserting on rows.
+    pub store: Store,
     shutdown: ShutdownHandle,
     _dir: tempfile::TempDir,
 }
@@ -48,10 +51,12 @@ impl TestApp {
         let app = Application::build(settings).await.expect("app builds");
         let port = app.port();
         let shutdown = app.shutdown_handle();
+        let store = app.state().store.clone();
         tokio::spawn(app.run());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
+            store,
             shutdown,
             _dir: dir,
         }
