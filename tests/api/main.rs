@@ -3,4 +3,5 @@
 
 mod helpers;
 mod operations;
+mod webhook_crash;
 mod webhooks;
