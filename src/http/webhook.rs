@@ -185,6 +185,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhook/{secret}")
             .route(web::get().to(handshake))
-            .route(web::post().to(receive)),
+            .route(web::post().to(receive))
+            // Other methods learn nothing either, not even that the path exists.
+            .default_service(web::to(|| async {
+                HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
+            })),
     );
 }

@@ -40,8 +40,13 @@ pub fn backoff_secs(attempts: i64) -> i64 {
 pub async fn run(store: Store, webhooks: web::Data<Webhooks>, shutdown: CancellationToken) {
     let mut last_prune: Option<Instant> = None;
     loop {
-        if let Err(e) = drain(&store, now()).await {
-            tracing::error!(error = %e, "webhook worker pass failed");
+        // Each event is applied in its own transaction, so stopping between
+        // two (or while one commits on the blocking pool) loses nothing.
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            result = drain(&store, now()) => if let Err(e) = result {
+                tracing::error!(error = %e, "webhook worker pass failed");
+            }
         }
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
             last_prune = Some(Instant::now());

@@ -338,6 +338,16 @@ async fn events_at_any_other_webhook_path_answer_404_and_store_nothing() {
             .unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let res = hook
+            .app
+            .client
+            .request(method.clone(), &hook.callback)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{method}");
+    }
     assert_eq!(hook.count("webhook_events").await, 0);
 }
 
