@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod http;
+pub mod simulator;
 pub mod startup;
 pub mod store;
 pub mod strava;

@@ -26,6 +26,8 @@ enum Command {
         #[command(subcommand)]
         action: subscription::Action,
     },
+    /// Run the built-in Strava simulator alone (frontend development).
+    Simulator(strava_sync::simulator::SimulatorArgs),
 }
 
 #[tokio::main]
@@ -56,5 +58,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", subscription::run(&settings, action).await?);
             Ok(())
         }
+        Command::Simulator(args) => strava_sync::simulator::run_standalone(args).await,
     }
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod read_api;
 pub mod webhook;
 pub mod webhook_admin;
 
@@ -63,6 +64,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .configure(health::configure)
             .configure(metrics::configure)
+            .configure(read_api::configure)
             .configure(webhook::configure)
             .configure(webhook_admin::configure)
             .default_service(web::to(|| async {

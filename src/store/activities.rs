@@ -2,8 +2,9 @@
 //! (unknown fields, 64-bit ids and float formatting survive); SQLite derives
 //! the typed columns used for filtering, sorting and stats.
 
+use chrono::{Datelike, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{now, DbResult};
@@ -67,6 +68,84 @@ pub fn upsert_summaries(
     Ok(out)
 }
 
+/// Stores one DetailedActivity for its athlete. The summary stays as listed;
+/// when no summary is stored yet, the detail (a superset of it) also serves as
+/// the summary so the activity is listed at once. A record owned by another
+/// athlete is skipped.
+pub fn upsert_detail(conn: &Connection, athlete_id: i64, detail: &RawValue) -> DbResult<Upserted> {
+    let keys: Keys = serde_json::from_str(detail.get())?;
+    if keys.athlete.id != athlete_id {
+        return Ok(Upserted::default());
+    }
+    let before: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT athlete_id, detail_json FROM activities WHERE id = ?1")?
+        .query_row([keys.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let changed = match &before {
+        Some((owner, _)) if *owner != athlete_id => return Ok(Upserted::default()),
+        Some((_, old)) => old.as_deref() != Some(detail.get()),
+        None => true,
+    };
+    conn.prepare_cached(
+        "INSERT INTO activities
+             (id, athlete_id, summary_json, detail_json, detail_fetched_at, last_seen_at, updated_at)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?4, ?4)
+         ON CONFLICT(id) DO UPDATE SET
+             detail_json = excluded.detail_json,
+             detail_fetched_at = excluded.detail_fetched_at,
+             last_seen_at = excluded.last_seen_at,
+             updated_at = CASE WHEN ?5 THEN excluded.updated_at ELSE updated_at END",
+    )?
+    .execute(params![keys.id, athlete_id, detail.get(), now(), changed])?;
+    Ok(match (before, changed) {
+        (None, _) => Upserted { new: 1, updated: 0 },
+        (Some(_), true) => Upserted { new: 0, updated: 1 },
+        (Some(_), false) => Upserted::default(),
+    })
+}
+
+/// Which slice of an athlete's activities a list request wants. Bounds are
+/// exclusive epoch seconds, as in Strava's `before`/`after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListFilter {
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Ranges over the (athlete_id, start_time DESC, id DESC) index, so pages
+/// come out in order without a sort, and rows skipped by the offset are
+/// stepped over in the index without reading their JSON.
+const LIST_SQL: &str = "SELECT summary_json FROM activities
+     WHERE athlete_id = ?1 AND start_time < ?2 AND start_time > ?3
+     ORDER BY start_time DESC, id DESC
+     LIMIT ?4 OFFSET ?5";
+
+/// One page of an athlete's summaries as a JSON array, newest first (ties by
+/// id, newest first), built by joining the stored texts: nothing is parsed or
+/// re-serialised, so every field and number comes back exactly as stored.
+pub fn list_json(conn: &Connection, athlete_id: i64, filter: &ListFilter) -> DbResult<String> {
+    // Absent bounds become the widest ones, so one statement serves all.
+    let mut stmt = conn.prepare_cached(LIST_SQL)?;
+    let mut rows = stmt.query(params![
+        athlete_id,
+        filter.before.unwrap_or(i64::MAX),
+        filter.after.unwrap_or(i64::MIN),
+        filter.limit,
+        filter.offset,
+    ])?;
+    let mut out = String::from("[");
+    while let Some(row) = rows.next()? {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?);
+    }
+    out.push(']');
+    Ok(out)
+}
+
 /// The JSON served for one activity of this athlete: the detail when fetched,
 /// else the summary.
 pub fn get_json(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<String>> {
@@ -86,4 +165,178 @@ pub fn count_for(conn: &Connection, athlete_id: i64) -> DbResult<i64> {
         [athlete_id],
         |r| r.get(0),
     )?)
+}
+
+/// Strava's ActivityTotal: one sport over one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub count: i64,
+    pub distance: f64,
+    pub moving_time: i64,
+    pub elapsed_time: i64,
+    pub elevation_gain: f64,
+    pub achievement_count: i64,
+}
+
+/// Strava's ActivityStats, field for field. The biggest ride and climb are
+/// null while the athlete has no ride.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ActivityStats {
+    pub biggest_ride_distance: Option<f64>,
+    pub biggest_climb_elevation_gain: Option<f64>,
+    pub recent_ride_totals: Totals,
+    pub all_ride_totals: Totals,
+    pub recent_run_totals: Totals,
+    pub all_run_totals: Totals,
+    pub recent_swim_totals: Totals,
+    pub all_swim_totals: Totals,
+    pub ytd_ride_totals: Totals,
+    pub ytd_run_totals: Totals,
+    pub ytd_swim_totals: Totals,
+}
+
+/// How long "recent" reaches back: Strava's last four weeks.
+pub const RECENT_SECS: i64 = 28 * 24 * 60 * 60;
+
+/// An athlete's stats as of `now` (epoch seconds): recent is the last four
+/// weeks, year to date starts on 1 January UTC. Sports count by `sport_type`
+/// (`type` for records without one): rides include mountain bike, gravel and
+/// virtual rides but not e-bike rides, as on Strava; runs include trail and
+/// virtual runs. Every activity counts, private ones too: the only reader is
+/// the athlete.
+pub fn stats(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ActivityStats> {
+    let year_start = Utc
+        .timestamp_opt(now, 0)
+        .single()
+        .and_then(|t| Utc.with_ymd_and_hms(t.year(), 1, 1, 0, 0, 0).single())
+        .map_or(i64::MIN, |t| t.timestamp());
+    let mut stmt = conn.prepare_cached(
+        "WITH periods(period, since) AS (VALUES ('recent', ?2), ('ytd', ?3), ('all', ?4)),
+         classified AS (
+             SELECT CASE
+                        WHEN COALESCE(sport_type, activity_type)
+                             IN ('Ride', 'MountainBikeRide', 'GravelRide', 'VirtualRide') THEN 'ride'
+                        WHEN COALESCE(sport_type, activity_type)
+                             IN ('Run', 'TrailRun', 'VirtualRun') THEN 'run'
+                        WHEN COALESCE(sport_type, activity_type) = 'Swim' THEN 'swim'
+                    END AS sport,
+                    start_time, distance, moving_time, elapsed_time, elevation_gain,
+                    achievement_count
+             FROM activities WHERE athlete_id = ?1
+         )
+         SELECT sport, period, COUNT(*), TOTAL(distance), COALESCE(SUM(moving_time), 0),
+                COALESCE(SUM(elapsed_time), 0), TOTAL(elevation_gain),
+                COALESCE(SUM(achievement_count), 0), MAX(distance), MAX(elevation_gain)
+         FROM classified JOIN periods ON start_time >= since
+         WHERE sport IS NOT NULL
+         GROUP BY sport, period",
+    )?;
+    let mut rows = stmt.query(params![athlete_id, now - RECENT_SECS, year_start, i64::MIN])?;
+    let mut out = ActivityStats::default();
+    while let Some(row) = rows.next()? {
+        let totals = Totals {
+            count: row.get(2)?,
+            distance: row.get(3)?,
+            moving_time: row.get(4)?,
+            elapsed_time: row.get(5)?,
+            elevation_gain: row.get(6)?,
+            achievement_count: row.get(7)?,
+        };
+        let (sport, period): (String, String) = (row.get(0)?, row.get(1)?);
+        let slot = match (sport.as_str(), period.as_str()) {
+            ("ride", "recent") => &mut out.recent_ride_totals,
+            ("ride", "ytd") => &mut out.ytd_ride_totals,
+            ("ride", _) => {
+                out.biggest_ride_distance = row.get(8)?;
+                out.biggest_climb_elevation_gain = row.get(9)?;
+                &mut out.all_ride_totals
+            }
+            ("run", "recent") => &mut out.recent_run_totals,
+            ("run", "ytd") => &mut out.ytd_run_totals,
+            ("run", _) => &mut out.all_run_totals,
+            ("swim", "recent") => &mut out.recent_swim_totals,
+            ("swim", "ytd") => &mut out.ytd_swim_totals,
+            _ => &mut out.all_swim_totals,
+        };
+        *slot = totals;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{athletes, Store};
+
+    const ATHLETE: &str = include_str!("../../fixtures/athlete.json");
+    const SUMMARIES: &str = include_str!("../../fixtures/activities.json");
+    const DETAIL: &str = include_str!("../../fixtures/activity_detail.json");
+
+    fn store_with_athlete() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let profile: serde_json::Value = serde_json::from_str(ATHLETE).unwrap();
+        let id = store
+            .write_blocking(|tx| athletes::upsert(tx, &profile, "read"))
+            .unwrap();
+        (dir, store, id)
+    }
+
+    #[test]
+    fn the_list_walks_the_index_without_sorting() {
+        let (_dir, store, _) = store_with_athlete();
+        let plan: Vec<String> = store
+            .read_blocking(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {LIST_SQL}"))?;
+                let rows = stmt.query_map(params![1, 2, 0, 30, 8970], |r| r.get(3))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("USING INDEX activities_athlete_start"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn a_detail_upsert_reports_what_changed_and_respects_ownership() {
+        let (_dir, store, athlete) = store_with_athlete();
+        let page: Vec<Box<RawValue>> = serde_json::from_str(SUMMARIES).unwrap();
+        let detail: Box<RawValue> = serde_json::from_str(DETAIL).unwrap();
+        let upsert = |d: &RawValue, owner| {
+            store
+                .write_blocking(|tx| upsert_detail(tx, owner, d))
+                .unwrap()
+        };
+        store
+            .write_blocking(|tx| upsert_summaries(tx, athlete, &page))
+            .unwrap();
+
+        assert_eq!(upsert(&detail, 8806470), Upserted::default(), "not theirs");
+        assert_eq!(upsert(&detail, athlete), Upserted { new: 0, updated: 1 });
+        assert_eq!(upsert(&detail, athlete), Upserted::default(), "unchanged");
+        let (served, summary) = store
+            .read_blocking(|c| {
+                Ok((
+                    get_json(c, athlete, 17179869201)?,
+                    c.query_row(
+                        "SELECT summary_json FROM activities WHERE id = 17179869201",
+                        [],
+                        |r| r.get::<_, String>(0),
+                    )?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(served.as_deref(), Some(detail.get()));
+        assert_eq!(summary, page[2].get(), "the summary is kept as listed");
+
+        // A detail for an activity never listed is listed at once.
+        let mut fresh: serde_json::Value = serde_json::from_str(DETAIL).unwrap();
+        fresh["id"] = 17179869999_i64.into();
+        let fresh = RawValue::from_string(fresh.to_string()).unwrap();
+        assert_eq!(upsert(&fresh, athlete), Upserted { new: 1, updated: 0 });
+        assert_eq!(store.read_blocking(|c| count_for(c, athlete)).unwrap(), 10);
+    }
 }

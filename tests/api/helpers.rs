@@ -1,17 +1,19 @@
 //! Spawns the real application on a loopback port with a fresh database file.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use serde_json::value::RawValue;
 use strava_sync::config::Settings;
 use strava_sync::startup::{Application, ShutdownHandle};
-use strava_sync::store::Store;
+use strava_sync::store::{activities, api_tokens, athletes, Store};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    /// The app's own store, for seeding and asserting on rows.
+    /// The app's own store, for seeding and checking rows.
     pub store: Store,
     shutdown: ShutdownHandle,
     _dir: tempfile::TempDir,
@@ -77,6 +79,50 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+}
+
+/// The text of a file in `fixtures/`.
+pub fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A fixture holding an array of activities, each kept as its exact text.
+pub fn fixture_activities(name: &str) -> Vec<Box<RawValue>> {
+    serde_json::from_str(&fixture(name)).unwrap()
+}
+
+/// Seeding through the storage layer, as the sync paths will store data.
+impl TestApp {
+    /// Stores the athlete profile of a fixture and issues them an API token.
+    pub async fn seed_athlete(&self, profile_fixture: &str) -> (i64, String) {
+        let profile: serde_json::Value = serde_json::from_str(&fixture(profile_fixture)).unwrap();
+        self.store
+            .write(move |tx| {
+                let id = athletes::upsert(tx, &profile, "read,activity:read_all")?;
+                Ok((id, api_tokens::issue(tx, id)?))
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Stores SummaryActivity records for an athlete, one transaction per page.
+    pub async fn seed_summaries(&self, athlete_id: i64, page: Vec<Box<RawValue>>) {
+        self.store
+            .write(move |tx| activities::upsert_summaries(tx, athlete_id, &page))
+            .await
+            .unwrap();
+    }
+
+    /// Stores one DetailedActivity for an athlete.
+    pub async fn seed_detail(&self, athlete_id: i64, detail: Box<RawValue>) {
+        self.store
+            .write(move |tx| activities::upsert_detail(tx, athlete_id, &detail))
+            .await
+            .unwrap();
     }
 }
 

@@ -3,5 +3,7 @@
 
 mod helpers;
 mod operations;
+mod read_api;
+mod simulator;
 mod webhook_crash;
 mod webhooks;
