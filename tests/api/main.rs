@@ -6,4 +6,5 @@ mod operations;
 mod read_api;
 mod simulator;
 mod webhook_crash;
+mod webhook_subscription;
 mod webhooks;
