@@ -8,6 +8,11 @@
 //! (`store::activity_edits::tombstone`), since it was deleted after the
 //! create; a 404 right after a create means "not readable yet", so retry
 //! with backoff and finally leave it to the gap-fill.
+//!
+//! Update events for an activity not stored yet are not kept: the fetch that
+//! stores it returns its current state, renames included. The one gap is a
+//! fetch already in flight when the rename happens; it stores the older title
+//! until the activity's next refresh.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
