@@ -2,7 +2,9 @@
 //! burst, is killed with SIGKILL mid-burst, and restarts on the same
 //! database. Every event it answered 200 before dying must be applied after
 //! the restart without being sent again; the rest are then redelivered, as
-//! Strava retries unacknowledged events, and applied too.
+//! Strava retries unacknowledged events, and applied too. Once with a sender
+//! in the test (exact control of what was acknowledged), once with the
+//! simulator delivering and retrying as Strava does.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,29 +15,37 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simulator};
 use strava_sync::store::{subscription, Store};
 use strava_sync::webhook::fetch::FetchPayload;
 
 use crate::helpers::ADMIN_TOKEN;
+use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
 
 const ATHLETE: i64 = 134_815;
 const FIRST_ID: i64 = 17_179_869_185;
 const T0: i64 = 1_700_000_000;
 
-/// The service binary, started on a free loopback port.
+/// A Strava API address where nothing listens: nothing here may call Strava.
+const NOWHERE: &str = "http://127.0.0.1:9";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service binary on a loopback port.
 struct Server {
     child: Arc<Mutex<Child>>,
     address: String,
 }
 
 impl Server {
-    async fn start(db: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    async fn start(db: &Path, port: u16, strava_api_url: &str) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_strava-sync"))
             .arg("serve")
             .current_dir(db.parent().unwrap())
@@ -44,9 +54,8 @@ impl Server {
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
-            // Nothing here may reach Strava.
-            .env("STRAVA_API_URL", "http://127.0.0.1:9")
-            .env("STRAVA_OAUTH_URL", "http://127.0.0.1:9")
+            .env("STRAVA_API_URL", strava_api_url)
+            .env("STRAVA_OAUTH_URL", NOWHERE)
             .env("STRAVA_CLIENT_ID", "1234")
             .env("STRAVA_CLIENT_SECRET", "test-client-secret")
             .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token")
@@ -212,7 +221,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     order.sort_by_key(|i| (i % 5, *i));
     let events: Vec<Value> = order.into_iter().map(|i| events[i].clone()).collect();
 
-    let server = Server::start(&db).await;
+    let server = Server::start(&db, free_port(), NOWHERE).await;
     let url = format!("{}/webhook/{secret}", server.address);
     let acks = AtomicUsize::new(0);
     let first = deliver(&url, &events, || {
@@ -239,7 +248,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     );
 
     // Restart on the same database; nothing is resent yet.
-    let server = Server::start(&db).await;
+    let server = Server::start(&db, free_port(), NOWHERE).await;
     server.drained().await;
     let fetches = queued_fetches(&store);
     let lost: Vec<String> = acknowledged
@@ -272,4 +281,118 @@ async fn every_acknowledged_event_survives_sigkill() {
         .await
         .unwrap();
     assert_eq!(rows, events.len() as i64, "each event is in the inbox once");
+}
+
+/// `(aspect_type, object_id)`: one event per activity in these bursts.
+fn key(event: &Value) -> (String, i64) {
+    (
+        event["aspect_type"].as_str().unwrap().to_string(),
+        event["object_id"].as_i64().unwrap(),
+    )
+}
+
+/// The bodies the simulator has had a 200 for.
+fn delivered(sim: &Simulator) -> Vec<Value> {
+    sim.deliveries()
+        .into_iter()
+        .filter(|d| serde_json::to_value(d).unwrap()["outcome"] == "delivered")
+        .map(|d| d.event)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
+    const KILL_AFTER_DELIVERIES: usize = 100;
+    let sim = Simulator::start(SimConfig {
+        athletes: 1,
+        activities_per_athlete: 300,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    // Strava retries minutes apart; seconds keep the test short while
+    // leaving the restart well inside the three attempts.
+    sim.update_settings(|s| {
+        s.webhook_retry_ms = 2000;
+        s.subscription_id_as_string_probability = 0.5;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sim-crash.db");
+    let store = Store::open(&db).unwrap();
+    let (athlete, list) = seed_from(&sim, &store).await;
+    let port = free_port();
+    let server = Server::start(&db, port, &sim.api_url()).await;
+
+    cli("create", &db, &sim, &server.address).await;
+    let calls_before = sim.calls().total;
+
+    // Renames of 200 activities, deletes of 100, 50 creates, pushed one by
+    // one; the service dies once 100 have been acknowledged.
+    let mut killed = false;
+    let emitted = list.len() + 50;
+    for i in 0..emitted {
+        let push = Some(Push::default());
+        match list.get(i).map(|a| a["id"].as_u64().unwrap()) {
+            Some(id) if i < 200 => {
+                let name = Some(format!("renamed {i}"));
+                let update = ActivityUpdate {
+                    name,
+                    ..ActivityUpdate::default()
+                };
+                sim.update_activity(id, update, push).unwrap();
+            }
+            Some(id) => sim.delete_activity(id, push).unwrap(),
+            None => {
+                sim.create_activity(athlete, NewActivity::default(), push)
+                    .unwrap();
+            }
+        }
+        if !killed && delivered(&sim).len() >= KILL_AFTER_DELIVERIES {
+            server.kill();
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(killed, "the burst ended before the kill");
+    let acknowledged = delivered(&sim);
+    assert!(
+        acknowledged.len() < emitted,
+        "the kill came after the burst"
+    );
+
+    // Restart on the same port, inside the simulator's retry window.
+    drop(server);
+    let server = Server::start(&db, port, &sim.api_url()).await;
+    server.drained().await;
+    let fetches = queued_fetches(&store);
+    let lost = acknowledged
+        .iter()
+        .filter(|e| !applied(&store, e, &fetches))
+        .count();
+    assert_eq!(
+        lost,
+        0,
+        "of {} acknowledged before the kill",
+        acknowledged.len()
+    );
+
+    // The simulator redelivers the rest; every event ends acknowledged and applied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys: BTreeSet<(String, i64)> = delivered(&sim).iter().map(key).collect();
+        if keys.len() == emitted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {emitted} delivered",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.drained().await;
+    let fetches = queued_fetches(&store);
+    assert!(delivered(&sim).iter().all(|e| applied(&store, e, &fetches)));
+    // Renames and deletes cost no call; creates are left to the job runner.
+    assert_eq!(sim.calls().total, calls_before);
 }

@@ -12,14 +12,15 @@ use strava_sync::store::{activities, athletes, subscription, Store};
 use crate::helpers::TestApp;
 use crate::webhooks::scalar;
 
-/// Runs `strava-sync subscription <action>` against the simulator and the app.
-async fn cli(action: &str, db: &std::path::Path, sim: &SimHandle, app: &TestApp) -> String {
+/// Runs `strava-sync subscription <action>` against the simulator, for the
+/// service at `public_url`.
+pub async fn cli(action: &str, db: &std::path::Path, sim: &SimHandle, public_url: &str) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
         .args(["subscription", action])
         .current_dir(db.parent().unwrap())
         .env_clear()
         .env("DATABASE_PATH", db)
-        .env("PUBLIC_URL", &app.address)
+        .env("PUBLIC_URL", public_url)
         .env("STRAVA_API_URL", sim.api_url())
         .env("STRAVA_CLIENT_ID", sim.client_id().to_string())
         .env("STRAVA_CLIENT_SECRET", sim.client_secret())
@@ -49,7 +50,7 @@ where
 
 /// Connects the simulator's first athlete by seeding their profile and
 /// activities through the store, as the connect flow would.
-async fn seed_from(sim: &Simulator, store: &Store) -> (u64, Vec<Value>) {
+pub async fn seed_from(sim: &Simulator, store: &Store) -> (u64, Vec<Value>) {
     let athlete = sim.athlete_ids()[0];
     let profile = sim.athlete(athlete).unwrap();
     let list = sim.activities(athlete).unwrap();
@@ -110,7 +111,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
         .unwrap();
     let callback = format!("{}/webhook/{secret}", app.address);
 
-    let created = cli("create", &db, &sim, &app).await;
+    let created = cli("create", &db, &sim, &app.address).await;
     let listed = sim
         .subscription()
         .expect("the simulator holds the subscription");
@@ -122,7 +123,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
         Some(id),
         "the id is kept for checking events"
     );
-    let shown = cli("show", &db, &sim, &app).await;
+    let shown = cli("show", &db, &sim, &app.address).await;
     assert!(
         shown.contains(&format!("callback_url: {callback}")),
         "{shown}"
@@ -181,7 +182,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
     // the delete cost nothing, and the create has cost nothing yet.
     assert_eq!(sim.calls().total, calls_before);
 
-    let deleted_out = cli("delete", &db, &sim, &app).await;
+    let deleted_out = cli("delete", &db, &sim, &app.address).await;
     assert!(deleted_out.contains(&id.to_string()), "{deleted_out}");
     assert!(sim.subscription().is_none());
     assert_eq!(app.store.read(subscription::id).await.unwrap(), None);
