@@ -7,5 +7,6 @@ pub mod simulator;
 pub mod startup;
 pub mod store;
 pub mod strava;
+pub mod sync;
 pub mod telemetry;
 pub mod webhook;

@@ -11,9 +11,16 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
-use crate::http::{self, AppState};
+use crate::config::{Requirement, Settings};
+use crate::http::{self, AppState, Services};
 use crate::store::Store;
+use crate::strava::budget::{Budget, Limits};
+use crate::strava::client::{self, StravaClient};
+use crate::strava::clock::{Clock, SystemClock};
+use crate::strava::oauth::StravaOAuth;
+use crate::strava::tokens::Tokens;
+use crate::sync::runner::JobRunner;
+use crate::sync::JobQueue;
 use crate::webhook::{self, Webhooks};
 
 /// How long in-flight requests get to finish at shutdown.
@@ -26,6 +33,7 @@ pub struct Application {
     webhooks: web::Data<Webhooks>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    runner: Arc<JobRunner>,
 }
 
 /// Stops a running [`Application`] from elsewhere (signals, tests, the demo).
@@ -44,6 +52,16 @@ impl Application {
     /// Opens the store (applying migrations), binds the listener and prepares
     /// the background workers; nothing runs until [`Application::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// [`Application::build`] on a given clock: simulations and tests move
+    /// the budget's, the tokens' and the job runner's time by hand.
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        settings.require(&[Requirement::StravaApp])?;
         let settings = Arc::new(settings);
         let path = settings.database_path.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
@@ -51,7 +69,31 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let webhooks = web::Data::new(Webhooks::load(&store).await?);
-        let state = web::Data::new(AppState::new(settings.clone(), store));
+        let http_client = client::http_client()?;
+        let oauth = Arc::new(StravaOAuth::new(&settings, http_client.clone())?);
+        let limits = Limits {
+            quarter: settings.strava_rate_limit_15min,
+            day: settings.strava_rate_limit_daily,
+        };
+        let budget = Budget::load(store.clone(), clock.clone(), limits).await?;
+        let tokens = Arc::new(Tokens::new(store.clone(), oauth.clone(), clock.clone()));
+        let strava = Arc::new(StravaClient::new(
+            http_client,
+            settings.strava_api_url.clone(),
+            budget.clone(),
+            tokens,
+        ));
+        let jobs = Arc::new(JobQueue::new(store.clone(), clock.clone()));
+        let runner = JobRunner::new(store.clone(), strava.clone(), budget.clone(), jobs.clone());
+        let services = Services {
+            clock,
+            budget,
+            strava,
+            oauth,
+            jobs,
+        };
+
+        let state = web::Data::new(AppState::new(settings.clone(), store, services));
         let server_state = state.clone();
         let server_webhooks = webhooks.clone();
         let server = HttpServer::new(move || {
@@ -73,6 +115,7 @@ impl Application {
             webhooks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runner,
         })
     }
 
@@ -99,13 +142,11 @@ impl Application {
             webhooks,
             shutdown,
             tasks,
+            runner,
             ..
         } = self;
-        tasks.spawn(webhook::worker::run(
-            state.store.clone(),
-            webhooks,
-            shutdown.clone(),
-        ));
+        tasks.spawn(webhook::worker::run(state, webhooks, shutdown.clone()));
+        tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);
         tokio::select! {

@@ -39,6 +39,10 @@ pub enum ApiError {
     },
     #[error("Service Unavailable")]
     NotReady,
+    /// Strava failed or answered something unusable while we served the
+    /// request (the detail is logged, not shown).
+    #[error("Strava failed: {0}")]
+    Upstream(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -87,6 +91,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +116,10 @@ impl ResponseError for ApiError {
                 ("Rate Limit Exceeded", *resource, "rate limit", "exceeded")
             }
             ApiError::NotReady => ("Service Unavailable", "Service", "database", "unavailable"),
+            ApiError::Upstream(detail) => {
+                tracing::warn!(error = %detail, "Strava failed during a request");
+                ("Bad Gateway", "Strava", "", "unavailable")
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
                 ("Internal Server Error", "Service", "", "error")

@@ -1,7 +1,9 @@
 //! The HTTP surface: one module per route group, shared guards, one error
 //! type, and the middleware every request passes through.
 
+pub mod admin;
 pub mod auth;
+pub mod connect;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -21,6 +23,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Settings;
 use crate::store::Store;
+use crate::strava::budget::Budget;
+use crate::strava::client::StravaClient;
+use crate::strava::clock::Clock;
+use crate::strava::oauth::StravaOAuth;
+use crate::sync::JobQueue;
 use auth::TokenRateLimiter;
 use error::ApiError;
 
@@ -33,15 +40,45 @@ pub struct AppState {
     pub store: Store,
     pub metrics: PrometheusHandle,
     pub rate_limiter: Option<TokenRateLimiter>,
+    /// The service's notion of now (the budget's clock).
+    pub clock: Arc<dyn Clock>,
+    /// The shared Strava budget (snapshot, pause/resume).
+    pub budget: Arc<Budget>,
+    /// Every Strava API call goes through it (and so through the budget).
+    pub strava: Arc<StravaClient>,
+    pub oauth: Arc<StravaOAuth>,
+    /// Enqueue work for the job runner and wake it.
+    pub jobs: Arc<JobQueue>,
+}
+
+/// The Strava-facing services `Application::build` creates once.
+pub struct Services {
+    pub clock: Arc<dyn Clock>,
+    pub budget: Arc<Budget>,
+    pub strava: Arc<StravaClient>,
+    pub oauth: Arc<StravaOAuth>,
+    pub jobs: Arc<JobQueue>,
 }
 
 impl AppState {
-    pub fn new(settings: Arc<Settings>, store: Store) -> Self {
+    pub fn new(settings: Arc<Settings>, store: Store, services: Services) -> Self {
+        let Services {
+            clock,
+            budget,
+            strava,
+            oauth,
+            jobs,
+        } = services;
         Self {
             rate_limiter: TokenRateLimiter::new(settings.api_rate_limit),
             metrics: metrics::recorder(),
             settings,
             store,
+            clock,
+            budget,
+            strava,
+            oauth,
+            jobs,
         }
     }
 }
@@ -64,6 +101,8 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             }))
             .configure(health::configure)
             .configure(metrics::configure)
+            .configure(connect::configure)
+            .configure(admin::configure)
             .configure(read_api::configure)
             .configure(webhook::configure)
             .configure(webhook_admin::configure)

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::auth::constant_time_eq;
 use super::{error::ApiError, AppState, MAX_BODY_BYTES};
 use crate::store::inbox::{self, AspectType, Event, ObjectType};
-use crate::store::{now, subscription};
+use crate::store::subscription;
 use crate::webhook::Webhooks;
 
 #[derive(Deserialize)]
@@ -136,13 +136,14 @@ async fn receive(
         updates: incoming.updates.unwrap_or_default(),
     };
     let kind = event.kind();
+    let now = state.clock.epoch();
     let received = state
         .store
         .write(move |tx| {
             if subscription::id(tx)?.is_some_and(|ours| ours != claimed) {
                 return Ok(None);
             }
-            inbox::insert(tx, &event, now()).map(Some)
+            inbox::insert(tx, &event, now).map(Some)
         })
         .await?;
     let outcome = match received {

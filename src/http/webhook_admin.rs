@@ -6,7 +6,7 @@ use actix_web::{get, post, web, HttpResponse};
 use serde_json::json;
 
 use super::{auth::AdminAuth, error::ApiError, AppState};
-use crate::store::{inbox, now, subscription};
+use crate::store::{inbox, subscription};
 use crate::webhook::Webhooks;
 
 /// How many failed events the listing shows (newest first).
@@ -37,9 +37,10 @@ async fn replay(
     state: web::Data<AppState>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.epoch();
     let replayed = state
         .store
-        .write(|tx| inbox::replay_failed(tx, now()))
+        .write(move |tx| inbox::replay_failed(tx, now))
         .await?;
     if replayed > 0 {
         webhooks.wake.notify_one();

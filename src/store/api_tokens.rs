@@ -10,9 +10,7 @@ use super::{now, DbResult};
 /// Issues a new token for the athlete and returns it in clear, the only time
 /// it exists outside the caller's hands.
 pub fn issue(conn: &Connection, athlete_id: i64) -> DbResult<String> {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_token();
     conn.execute(
         "INSERT INTO api_tokens (token_hash, athlete_id, created_at) VALUES (?1, ?2, ?3)",
         params![hash(&token).as_slice(), athlete_id, now()],
@@ -34,6 +32,14 @@ pub fn athlete_for(conn: &Connection, token: &str) -> DbResult<Option<i64>> {
 /// Revokes every token of an athlete; returns how many there were.
 pub fn revoke_all(conn: &Connection, athlete_id: i64) -> DbResult<usize> {
     Ok(conn.execute("DELETE FROM api_tokens WHERE athlete_id = ?1", [athlete_id])?)
+}
+
+/// 256 random bits as 64 hex characters: unguessable secrets (API tokens,
+/// OAuth states).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn hash(token: &str) -> [u8; 32] {

@@ -217,17 +217,6 @@ pub fn is_pending(conn: &Connection, id: i64) -> DbResult<bool> {
         .is_some())
 }
 
-/// Records on the athlete's sync state when we last heard from Strava about
-/// them (`GET /api/sync` shows it).
-pub fn record_webhook_at(conn: &Connection, athlete_id: i64, received_at: i64) -> DbResult<()> {
-    conn.prepare_cached(
-        "UPDATE sync_state SET last_webhook_at = max(coalesce(last_webhook_at, 0), ?2)
-         WHERE athlete_id = ?1",
-    )?
-    .execute(params![athlete_id, received_at])?;
-    Ok(())
-}
-
 /// Settles an event as applied or ignored.
 pub fn settle(conn: &Connection, id: i64, status: Status, now: i64) -> DbResult<()> {
     conn.prepare_cached(

@@ -71,11 +71,40 @@ pub struct Job {
     pub kind: JobKind,
     pub status: String,
     pub payload_json: Option<String>,
+    /// Times the job was claimed, this run included.
+    pub attempts: i64,
     pub fetched: i64,
     pub new: i64,
     pub updated: i64,
     pub error: Option<String>,
     pub created_at: i64,
+}
+
+/// What a job (or one step of it) fetched and changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub fetched: i64,
+    pub new: i64,
+    pub updated: i64,
+}
+
+const JOB_COLUMNS: &str =
+    "id, athlete_id, kind, status, payload_json, attempts, fetched, new, updated, error, created_at";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        athlete_id: r.get(1)?,
+        kind: JobKind::parse(&r.get::<_, String>(2)?).unwrap_or(JobKind::Refresh),
+        status: r.get(3)?,
+        payload_json: r.get(4)?,
+        attempts: r.get(5)?,
+        fetched: r.get(6)?,
+        new: r.get(7)?,
+        updated: r.get(8)?,
+        error: r.get(9)?,
+        created_at: r.get(10)?,
+    })
 }
 
 /// Queues a job unless the athlete already has one of this kind waiting, in
@@ -116,24 +145,108 @@ pub fn enqueue(
 pub fn get(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<Job>> {
     Ok(conn
         .query_row(
-            "SELECT id, athlete_id, kind, status, payload_json, fetched, new, updated, error,
-                    created_at
-             FROM jobs WHERE id = ?1 AND athlete_id = ?2",
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND athlete_id = ?2"),
             params![id, athlete_id],
-            |r| {
-                Ok(Job {
-                    id: r.get(0)?,
-                    athlete_id: r.get(1)?,
-                    kind: JobKind::parse(&r.get::<_, String>(2)?).unwrap_or(JobKind::Refresh),
-                    status: r.get(3)?,
-                    payload_json: r.get(4)?,
-                    fetched: r.get(5)?,
-                    new: r.get(6)?,
-                    updated: r.get(7)?,
-                    error: r.get(8)?,
-                    created_at: r.get(9)?,
-                })
-            },
+            job_row,
         )
         .optional()?)
+}
+
+/// Marks the most urgent runnable job running and returns it: due by `now`,
+/// at priority rank `max_rank` or higher, of a connected athlete (those
+/// needing re-authorization wait), and of an athlete with nothing running, so
+/// one athlete's jobs never race on their cursor or tokens.
+pub fn claim(conn: &Connection, now: i64, max_rank: i64) -> DbResult<Option<Job>> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1
+                 WHERE id = (
+                     SELECT j.id FROM jobs j JOIN athletes a ON a.id = j.athlete_id
+                     WHERE j.status = 'queued' AND j.not_before <= ?1 AND j.priority <= ?2
+                       AND a.status = 'connected'
+                       AND NOT EXISTS (SELECT 1 FROM jobs r
+                                       WHERE r.athlete_id = j.athlete_id AND r.status = 'running')
+                     ORDER BY j.priority, j.not_before, j.id LIMIT 1)
+                 RETURNING {JOB_COLUMNS}"
+            ),
+            params![now, max_rank],
+            job_row,
+        )
+        .optional()?)
+}
+
+/// When the next queued job of a connected athlete that is not yet due
+/// becomes due (jobs already due wait for the budget or their athlete, not
+/// for time).
+pub fn next_due_after(conn: &Connection, now: i64) -> DbResult<Option<i64>> {
+    Ok(conn.query_row(
+        "SELECT MIN(j.not_before) FROM jobs j JOIN athletes a ON a.id = j.athlete_id
+         WHERE j.status = 'queued' AND a.status = 'connected' AND j.not_before > ?1",
+        [now],
+        |r| r.get(0),
+    )?)
+}
+
+/// Jobs waiting in the queue, those of athletes needing re-authorization
+/// included.
+pub fn queued_count(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE status = 'queued'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Ends a job successfully, adding its last counts.
+pub fn finish(conn: &Connection, id: i64, counts: Counts, now: i64) -> DbResult<()> {
+    conn.execute(
+        "UPDATE jobs SET status = 'done', finished_at = ?2, error = NULL,
+             fetched = fetched + ?3, new = new + ?4, updated = updated + ?5
+         WHERE id = ?1",
+        params![id, now, counts.fetched, counts.new, counts.updated],
+    )?;
+    Ok(())
+}
+
+/// Puts a job back in the queue (more to do, or a retry), adding its counts
+/// so far; `error` says why it is waiting, if it failed.
+pub fn requeue(
+    conn: &Connection,
+    id: i64,
+    counts: Counts,
+    not_before: i64,
+    error: Option<&str>,
+) -> DbResult<()> {
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', not_before = ?2, error = ?3,
+             fetched = fetched + ?4, new = new + ?5, updated = updated + ?6
+         WHERE id = ?1",
+        params![
+            id,
+            not_before,
+            error,
+            counts.fetched,
+            counts.new,
+            counts.updated
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn fail(conn: &Connection, id: i64, error: &str, now: i64) -> DbResult<()> {
+    conn.execute(
+        "UPDATE jobs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
+        params![id, now, error],
+    )?;
+    Ok(())
+}
+
+/// Returns jobs left running by a previous process to the queue; their
+/// progress is in their cursors, committed page by page.
+pub fn requeue_interrupted(conn: &Connection) -> DbResult<usize> {
+    Ok(conn.execute(
+        "UPDATE jobs SET status = 'queued' WHERE status = 'running'",
+        [],
+    )?)
 }

@@ -1,6 +1,12 @@
 //! Everything that talks to Strava: the HTTP client, OAuth, and the shared
 //! budget every call must take a permit from.
 
+pub mod budget;
+pub mod client;
+pub mod clock;
+pub mod oauth;
+pub mod tokens;
+
 /// Why a call to Strava is made. The order is the budget's priority order:
 /// earlier variants are served first and keep headroom reserved for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

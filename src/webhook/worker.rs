@@ -12,9 +12,10 @@ use actix_web::web;
 use tokio_util::sync::CancellationToken;
 
 use super::{fetch, Webhooks};
+use crate::http::AppState;
 use crate::store::activity_edits::{self, FieldUpdates, UpdateResult};
 use crate::store::inbox::{self, AspectType, Event, ObjectType, Status, Stored};
-use crate::store::{athletes, now, DbResult, Store};
+use crate::store::{athletes, sync_state, DbResult, Store};
 
 /// Attempts before an event is marked failed.
 pub const MAX_ATTEMPTS: i64 = 6;
@@ -36,21 +37,29 @@ pub fn backoff_secs(attempts: i64) -> i64 {
 }
 
 /// Runs until `shutdown`: drains whatever is due, then sleeps until an event
-/// is committed (`wake`) or the poll interval passes.
-pub async fn run(store: Store, webhooks: web::Data<Webhooks>, shutdown: CancellationToken) {
+/// is committed (`wake`) or the poll interval passes. Wakes the job runner
+/// after a pass that applied events, since creates queue fetch jobs.
+pub async fn run(
+    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
+    shutdown: CancellationToken,
+) {
+    let store = &state.store;
     let mut last_prune: Option<Instant> = None;
     loop {
         // Each event is applied in its own transaction, so stopping between
         // two (or while one commits on the blocking pool) loses nothing.
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            result = drain(&store, now()) => if let Err(e) = result {
-                tracing::error!(error = %e, "webhook worker pass failed");
+            result = drain(store, state.clock.epoch()) => match result {
+                Ok(0) => {}
+                Ok(_) => state.jobs.wake(),
+                Err(e) => tracing::error!(error = %e, "webhook worker pass failed"),
             }
         }
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
             last_prune = Some(Instant::now());
-            let cutoff = now() - RETENTION_SECS;
+            let cutoff = state.clock.epoch() - RETENTION_SECS;
             if let Err(e) = store
                 .write(move |tx| inbox::prune(tx, cutoff, 10_000))
                 .await
@@ -143,7 +152,7 @@ fn apply(
     if athletes::get(tx, event.owner_id)?.is_none() {
         return Ok((Status::Ignored, "unknown_athlete"));
     }
-    inbox::record_webhook_at(tx, event.owner_id, received_at)?;
+    sync_state::record_webhook_at(tx, event.owner_id, received_at)?;
     let (owner, id, at) = (event.owner_id, event.object_id, event.event_time);
     Ok(match (event.object_type, event.aspect_type) {
         (ObjectType::Athlete, AspectType::Update)

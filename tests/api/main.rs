@@ -1,9 +1,12 @@
 //! Integration tests: one binary (linking dominates build time), one module
 //! per concern. Each test spawns the real app on port 0 with a fresh database.
 
+mod budget;
+mod connect;
 mod helpers;
 mod operations;
 mod read_api;
+mod sim_app;
 mod simulator;
 mod webhook_crash;
 mod webhook_subscription;

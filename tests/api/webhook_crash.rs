@@ -197,10 +197,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     let store = Store::open(&db).unwrap();
     seed_athlete(&store, ATHLETE).await;
     seed_activities(&store, ATHLETE, (0..STORED).map(|i| FIRST_ID + i).collect()).await;
-    let secret = store
-        .write(|tx| subscription::path_secret(tx))
-        .await
-        .unwrap();
+    let secret = store.write(paused_secret).await.unwrap();
 
     // Renames of 300 stored activities, deletes of 100, creates of 100 new
     // ones, interleaved.
@@ -283,6 +280,13 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert_eq!(rows, events.len() as i64, "each event is in the inbox once");
 }
 
+/// Pauses background Strava work (so fetch jobs stay queued for checking and
+/// nothing is fetched) and returns the callback path secret.
+fn paused_secret(tx: &rusqlite::Transaction) -> strava_sync::store::DbResult<String> {
+    strava_sync::store::budget::set_paused(tx, true)?;
+    subscription::path_secret(tx)
+}
+
 /// `(aspect_type, object_id)`: one event per activity in these bursts.
 fn key(event: &Value) -> (String, i64) {
     (
@@ -320,6 +324,7 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
     let db = dir.path().join("sim-crash.db");
     let store = Store::open(&db).unwrap();
     let (athlete, list) = seed_from(&sim, &store).await;
+    store.write(paused_secret).await.unwrap();
     let port = free_port();
     let server = Server::start(&db, port, &sim.api_url()).await;
 

@@ -10,7 +10,7 @@ use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, SimHa
 use strava_sync::store::{activities, athletes, subscription, Store};
 
 use crate::helpers::TestApp;
-use crate::webhooks::scalar;
+use crate::webhooks::{pause_background_work, scalar};
 
 /// Runs `strava-sync subscription <action>` against the simulator, for the
 /// service at `public_url`.
@@ -110,6 +110,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
         .await
         .unwrap();
     let callback = format!("{}/webhook/{secret}", app.address);
+    pause_background_work(&app).await;
 
     let created = cli("create", &db, &sim, &app.address).await;
     let listed = sim

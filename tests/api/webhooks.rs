@@ -35,6 +35,7 @@ impl Hook {
             .await
             .unwrap();
         let callback = app.url(&format!("/webhook/{secret}"));
+        pause_background_work(&app).await;
         Hook { app, callback }
     }
 
@@ -179,6 +180,19 @@ impl Hook {
             .await
             .unwrap()
     }
+}
+
+/// Stops the job runner from claiming background jobs, so the fetch jobs
+/// creates queue stay in the queue to be looked at.
+pub async fn pause_background_work(app: &TestApp) {
+    let res = app
+        .client
+        .post(app.url("/admin/pause"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }
 
 pub async fn scalar<T: rusqlite::types::FromSql + Send + 'static>(

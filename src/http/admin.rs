@@ -1,0 +1,71 @@
+//! Operator routes (admin token): the budget, the pause switch, and every
+//! athlete's sync state.
+
+use std::collections::BTreeMap;
+
+use actix_web::{get, post, web, HttpResponse};
+use serde_json::json;
+
+use super::auth::AdminAuth;
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{budget, sync_state};
+use crate::strava::budget::WindowKind;
+use crate::strava::Purpose;
+
+/// Both windows (our count and Strava's last report, limits, resets), calls
+/// today by purpose, what is paused or throttled, and when today's budget
+/// runs out at the current rate.
+#[get("/admin/budget")]
+async fn show_budget(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let snapshot = state.budget.snapshot();
+    let midnight = WindowKind::Day.start_of(state.clock.epoch());
+    let counted = state
+        .store
+        .read(move |c| budget::calls_by_purpose_since(c, midnight))
+        .await?;
+    let mut today: BTreeMap<&str, i64> = Purpose::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+    for (purpose, n) in &counted {
+        if let Some(slot) = today.get_mut(purpose.as_str()) {
+            *slot = *n;
+        }
+    }
+    let throttled = snapshot
+        .blocked
+        .keys()
+        .any(|p| *p != Purpose::Interactive.as_str());
+    Ok(HttpResponse::Ok().json(json!({
+        "paused": snapshot.paused,
+        "throttled": throttled,
+        "windows": snapshot.windows,
+        "blocked": snapshot.blocked,
+        "calls_today_by_purpose": today,
+        "forecast": snapshot.forecast,
+    })))
+}
+
+#[post("/admin/pause")]
+async fn pause(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.budget.set_paused(true).await?;
+    Ok(HttpResponse::Ok().json(json!({"paused": true})))
+}
+
+#[post("/admin/resume")]
+async fn resume(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.budget.set_paused(false).await?;
+    state.jobs.wake();
+    Ok(HttpResponse::Ok().json(json!({"paused": false})))
+}
+
+#[get("/admin/athletes")]
+async fn athletes(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let athletes = state.store.read(sync_state::overview).await?;
+    Ok(HttpResponse::Ok().json(json!({ "athletes": athletes })))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(show_budget)
+        .service(pause)
+        .service(resume)
+        .service(athletes);
+}

@@ -1,0 +1,213 @@
+//! Connecting athletes through Strava OAuth, and disconnecting them.
+//!
+//! `GET /auth/strava` sends the browser to Strava with a fresh single-use
+//! `state`; `GET /auth/strava/callback` checks it, exchanges the code, stores
+//! the athlete and tokens, issues an API token and queues the first page
+//! (interactive) and the backfill, all in one transaction.
+//! `POST /auth/disconnect` deauthorizes at Strava and purges the athlete.
+
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::AthleteAuth;
+use super::error::ApiError;
+use super::AppState;
+use crate::store::jobs::{self, JobKind};
+use crate::store::strava_tokens::StoredTokens;
+use crate::store::{api_tokens, athletes, oauth_states, strava_tokens};
+use crate::strava::client::StravaError;
+use crate::strava::oauth::OAuthError;
+
+/// How long an issued `state` stays usable.
+pub const STATE_TTL_SECS: i64 = 600;
+/// Longer values are not ours (states are 64 hex characters).
+const MAX_STATE_LEN: usize = 128;
+const MAX_CODE_LEN: usize = 512;
+/// Either grants reading activities; without one there is nothing to sync.
+const ACTIVITY_SCOPES: [&str; 2] = ["activity:read", "activity:read_all"];
+
+#[get("/auth/strava")]
+async fn start(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let token = api_tokens::random_token();
+    let now = state.clock.epoch();
+    let stored = token.clone();
+    state
+        .store
+        .write(move |tx| oauth_states::create(tx, &stored, now + STATE_TTL_SECS, now))
+        .await?;
+    Ok(HttpResponse::Found()
+        .insert_header((header::LOCATION, state.oauth.authorize_url(token)))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish())
+}
+
+/// Strava's redirect: `state` always, then `code` and `scope`, or `error`.
+#[derive(Debug, Deserialize)]
+struct Callback {
+    state: Option<String>,
+    code: Option<String>,
+    scope: Option<String>,
+    error: Option<String>,
+}
+
+#[get("/auth/strava/callback")]
+async fn callback(
+    state: web::Data<AppState>,
+    query: web::Query<Callback>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let given = query
+        .state
+        .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_LEN)
+        .ok_or_else(|| ApiError::bad_parameter("OAuth", "state", "missing or malformed state"))?;
+    let now = state.clock.epoch();
+    let fresh = state
+        .store
+        .write(move |tx| oauth_states::consume(tx, &given, now))
+        .await?;
+    if !fresh {
+        return Err(ApiError::bad_parameter(
+            "OAuth",
+            "state",
+            "unknown, expired or already used state",
+        ));
+    }
+    if let Some(error) = query.error {
+        return Err(if error == "access_denied" {
+            forbidden("The athlete denied access", "error", "access_denied")
+        } else {
+            ApiError::bad_parameter("OAuth", "error", "Strava did not grant access")
+        });
+    }
+    let scope = query.scope.unwrap_or_default();
+    if !scope
+        .split(',')
+        .any(|s| ACTIVITY_SCOPES.contains(&s.trim()))
+    {
+        let wanted = requested_activity_scope(&state.settings.strava_scopes);
+        return Err(forbidden(
+            &format!("Missing required scope {wanted}: activities cannot be read without it"),
+            "scope",
+            "missing",
+        ));
+    }
+    let code = query
+        .code
+        .filter(|c| !c.is_empty() && c.len() <= MAX_CODE_LEN)
+        .ok_or_else(|| ApiError::bad_parameter("OAuth", "code", "missing or malformed code"))?;
+
+    let grant = state
+        .oauth
+        .exchange_code(&code)
+        .await
+        .map_err(|e| match e {
+            OAuthError::InvalidCode(_) => {
+                ApiError::bad_parameter("RequestToken", "code", "invalid or expired code")
+            }
+            other => ApiError::Upstream(other.to_string()),
+        })?;
+    let profile = grant
+        .athlete
+        .clone()
+        .ok_or_else(|| ApiError::Upstream("token answer without athlete".into()))?;
+    let tokens = StoredTokens::from(&grant);
+    let stored_profile = profile.clone();
+    let (athlete_id, api_token) = state
+        .store
+        .write(move |tx| {
+            let id = athletes::upsert(tx, &stored_profile, &scope)?;
+            strava_tokens::put(tx, id, &tokens)?;
+            let api_token = api_tokens::issue(tx, id)?;
+            jobs::enqueue(tx, id, JobKind::FirstPage, None, now)?;
+            jobs::enqueue(tx, id, JobKind::Backfill, None, now)?;
+            Ok((id, api_token))
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::DbError::Json(_) => ApiError::Upstream("athlete without an id".into()),
+            other => other.into(),
+        })?;
+    state.jobs.wake();
+    tracing::info!(athlete_id, "athlete connected");
+
+    Ok(match &state.settings.app_redirect_url {
+        Some(url) => HttpResponse::Found()
+            .insert_header((
+                header::LOCATION,
+                format!("{url}#token={api_token}&athlete_id={athlete_id}"),
+            ))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+        None => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({"token": api_token, "token_type": "Bearer", "athlete": profile})),
+    })
+}
+
+#[post("/auth/disconnect")]
+async fn disconnect(
+    auth: AthleteAuth,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let athlete_id = auth.athlete_id;
+    match state.strava.tokens().access_token(athlete_id).await {
+        Ok(token) => match state.oauth.deauthorize(&token).await {
+            // Refused: Strava no longer knows the token, so access is gone.
+            Ok(()) | Err(OAuthError::Refused(_)) => {}
+            Err(e) => return Err(ApiError::Upstream(e.to_string())),
+        },
+        // No usable token: there is no access left to revoke.
+        Err(StravaError::NeedsReauth | StravaError::NotConnected) => {}
+        Err(StravaError::Db(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::Upstream(e.to_string())),
+    }
+    state
+        .store
+        .write(move |tx| athletes::purge(tx, athlete_id))
+        .await?;
+    tracing::info!(athlete_id, "athlete disconnected and purged");
+    Ok(HttpResponse::Ok().json(json!({"athlete_id": athlete_id, "status": "disconnected"})))
+}
+
+fn forbidden(message: &str, field: &str, code: &'static str) -> ApiError {
+    ApiError::Forbidden {
+        message: message.to_string(),
+        resource: "OAuth",
+        field: field.to_string(),
+        code,
+    }
+}
+
+/// The activity scope the service asks for (`STRAVA_SCOPES`), to name it
+/// when an athlete unticked it.
+fn requested_activity_scope(scopes: &str) -> &str {
+    scopes
+        .split(',')
+        .map(str::trim)
+        .find(|s| ACTIVITY_SCOPES.contains(s))
+        .unwrap_or("activity:read")
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(start).service(callback).service(disconnect);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_missing_scope_is_the_one_we_asked_for() {
+        assert_eq!(
+            requested_activity_scope("read,activity:read_all"),
+            "activity:read_all"
+        );
+        assert_eq!(
+            requested_activity_scope("read, activity:read"),
+            "activity:read"
+        );
+        assert_eq!(requested_activity_scope("read"), "activity:read");
+    }
+}

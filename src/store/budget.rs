@@ -1,0 +1,143 @@
+//! The shared budget's persistence: one row per window instance, so a restart
+//! in the middle of a window resumes its count, and the ledger of every call
+//! made to Strava. The pause switch lives in `service_state`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::DbResult;
+use crate::strava::budget::{Window, WindowKind};
+
+const PAUSED_KEY: &str = "budget.paused";
+
+/// One call to Strava, as the ledger records it.
+#[derive(Debug, Clone)]
+pub struct CallRow<'a> {
+    pub at: i64,
+    pub endpoint: &'a str,
+    pub athlete_id: Option<i64>,
+    pub purpose: &'a str,
+    /// HTTP status; None when no answer came (timeout, connection failure).
+    pub status: Option<u16>,
+    pub usage_15min: Option<u32>,
+    pub usage_daily: Option<u32>,
+    pub duration_ms: i64,
+}
+
+/// The stored counters of one window instance, if any call was counted in it.
+pub fn load_window(conn: &Connection, kind: WindowKind, start: i64) -> DbResult<Option<Window>> {
+    Ok(conn
+        .query_row(
+            "SELECT used, reported_usage, reported_limit, exhausted FROM budget_windows
+             WHERE window = ?1 AND window_start = ?2",
+            params![kind.as_str(), start],
+            |r| {
+                Ok(Window {
+                    start,
+                    used: r.get(0)?,
+                    reported_usage: r.get(1)?,
+                    reported_limit: r.get(2)?,
+                    exhausted: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// The limit Strava last reported for this kind of window: limits outlive the
+/// window they were reported in.
+pub fn latest_reported_limit(conn: &Connection, kind: WindowKind) -> DbResult<Option<u32>> {
+    Ok(conn
+        .query_row(
+            "SELECT reported_limit FROM budget_windows
+             WHERE window = ?1 AND reported_limit IS NOT NULL
+             ORDER BY window_start DESC LIMIT 1",
+            [kind.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Stores a window's counters. Counts and the exhausted flag only ever grow
+/// within a window, so concurrent saves cannot lower them.
+pub fn save_window(conn: &Connection, kind: WindowKind, w: &Window) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO budget_windows
+             (window, window_start, used, reported_usage, reported_limit, exhausted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(window, window_start) DO UPDATE SET
+             used = MAX(used, excluded.used),
+             reported_usage = COALESCE(excluded.reported_usage, reported_usage),
+             reported_limit = COALESCE(excluded.reported_limit, reported_limit),
+             exhausted = MAX(exhausted, excluded.exhausted)",
+        params![
+            kind.as_str(),
+            w.start,
+            w.used,
+            w.reported_usage,
+            w.reported_limit,
+            w.exhausted
+        ],
+    )?;
+    Ok(())
+}
+
+/// Drops window rows that ended before `before` (they no longer matter).
+pub fn prune_windows(conn: &Connection, before: i64) -> DbResult<usize> {
+    Ok(conn.execute(
+        "DELETE FROM budget_windows WHERE window_start < ?1",
+        [before],
+    )?)
+}
+
+pub fn insert_call(conn: &Connection, call: &CallRow<'_>) -> DbResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO strava_calls
+             (at, endpoint, athlete_id, purpose, status, usage_15min, usage_daily, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        call.at,
+        call.endpoint,
+        call.athlete_id,
+        call.purpose,
+        call.status,
+        call.usage_15min,
+        call.usage_daily,
+        call.duration_ms
+    ])?;
+    Ok(())
+}
+
+/// Calls made since `since`, by purpose.
+pub fn calls_by_purpose_since(conn: &Connection, since: i64) -> DbResult<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT purpose, COUNT(*) FROM strava_calls WHERE at >= ?1 GROUP BY purpose",
+    )?;
+    let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every call the ledger holds.
+pub fn count_calls(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM strava_calls", [], |r| r.get(0))?)
+}
+
+pub fn paused(conn: &Connection) -> DbResult<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM service_state WHERE key = ?1",
+            [PAUSED_KEY],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .is_some_and(|v| v == "true"))
+}
+
+pub fn set_paused(conn: &Connection, paused: bool) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO service_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![PAUSED_KEY, paused.to_string()],
+    )?;
+    Ok(())
+}

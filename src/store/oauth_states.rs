@@ -1,0 +1,51 @@
+//! OAuth `state` values: issued at `GET /auth/strava`, consumed once at the
+//! callback, useless after they expire.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::DbResult;
+
+/// Records a fresh state valid until `expires_at`, dropping expired ones.
+pub fn create(conn: &Connection, state: &str, expires_at: i64, now: i64) -> DbResult<()> {
+    conn.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
+    conn.execute(
+        "INSERT INTO oauth_states (state, expires_at) VALUES (?1, ?2)",
+        params![state, expires_at],
+    )?;
+    Ok(())
+}
+
+/// Uses a state up: true only the first time, and only before it expires.
+pub fn consume(conn: &Connection, state: &str, now: i64) -> DbResult<bool> {
+    let expires_at: Option<i64> = conn
+        .query_row(
+            "DELETE FROM oauth_states WHERE state = ?1 RETURNING expires_at",
+            [state],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(expires_at.is_some_and(|t| t > now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn a_state_works_once_and_only_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .write_blocking(|tx| {
+                create(tx, "fresh", 1_000, 0)?;
+                create(tx, "stale", 1_000, 0)?;
+                assert!(consume(tx, "fresh", 999)?);
+                assert!(!consume(tx, "fresh", 999)?, "reused");
+                assert!(!consume(tx, "stale", 1_000)?, "expired");
+                assert!(!consume(tx, "forged", 0)?, "unknown");
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -1,0 +1,434 @@
+//! The Strava API client. Every call takes a budget permit first (retries
+//! take their own), sends the athlete's bearer token, and hands the response
+//! back to the budget (usage headers, 429s, the ledger).
+//!
+//! Failures of Strava itself (5xx, timeouts, refused connections) are retried
+//! with exponential backoff and jitter; after several in a row the circuit
+//! opens and calls fail fast for a while instead of spending the budget on a
+//! Strava that is down. Answers are returned as raw JSON so stored records
+//! keep every field Strava sent.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::StatusCode;
+use serde_json::value::RawValue;
+
+use super::budget::{Budget, CallOutcome, RateReport};
+use super::oauth::{OAuthError, StravaFault};
+use super::tokens::Tokens;
+use super::Purpose;
+use crate::store::DbError;
+
+/// Whole-request deadline; a page of 200 activities is well under it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts per call, the first included, for 5xx answers and timeouts.
+const ATTEMPTS: u32 = 3;
+/// First retry delay; doubles each attempt, plus up to as much again of jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Consecutive Strava failures that open the circuit, and for how long.
+const BREAKER_THRESHOLD: u32 = 5;
+const BREAKER_OPEN_SECS: i64 = 60;
+
+/// Most activities one list call may ask for.
+pub const MAX_PER_PAGE: u32 = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StravaError {
+    /// 401: the access token is invalid or revoked.
+    #[error("Strava refused the access token")]
+    InvalidToken,
+    /// 401: the athlete did not grant the scope the call needs.
+    #[error("the athlete did not grant {0}")]
+    MissingScope(String),
+    #[error("not found on Strava")]
+    NotFound,
+    /// 429: the budget window is locked until it resets.
+    #[error("Strava's rate limit was exceeded")]
+    RateLimited,
+    #[error("Strava answered {0}")]
+    Server(u16),
+    /// No answer: connection refused, reset, or timed out.
+    #[error("could not reach Strava: {0}")]
+    Transport(String),
+    #[error("Strava is failing; calls are suspended until {0}")]
+    CircuitOpen(chrono::DateTime<chrono::Utc>),
+    #[error("unexpected answer from Strava ({status}): {message}")]
+    Unexpected { status: u16, message: String },
+    /// A success whose body is not the JSON the endpoint promises.
+    #[error("Strava sent malformed JSON: {0}")]
+    Malformed(String),
+    /// Strava's refresh was refused: the athlete must connect again.
+    #[error("the athlete needs to re-authorize")]
+    NeedsReauth,
+    #[error("the athlete is not connected")]
+    NotConnected,
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl StravaError {
+    /// Whether trying again later may succeed (Strava or the network was at
+    /// fault, not the request).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StravaError::RateLimited
+                | StravaError::Server(_)
+                | StravaError::Transport(_)
+                | StravaError::CircuitOpen(_)
+                | StravaError::OAuth(OAuthError::Transport(_))
+        )
+    }
+}
+
+/// Query of `GET /athlete/activities`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Epoch seconds; activities that started before it.
+    pub before: Option<i64>,
+    /// Epoch seconds; activities that started after it.
+    pub after: Option<i64>,
+    pub page: Option<u32>,
+    /// 1..=200; Strava's default (30) when None.
+    pub per_page: Option<u32>,
+}
+
+impl ListQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(v) = self.before {
+            q.push(("before", v.to_string()));
+        }
+        if let Some(v) = self.after {
+            q.push(("after", v.to_string()));
+        }
+        if let Some(v) = self.page {
+            q.push(("page", v.to_string()));
+        }
+        if let Some(v) = self.per_page {
+            q.push(("per_page", v.min(MAX_PER_PAGE).to_string()));
+        }
+        q
+    }
+}
+
+/// Consecutive failures and, once they pile up, when calls may resume.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<i64>,
+}
+
+impl Breaker {
+    fn check(&self, now: i64) -> Result<(), StravaError> {
+        match self.open_until {
+            Some(until) if now < until => Err(StravaError::CircuitOpen(
+                chrono::DateTime::from_timestamp(until, 0).unwrap_or_default(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn success(&mut self) {
+        self.failures = 0;
+        self.open_until = None;
+    }
+
+    /// After the threshold every further failure (the trial call once the
+    /// circuit half-opens included) opens it again.
+    fn failure(&mut self, now: i64) {
+        self.failures += 1;
+        if self.failures >= BREAKER_THRESHOLD {
+            self.open_until = Some(now + BREAKER_OPEN_SECS);
+            tracing::warn!(
+                failures = self.failures,
+                "Strava keeps failing; suspending calls for {BREAKER_OPEN_SECS}s"
+            );
+        }
+    }
+}
+
+/// The HTTP client every part of the service uses: no redirects (tokens and
+/// secrets never follow one), bounded connect and request times.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("strava-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+pub struct StravaClient {
+    http: reqwest::Client,
+    api_url: String,
+    budget: Arc<Budget>,
+    tokens: Arc<Tokens>,
+    breaker: Mutex<Breaker>,
+}
+
+impl StravaClient {
+    pub fn new(
+        http: reqwest::Client,
+        api_url: String,
+        budget: Arc<Budget>,
+        tokens: Arc<Tokens>,
+    ) -> Self {
+        Self {
+            http,
+            api_url,
+            budget,
+            tokens,
+            breaker: Mutex::default(),
+        }
+    }
+
+    pub fn tokens(&self) -> &Arc<Tokens> {
+        &self.tokens
+    }
+
+    /// `GET /athlete/activities`: SummaryActivity objects as Strava sent them.
+    pub async fn list_activities(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        query: &ListQuery,
+    ) -> Result<Vec<Box<RawValue>>, StravaError> {
+        let body = self
+            .get(
+                athlete_id,
+                purpose,
+                "GET /athlete/activities",
+                "/athlete/activities".to_string(),
+                query.pairs(),
+            )
+            .await?;
+        parse(&body)
+    }
+
+    /// `GET /activities/{id}`: the DetailedActivity as Strava sent it.
+    pub async fn get_activity(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        activity_id: i64,
+    ) -> Result<Box<RawValue>, StravaError> {
+        let body = self
+            .get(
+                athlete_id,
+                purpose,
+                "GET /activities/{id}",
+                format!("/activities/{activity_id}"),
+                vec![("include_all_efforts", "false".to_string())],
+            )
+            .await?;
+        parse(&body)
+    }
+
+    /// `GET /athlete`: the authenticated athlete's profile.
+    pub async fn get_athlete(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+    ) -> Result<Box<RawValue>, StravaError> {
+        let body = self
+            .get(
+                athlete_id,
+                purpose,
+                "GET /athlete",
+                "/athlete".to_string(),
+                Vec::new(),
+            )
+            .await?;
+        parse(&body)
+    }
+
+    async fn get(
+        &self,
+        athlete_id: i64,
+        purpose: Purpose,
+        endpoint: &'static str,
+        path: String,
+        query: Vec<(&'static str, String)>,
+    ) -> Result<Vec<u8>, StravaError> {
+        let token = self.tokens.access_token(athlete_id).await?;
+        let url = format!("{}{}", self.api_url, path);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.breaker().check(self.budget.clock().epoch())?;
+            let permit = self.budget.acquire(purpose).await?;
+            let started = Instant::now();
+            let sent = self
+                .http
+                .get(&url)
+                .bearer_auth(&token)
+                .query(&query)
+                .send()
+                .await;
+            let (mut status, mut report) = (None, RateReport::default());
+            let answer = match sent {
+                Ok(response) => {
+                    status = Some(response.status().as_u16());
+                    report = RateReport::from_headers(response.headers());
+                    let code = response.status();
+                    response.bytes().await.map(|body| (code, body.to_vec()))
+                }
+                Err(e) => Err(e),
+            };
+            self.budget
+                .record(
+                    permit,
+                    CallOutcome {
+                        endpoint,
+                        athlete_id: Some(athlete_id),
+                        status,
+                        report,
+                        duration: started.elapsed(),
+                    },
+                )
+                .await?;
+            let outcome = match answer {
+                Ok((status, body)) if status.is_success() => Ok(body),
+                Ok((status, body)) => Err(refusal(status, &body)),
+                Err(e) => Err(StravaError::Transport(e.without_url().to_string())),
+            };
+            let now = self.budget.clock().epoch();
+            match outcome {
+                Err(e @ (StravaError::Server(_) | StravaError::Transport(_))) => {
+                    self.breaker().failure(now);
+                    if attempt >= ATTEMPTS {
+                        return Err(e);
+                    }
+                    tracing::info!(endpoint, attempt, error = %e, "retrying a failed Strava call");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => {
+                    self.breaker().success();
+                    return other;
+                }
+            }
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Delay before retry number `attempt` (1-based): base × 2^(attempt-1), plus
+/// up to as much again at random so clients do not retry in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE * 2u32.pow(attempt.saturating_sub(1));
+    exp + exp.mul_f64(rand::rng().random::<f64>())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, StravaError> {
+    serde_json::from_slice(body).map_err(|e| StravaError::Malformed(e.to_string()))
+}
+
+/// The typed error for a non-success answer.
+fn refusal(status: StatusCode, body: &[u8]) -> StravaError {
+    let fault: StravaFault = serde_json::from_slice(body).unwrap_or_default();
+    match status {
+        StatusCode::UNAUTHORIZED => match fault
+            .errors
+            .iter()
+            .find(|e| e.code == "missing" || e.field.ends_with("_permission"))
+        {
+            Some(missing) => StravaError::MissingScope(missing.field.clone()),
+            None => StravaError::InvalidToken,
+        },
+        StatusCode::NOT_FOUND => StravaError::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => StravaError::RateLimited,
+        s if s.is_server_error() => StravaError::Server(s.as_u16()),
+        s => StravaError::Unexpected {
+            status: s.as_u16(),
+            message: fault.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_typed_from_strava_faults() {
+        let invalid = br#"{"message":"Authorization Error","errors":[{"resource":"Athlete","field":"access_token","code":"invalid"}]}"#;
+        assert!(matches!(
+            refusal(StatusCode::UNAUTHORIZED, invalid),
+            StravaError::InvalidToken
+        ));
+        let scope = br#"{"message":"Authorization Error","errors":[{"resource":"AccessToken","field":"activity:read_permission","code":"missing"}]}"#;
+        assert!(matches!(
+            refusal(StatusCode::UNAUTHORIZED, scope),
+            StravaError::MissingScope(f) if f == "activity:read_permission"
+        ));
+        assert!(matches!(
+            refusal(StatusCode::NOT_FOUND, b"{}"),
+            StravaError::NotFound
+        ));
+        assert!(matches!(
+            refusal(StatusCode::TOO_MANY_REQUESTS, b""),
+            StravaError::RateLimited
+        ));
+        assert!(matches!(
+            refusal(StatusCode::BAD_GATEWAY, b"<html>"),
+            StravaError::Server(502)
+        ));
+        assert!(matches!(
+            refusal(StatusCode::BAD_REQUEST, b"{\"message\":\"Bad Request\"}"),
+            StravaError::Unexpected { status: 400, message } if message == "Bad Request"
+        ));
+    }
+
+    #[test]
+    fn the_breaker_opens_after_repeated_failures_and_half_opens_later() {
+        let mut b = Breaker::default();
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            b.failure(100);
+        }
+        assert!(b.check(100).is_ok());
+        b.failure(100);
+        assert!(matches!(b.check(100), Err(StravaError::CircuitOpen(_))));
+        assert!(b.check(100 + BREAKER_OPEN_SECS - 1).is_err());
+        // Half open: one trial goes; a failure closes the door again at once.
+        assert!(b.check(100 + BREAKER_OPEN_SECS).is_ok());
+        b.failure(200);
+        assert!(b.check(200).is_err());
+        b.success();
+        assert!(b.check(200).is_ok());
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter() {
+        for attempt in 1..=3 {
+            let exp = BACKOFF_BASE * 2u32.pow(attempt - 1);
+            let d = backoff(attempt);
+            assert!(d >= exp && d <= exp * 2, "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn list_queries_cap_per_page() {
+        let q = ListQuery {
+            before: Some(10),
+            per_page: Some(500),
+            ..ListQuery::default()
+        };
+        assert_eq!(
+            q.pairs(),
+            vec![
+                ("before", "10".to_string()),
+                ("per_page", "200".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The job runner: claims the most urgent job the budget can serve now,
+//! runs it, and records how it ended.
+//!
+//! It only claims jobs whose purpose the budget would grant at this moment
+//! ([`Budget::servable`]), so workers do not sit on a background job waiting
+//! for a window while interactive work queues behind it; interactive jobs
+//! never wait for a worker slot. Long jobs (backfill) run one step per claim
+//! and go back to the queue, so more urgent work overtakes them between
+//! pages. Jobs of athletes who need re-authorization stay queued, unclaimed,
+//! until they connect again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{history, JobQueue};
+use crate::store::jobs::{self, Counts, Job, JobKind};
+use crate::store::{DbError, Store};
+use crate::strava::budget::Budget;
+use crate::strava::client::{StravaClient, StravaError};
+use crate::strava::Purpose;
+
+/// Background jobs running at once; interactive jobs do not count.
+const BACKGROUND_SLOTS: usize = 4;
+/// How often the queue is looked at when nothing wakes the runner (jobs
+/// enqueued by another process, retry times passing).
+const POLL: Duration = Duration::from_secs(1);
+/// How long a job in flight at shutdown may take to finish its step.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Claims before a job that keeps failing transiently is given up.
+const MAX_ATTEMPTS: i64 = 5;
+/// First retry delay of a transiently failed job; doubles per attempt.
+const RETRY_BASE_SECS: i64 = 30;
+
+/// How a run of a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Finished.
+    Done(Counts),
+    /// Progress made and more to do: back to the queue, due now.
+    More(Counts),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Strava(#[from] StravaError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// No handler is wired for this kind yet.
+    #[error("job kind `{}` has no handler", .0.as_str())]
+    Unsupported(JobKind),
+}
+
+pub struct JobRunner {
+    store: Store,
+    client: Arc<StravaClient>,
+    budget: Arc<Budget>,
+    queue: Arc<JobQueue>,
+    slots: Arc<Semaphore>,
+}
+
+impl JobRunner {
+    pub fn new(
+        store: Store,
+        client: Arc<StravaClient>,
+        budget: Arc<Budget>,
+        queue: Arc<JobQueue>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            client,
+            budget,
+            queue,
+            slots: Arc::new(Semaphore::new(BACKGROUND_SLOTS)),
+        })
+    }
+
+    /// Runs until `shutdown`. A job in flight then gets a moment to commit
+    /// its step; one that does not is requeued at the next start, resuming
+    /// from its last committed step.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tasks: TaskTracker) {
+        match self.store.write(|tx| jobs::requeue_interrupted(tx)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "requeued jobs interrupted by a restart"),
+            Err(e) => tracing::error!(error = %e, "could not requeue interrupted jobs"),
+        }
+        while !shutdown.is_cancelled() {
+            match self.claim().await {
+                Ok(Some((job, slot))) => {
+                    let runner = self.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move {
+                        let run = runner.run_one(job);
+                        tokio::pin!(run);
+                        tokio::select! {
+                            _ = &mut run => {}
+                            _ = shutdown.cancelled() => {
+                                // Let a step in flight commit; a job still
+                                // waiting for the budget is abandoned.
+                                let _ = tokio::time::timeout(SHUTDOWN_GRACE, run).await;
+                            }
+                        }
+                        drop(slot);
+                        runner.queue.wake();
+                    });
+                }
+                Ok(None) => self.idle(&shutdown).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not claim a job");
+                    self.idle(&shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// The most urgent job the budget can serve now, with the worker slot it
+    /// holds (None for interactive jobs, which never wait for a slot).
+    async fn claim(
+        &self,
+    ) -> Result<Option<(Job, Option<tokio::sync::OwnedSemaphorePermit>)>, DbError> {
+        let (Some(servable), _) = self.budget.servable() else {
+            return Ok(None);
+        };
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        let max = if slot.is_some() {
+            servable
+        } else {
+            Purpose::Interactive
+        };
+        let now = self.budget.clock().epoch();
+        let job = self
+            .store
+            .write(move |tx| jobs::claim(tx, now, max.rank()))
+            .await?;
+        Ok(job.map(|job| {
+            let slot = (job.kind.purpose() != Purpose::Interactive)
+                .then_some(slot)
+                .flatten();
+            (job, slot)
+        }))
+    }
+
+    /// Waits for something that may make a job runnable: new work, a change
+    /// in the budget, a budget window or retry time arriving, or the poll.
+    async fn idle(&self, shutdown: &CancellationToken) {
+        let (_, budget_change) = self.budget.servable();
+        let now = self.budget.clock().epoch();
+        let queue = self
+            .store
+            .read(move |c| Ok((jobs::next_due_after(c, now)?, jobs::queued_count(c)?)))
+            .await;
+        let next_due = match queue {
+            Ok((next_due, queued)) => {
+                metrics::gauge!("jobs_queued").set(queued as f64);
+                next_due.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the job queue");
+                None
+            }
+        };
+        let wake_at = [budget_change, next_due].into_iter().flatten().min();
+        let clock = self.budget.clock().clone();
+        let timer = async move {
+            match wake_at {
+                Some(t) => clock.sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.queue.woken() => {}
+            _ = self.budget.changed() => {}
+            _ = timer => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+
+    async fn run_one(&self, job: Job) {
+        let result = self.execute(&job).await;
+        let now = self.budget.clock().epoch();
+        let (id, attempts) = (job.id, job.attempts);
+        let recorded = self
+            .store
+            .write(move |tx| match result {
+                Ok(Step::Done(counts)) => jobs::finish(tx, id, counts, now),
+                Ok(Step::More(counts)) => jobs::requeue(tx, id, counts, now, None),
+                Err(e) => {
+                    let message = e.to_string();
+                    match disposition(&e, attempts) {
+                        Disposition::Retry(delay) => {
+                            jobs::requeue(tx, id, Counts::default(), now + delay, Some(&message))
+                        }
+                        Disposition::Fail => jobs::fail(tx, id, &message, now),
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(job = id, error = %e, "could not record a job's outcome");
+        }
+    }
+
+    /// The dispatch point: one arm per job kind.
+    async fn execute(&self, job: &Job) -> Result<Step, JobError> {
+        match job.kind {
+            JobKind::FirstPage | JobKind::Backfill => {
+                history::page(&self.client, &self.store, job).await
+            }
+            JobKind::Refresh
+            | JobKind::WebhookFetch
+            | JobKind::GapFill
+            | JobKind::Enrich
+            | JobKind::Reconcile => Err(JobError::Unsupported(job.kind)),
+        }
+    }
+}
+
+enum Disposition {
+    /// Back to the queue after this many seconds.
+    Retry(i64),
+    Fail,
+}
+
+/// What to do with a job that failed on its `attempts`-th claim.
+fn disposition(error: &JobError, attempts: i64) -> Disposition {
+    match error {
+        // Stays queued but unclaimable until the athlete connects again.
+        JobError::Strava(StravaError::NeedsReauth) => Disposition::Retry(0),
+        // The budget itself holds calls back until the window resets.
+        JobError::Strava(StravaError::RateLimited) if attempts < MAX_ATTEMPTS => {
+            Disposition::Retry(0)
+        }
+        JobError::Strava(e) if e.is_transient() && attempts < MAX_ATTEMPTS => {
+            Disposition::Retry(RETRY_BASE_SECS << (attempts - 1).clamp(0, 10))
+        }
+        _ => Disposition::Fail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_retry_with_growing_delays_then_fail() {
+        let server = JobError::Strava(StravaError::Server(503));
+        assert!(matches!(disposition(&server, 1), Disposition::Retry(30)));
+        assert!(matches!(disposition(&server, 3), Disposition::Retry(120)));
+        assert!(matches!(
+            disposition(&server, MAX_ATTEMPTS),
+            Disposition::Fail
+        ));
+        let reauth = JobError::Strava(StravaError::NeedsReauth);
+        assert!(matches!(disposition(&reauth, 9), Disposition::Retry(0)));
+        for permanent in [
+            JobError::Strava(StravaError::InvalidToken),
+            JobError::Strava(StravaError::NotFound),
+            JobError::Unsupported(JobKind::GapFill),
+            JobError::Strava(StravaError::Malformed("x".into())),
+        ] {
+            assert!(matches!(disposition(&permanent, 1), Disposition::Fail));
+        }
+    }
+}

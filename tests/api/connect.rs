@@ -1,0 +1,459 @@
+//! Connecting athletes through Strava OAuth: the redirect, the callback and
+//! each way it can fail, and disconnecting.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use strava_sync::simulator::{OAuthMode, SimConfig};
+use strava_sync::strava::client::StravaError;
+use strava_sync::strava::Purpose;
+
+use crate::helpers::TestApp;
+use crate::sim_app::SimApp;
+
+/// A browser that does not follow redirects, so each hop can be checked.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `GET /auth/strava` and the query of the Strava URL it redirects to.
+pub async fn start_connect(app: &TestApp) -> HashMap<String, String> {
+    let res = browser().get(app.url("/auth/strava")).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap();
+    reqwest::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+async fn callback(app: &TestApp, query: &str) -> reqwest::Response {
+    browser()
+        .get(app.url(&format!("/auth/strava/callback?{query}")))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn fault(res: reqwest::Response) -> (u16, Value) {
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn connect_redirects_to_strava_with_a_fresh_state_each_time() {
+    let app = TestApp::spawn_with(&[
+        ("PUBLIC_URL", "https://sync.example"),
+        ("STRAVA_OAUTH_URL", "https://oauth.example/oauth"),
+    ])
+    .await;
+    let res = browser().get(app.url("/auth/strava")).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("https://oauth.example/oauth/authorize?"),
+        "{location}"
+    );
+    let query = start_connect(&app).await;
+    assert_eq!(query["client_id"], "1234");
+    assert_eq!(
+        query["redirect_uri"],
+        "https://sync.example/auth/strava/callback"
+    );
+    assert_eq!(query["response_type"], "code");
+    assert_eq!(query["approval_prompt"], "auto");
+    assert_eq!(query["scope"], "read,activity:read_all");
+    assert_eq!(query["state"].len(), 64);
+    assert_ne!(query["state"], start_connect(&app).await["state"]);
+}
+
+#[tokio::test]
+async fn a_forged_missing_or_malformed_state_is_refused() {
+    let app = TestApp::spawn().await;
+    for query in [
+        "state=forged&code=abc&scope=read,activity:read_all".to_string(),
+        "code=abc&scope=read,activity:read_all".to_string(),
+        "state=&code=abc".to_string(),
+        format!("state={}&code=abc", "a".repeat(5000)),
+    ] {
+        let (status, body) = fault(callback(&app, &query).await).await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(body["errors"][0]["field"], "state", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn denial_is_forbidden_and_its_state_cannot_be_reused() {
+    let app = TestApp::spawn().await;
+    let state = &start_connect(&app).await["state"];
+    let denied = format!("state={state}&error=access_denied");
+    let (status, body) = fault(callback(&app, &denied).await).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["errors"][0]["code"], "access_denied");
+    let (status, body) = fault(callback(&app, &denied).await).await;
+    assert_eq!(status, 400, "a used state is refused: {body}");
+}
+
+#[tokio::test]
+async fn an_unexpected_error_from_strava_is_a_bad_request_that_echoes_nothing() {
+    let app = TestApp::spawn().await;
+    let state = &start_connect(&app).await["state"];
+    let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let (status, body) =
+        fault(callback(&app, &format!("state={state}&error={hostile}")).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "error");
+    assert!(!body.to_string().contains("script"), "{body}");
+}
+
+#[tokio::test]
+async fn a_missing_code_is_a_bad_request() {
+    let app = TestApp::spawn().await;
+    let state = &start_connect(&app).await["state"];
+    let (status, body) =
+        fault(callback(&app, &format!("state={state}&scope=read,activity:read")).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "code");
+}
+
+#[tokio::test]
+async fn disconnect_needs_an_api_token() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .client
+        .post(app.url("/auth/disconnect"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = app
+        .client
+        .post(app.url("/auth/disconnect"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = app
+        .client
+        .post(app.url("/auth/disconnect"))
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+}
+
+fn athletes_with(activities: usize) -> SimConfig {
+    SimConfig {
+        athletes: 2,
+        activities_per_athlete: activities,
+        ..SimConfig::default()
+    }
+}
+
+/// Waits until the athlete's history is complete locally.
+async fn backfilled(app: &SimApp, athlete: u64) -> Value {
+    app.wait_until("the backfill completes", || async {
+        app.athlete(athlete).await["backfill_complete"] == true
+    })
+    .await;
+    app.athlete(athlete).await
+}
+
+#[tokio::test]
+async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
+    let app = SimApp::start(athletes_with(250), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let res = app.connect_response(athlete).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["token"].as_str().unwrap().len(), 64);
+    assert_eq!(body["athlete"]["id"], athlete);
+    assert_eq!(body["athlete"], app.sim.athlete(athlete).unwrap());
+
+    let synced = backfilled(&app, athlete).await;
+    // The issued token reads the stored copy, newest first, as Strava sent it.
+    let token = body["token"].as_str().unwrap();
+    let listed: Vec<Value> = reqwest::Client::new()
+        .get(app.url("/api/v3/athlete/activities?per_page=200&page=2"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[..], app.sim.activities(athlete).unwrap()[200..]);
+    assert_eq!(synced["status"], "connected");
+    assert_eq!(synced["scope"], "read,activity:read_all");
+    assert_eq!(synced["activities"], 250);
+    // First page (200, interactive), then the backfill: 50 more, then empty.
+    assert_eq!(app.sim.calls().to("GET /api/v3/athlete/activities"), 3);
+    let budget = app.admin("/admin/budget").await;
+    assert_eq!(budget["calls_today_by_purpose"]["interactive"], 1);
+    assert_eq!(budget["calls_today_by_purpose"]["backfill"], 2);
+    assert_eq!(budget["windows"][0]["used"], 3);
+    assert_eq!(app.ledger_count().await, app.api_calls().len() as i64);
+    let ledger = app
+        .state()
+        .store
+        .read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT endpoint, athlete_id, purpose, status, usage_15min, usage_daily
+                 FROM strava_calls ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(format!(
+                    "{} {} {} {} {}/{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    let row = |purpose, n| format!("GET /athlete/activities {athlete} {purpose} 200 {n}/{n}");
+    assert_eq!(
+        ledger,
+        [
+            row("interactive", 1),
+            row("backfill", 2),
+            row("backfill", 3)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn with_an_app_redirect_the_browser_lands_there_with_the_token() {
+    let app = SimApp::start(
+        athletes_with(5),
+        &[("APP_REDIRECT_URL", "https://app.example/connected")],
+    )
+    .await;
+    let athlete = app.sim.athlete_ids()[1];
+    let res = app.connect_response(athlete).await;
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap();
+    let (base, fragment) = location.split_once('#').unwrap();
+    assert_eq!(base, "https://app.example/connected");
+    let params: HashMap<_, _> = fragment
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    assert_eq!(params["token"].len(), 64);
+    assert_eq!(params["athlete_id"], athlete.to_string());
+}
+
+#[tokio::test]
+async fn a_callback_replayed_or_with_a_forged_state_or_bad_code_stores_nothing_more() {
+    let app = SimApp::start(athletes_with(5), &[]).await;
+    let [first, second] = app.sim.athlete_ids()[..] else {
+        panic!("two athletes")
+    };
+    let callback = app.authorize(first).await;
+    assert_eq!(app.callback(&callback).await.status(), 200);
+    let (status, body) = fault(app.callback(&callback).await).await;
+    assert_eq!(status, 400, "a reused state: {body}");
+
+    let callback = app.authorize(second).await;
+    let forged = callback.replace("state=", "state=0");
+    let (status, body) = fault(app.callback(&forged).await).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (400, &Value::from("state"))
+    );
+
+    let callback = app.authorize(second).await;
+    let bad_code = callback.replace("code=", "code=x");
+    let (status, body) = fault(app.callback(&bad_code).await).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (400, &Value::from("code"))
+    );
+    assert_eq!(
+        app.sim.calls().by_status.get(&400),
+        Some(&1),
+        "one exchange refused"
+    );
+
+    let athletes = app.admin("/admin/athletes").await;
+    assert_eq!(athletes["athletes"].as_array().unwrap().len(), 1);
+    assert!(app.athlete(second).await.is_null());
+}
+
+#[tokio::test]
+async fn a_state_older_than_ten_minutes_is_refused() {
+    let app = SimApp::start(athletes_with(5), &[]).await;
+    let callback = app.authorize(app.sim.athlete_ids()[0]).await;
+    app.advance(strava_sync::http::connect::STATE_TTL_SECS as u64 + 1);
+    let (status, body) = fault(app.callback(&callback).await).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (400, &Value::from("state"))
+    );
+    assert!(app.admin("/admin/athletes").await["athletes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_denial_or_a_narrow_scope_is_forbidden_and_nothing_is_stored_or_synced() {
+    let app = SimApp::start(athletes_with(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.sim.update_settings(|s| s.oauth = OAuthMode::Deny);
+    let (status, body) = fault(app.connect_response(athlete).await).await;
+    assert_eq!(
+        (status, &body["errors"][0]["code"]),
+        (403, &Value::from("access_denied"))
+    );
+
+    app.sim
+        .update_settings(|s| s.oauth = OAuthMode::Grant("read".into()));
+    let (status, body) = fault(app.connect_response(athlete).await).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("activity:read_all"),
+        "{body}"
+    );
+
+    assert!(app.admin("/admin/athletes").await["athletes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(app.token_calls(athlete), 0, "no code was exchanged");
+    assert!(app.api_calls().is_empty());
+}
+
+#[tokio::test]
+async fn disconnect_deauthorizes_at_strava_and_purges_the_athlete() {
+    let app = SimApp::start(athletes_with(30), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = app.connect(athlete).await;
+    backfilled(&app, athlete).await;
+    let disconnect = || {
+        reqwest::Client::new()
+            .post(app.url("/auth/disconnect"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let res = disconnect().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(!app.sim.is_connected(athlete), "access revoked at Strava");
+    assert!(app.athlete(athlete).await.is_null());
+    let counts = app
+        .state()
+        .store
+        .read(move |c| {
+            let n = |sql: &str| c.query_row(sql, [athlete as i64], |r| r.get::<_, i64>(0));
+            Ok([
+                n("SELECT COUNT(*) FROM activities WHERE athlete_id = ?1")?,
+                n("SELECT COUNT(*) FROM strava_tokens WHERE athlete_id = ?1")?,
+                n("SELECT COUNT(*) FROM api_tokens WHERE athlete_id = ?1")?,
+                n("SELECT COUNT(*) FROM jobs WHERE athlete_id = ?1")?,
+            ])
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts, [0; 4]);
+    assert_eq!(
+        disconnect().await.unwrap().status(),
+        401,
+        "the API token is revoked"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_an_expired_token_refresh_it_once_and_keep_the_rotated_one() {
+    let app = SimApp::start(athletes_with(10), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.connect(athlete).await;
+    backfilled(&app, athlete).await;
+    assert_eq!(app.token_calls(athlete), 1, "the code exchange");
+
+    app.advance(6 * 3600 + 60);
+    let calls = (0..20).map(|_| {
+        let strava = app.state().strava.clone();
+        tokio::spawn(async move {
+            strava
+                .get_athlete(athlete as i64, Purpose::Interactive)
+                .await
+        })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        call.unwrap()
+            .expect("every call succeeds with the refreshed token");
+    }
+    assert_eq!(app.token_calls(athlete), 2, "exactly one refresh");
+
+    // Strava killed the old refresh token when it rotated; only the stored
+    // newest one can refresh again.
+    app.advance(6 * 3600 + 60);
+    app.state()
+        .strava
+        .get_athlete(athlete as i64, Purpose::Interactive)
+        .await
+        .unwrap();
+    assert_eq!(app.token_calls(athlete), 3);
+    assert_eq!(app.athlete(athlete).await["status"], "connected");
+}
+
+#[tokio::test]
+async fn a_refused_refresh_means_re_authorization_and_no_further_calls() {
+    let app = SimApp::start(athletes_with(10), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.connect(athlete).await;
+    backfilled(&app, athlete).await;
+    app.sim.deauthorize(athlete, None).unwrap();
+    app.advance(6 * 3600 + 60);
+
+    let strava = app.state().strava.clone();
+    for _ in 0..3 {
+        let err = strava
+            .get_athlete(athlete as i64, Purpose::Interactive)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StravaError::NeedsReauth), "{err}");
+    }
+    assert_eq!(app.athlete(athlete).await["status"], "needs_reauth");
+    let calls_then = app.sim.calls().total;
+    // The exchange, then one refused refresh (Strava cannot tell whose it
+    // was), never retried.
+    assert_eq!(app.sim.calls().to("POST /oauth/token"), 2);
+
+    // Queued work for the athlete waits instead of running.
+    let job = app
+        .state()
+        .jobs
+        .push(
+            athlete as i64,
+            strava_sync::store::jobs::JobKind::Backfill,
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let status = app
+        .state()
+        .store
+        .read(move |c| strava_sync::store::jobs::get(c, athlete as i64, job))
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert_eq!(status, "queued");
+    assert_eq!(app.sim.calls().total, calls_then, "nothing more was sent");
+}

@@ -1,0 +1,281 @@
+//! The service wired to the Strava simulator, both on one clock: real time
+//! plus an offset the test moves forward, so budget windows and token expiry
+//! arrive without sleeping. Athletes connect through the real OAuth flow.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use strava_sync::http::AppState;
+use strava_sync::simulator::{SimConfig, SimHandle, Simulator};
+use strava_sync::startup::{Application, ShutdownHandle};
+use strava_sync::store::budget as ledger;
+use strava_sync::strava::clock::Clock;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::helpers::{test_settings, ADMIN_TOKEN};
+
+/// The service's clock in these tests: the simulator's time (real time plus
+/// the same offset), waking sleepers whenever the offset moves.
+#[derive(Debug)]
+pub struct SharedClock {
+    offset_ms: Arc<AtomicI64>,
+    moved: watch::Sender<()>,
+}
+
+impl SharedClock {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            offset_ms: Arc::default(),
+            moved: watch::Sender::new(()),
+        })
+    }
+
+    fn advance(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        self.moved.send_replace(());
+    }
+}
+
+fn shifted(offset_ms: &AtomicI64) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::milliseconds(offset_ms.load(Ordering::SeqCst))
+}
+
+impl Clock for SharedClock {
+    fn now(&self) -> DateTime<Utc> {
+        shifted(&self.offset_ms)
+    }
+
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> BoxFuture<'static, ()> {
+        let mut moved = self.moved.subscribe();
+        let offset = self.offset_ms.clone();
+        Box::pin(async move {
+            while let Ok(wait) = (deadline - shifted(&offset)).to_std() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    changed = moved.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// A running service instance.
+struct Running {
+    address: String,
+    state: web::Data<AppState>,
+    shutdown: ShutdownHandle,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct SimApp {
+    pub sim: SimHandle,
+    pub clock: Arc<SharedClock>,
+    overrides: Vec<(String, String)>,
+    running: Option<Running>,
+    dir: tempfile::TempDir,
+}
+
+impl SimApp {
+    /// Starts the simulator and the service, with both clocks moved to one
+    /// second into the next quarter hour so a test has a whole window of
+    /// real time before the next boundary.
+    pub async fn start(config: SimConfig, overrides: &[(&str, &str)]) -> Self {
+        let sim = Simulator::start(config).await.expect("simulator starts");
+        let clock = SharedClock::new();
+        let mut app = Self {
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sim,
+            clock,
+            running: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let into_quarter = 900 - app.sim.now().timestamp().rem_euclid(900) + 1;
+        app.advance(into_quarter as u64);
+        app.running = Some(app.launch().await);
+        app
+    }
+
+    async fn launch(&self) -> Running {
+        let (api, oauth) = (self.sim.api_url(), self.sim.oauth_url());
+        let mut overrides: Vec<(&str, &str)> = vec![
+            ("STRAVA_API_URL", api.as_str()),
+            ("STRAVA_OAUTH_URL", oauth.as_str()),
+        ];
+        overrides.extend(self.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let settings = test_settings(&self.dir, &overrides);
+        let app = Application::build_with_clock(settings, self.clock.clone())
+            .await
+            .expect("app builds");
+        let running = Running {
+            address: format!("http://127.0.0.1:{}", app.port()),
+            state: app.state(),
+            shutdown: app.shutdown_handle(),
+            task: tokio::spawn(app.run()),
+        };
+        running
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("the service is running")
+    }
+
+    /// Stops the service (waiting for it to finish) and starts it again on
+    /// the same database.
+    pub async fn restart(&mut self) {
+        let old = self.running.take().expect("the service is running");
+        old.shutdown.shutdown();
+        old.task.await.unwrap().unwrap();
+        self.running = Some(self.launch().await);
+    }
+
+    pub fn state(&self) -> &web::Data<AppState> {
+        &self.running().state
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.running().address, path)
+    }
+
+    /// Moves the simulator's and the service's clocks together.
+    pub fn advance(&self, secs: u64) {
+        let by = Duration::from_secs(secs);
+        self.sim.advance(by);
+        self.clock.advance(by);
+    }
+
+    /// Seconds until the current quarter hour ends.
+    pub fn secs_to_next_quarter(&self) -> u64 {
+        (900 - self.sim.now().timestamp().rem_euclid(900)) as u64
+    }
+
+    /// The OAuth dance as a browser does it, up to Strava's redirect back:
+    /// our `/auth/strava`, then Strava's authorize page (as `athlete_id`).
+    /// Returns the path and query of our callback that Strava redirected to.
+    pub async fn authorize(&self, athlete_id: u64) -> String {
+        let browser = crate::connect::browser();
+        let res = browser.get(self.url("/auth/strava")).send().await.unwrap();
+        assert_eq!(res.status(), 302);
+        let authorize = res.headers()["location"].to_str().unwrap().to_string();
+        self.sim.next_login(athlete_id).unwrap();
+        let res = browser.get(&authorize).send().await.unwrap();
+        assert_eq!(res.status(), 302, "Strava's authorize redirects back");
+        let back = reqwest::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+        format!("{}?{}", back.path(), back.query().unwrap_or(""))
+    }
+
+    /// Follows Strava's redirect to our callback.
+    pub async fn callback(&self, path: &str) -> reqwest::Response {
+        crate::connect::browser()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The whole flow; returns the callback's response.
+    pub async fn connect_response(&self, athlete_id: u64) -> reqwest::Response {
+        let callback = self.authorize(athlete_id).await;
+        self.callback(&callback).await
+    }
+
+    /// Connects an athlete and returns their API token.
+    pub async fn connect(&self, athlete_id: u64) -> String {
+        let res = self.connect_response(athlete_id).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn admin(&self, path: &str) -> Value {
+        let res = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        res.json().await.unwrap()
+    }
+
+    /// The athlete as `/admin/athletes` shows them.
+    pub async fn athlete(&self, athlete_id: u64) -> Value {
+        let all = self.admin("/admin/athletes").await;
+        all["athletes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == athlete_id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// API calls the simulator received (OAuth calls are not API calls).
+    pub fn api_calls(&self) -> Vec<strava_sync::simulator::CallRecord> {
+        self.sim
+            .call_records()
+            .into_iter()
+            .filter(|c| c.endpoint.contains(" /api/v3/"))
+            .collect()
+    }
+
+    /// OAuth token calls (exchanges and refreshes) for one athlete.
+    pub fn token_calls(&self, athlete_id: u64) -> usize {
+        self.sim
+            .call_records()
+            .iter()
+            .filter(|c| c.endpoint == "POST /oauth/token" && c.athlete_id == Some(athlete_id))
+            .count()
+    }
+
+    pub async fn ledger_count(&self) -> i64 {
+        self.state().store.read(ledger::count_calls).await.unwrap()
+    }
+
+    /// The largest number of API calls the simulator saw in one quarter hour.
+    pub fn busiest_quarter(&self) -> usize {
+        let mut per_window = std::collections::BTreeMap::<i64, usize>::new();
+        for call in self.api_calls() {
+            *per_window
+                .entry(call.at.timestamp().div_euclid(900))
+                .or_default() += 1;
+        }
+        per_window.into_values().max().unwrap_or(0)
+    }
+
+    /// Polls `check` until it holds, failing after a few seconds of real time.
+    pub async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..400 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+}
+
+impl Drop for SimApp {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.shutdown.shutdown();
+        }
+    }
+}
