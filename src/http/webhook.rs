@@ -85,6 +85,16 @@ fn check_path(req: &HttpRequest, webhooks: &Webhooks) -> Result<(), ApiError> {
     }
 }
 
+/// 403 naming what did not match ours.
+fn refused(field: &str) -> ApiError {
+    ApiError::Forbidden {
+        message: "Forbidden".into(),
+        resource: "Subscription",
+        field: field.into(),
+        code: "invalid",
+    }
+}
+
 /// The subscription handshake: echo the challenge when the verify token is ours.
 async fn handshake(
     req: HttpRequest,
@@ -104,12 +114,7 @@ async fn handshake(
     let ours = state.settings.strava_webhook_verify_token.as_ref();
     if !ours.is_some_and(|t| constant_time_eq(t.expose().as_bytes(), query.verify_token.as_bytes()))
     {
-        return Err(ApiError::Forbidden {
-            message: "Forbidden".into(),
-            resource: "Subscription",
-            field: "hub.verify_token".into(),
-            code: "invalid",
-        });
+        return Err(refused("hub.verify_token"));
     }
     Ok(HttpResponse::Ok().json(json!({ "hub.challenge": query.challenge })))
 }
@@ -150,12 +155,7 @@ async fn receive(
         None => {
             metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => "foreign")
                 .increment(1);
-            return Err(ApiError::Forbidden {
-                message: "Forbidden".into(),
-                resource: "Subscription",
-                field: "subscription_id".into(),
-                code: "invalid",
-            });
+            return Err(refused("subscription_id"));
         }
         Some(true) => {
             webhooks.wake.notify_one();
