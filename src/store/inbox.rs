@@ -344,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn dedup_key_ignores_nothing_but_identity() {
+    fn dedup_key_is_the_identity_of_the_event() {
         let a = event(AspectType::Update, &[("title", "x"), ("type", "Run")]);
         let b = event(AspectType::Update, &[("type", "Run"), ("title", "x")]);
         assert_eq!(a.dedup_key(), b.dedup_key());
