@@ -9,3 +9,4 @@ pub mod store;
 pub mod strava;
 pub mod sync;
 pub mod telemetry;
+pub mod webhook;

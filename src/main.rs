@@ -6,6 +6,7 @@ use strava_sync::config::{Requirement, Settings};
 use strava_sync::startup::Application;
 use strava_sync::store::Store;
 use strava_sync::telemetry;
+use strava_sync::webhook::subscription;
 
 #[derive(Parser)]
 #[command(name = "strava-sync", version, about)]
@@ -20,6 +21,11 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// Manage the application's Strava push subscription.
+    Subscription {
+        #[command(subcommand)]
+        action: subscription::Action,
+    },
     /// Run the built-in Strava simulator alone (frontend development).
     Simulator(strava_sync::simulator::SimulatorArgs),
 }
@@ -46,6 +52,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let path = settings.database_path.clone();
             tokio::task::spawn_blocking(move || Store::migrate(&path)).await??;
             println!("migrations applied to {}", settings.database_path.display());
+            Ok(())
+        }
+        Command::Subscription { action } => {
+            println!("{}", subscription::run(&settings, action).await?);
             Ok(())
         }
         Command::Simulator(args) => strava_sync::simulator::run_standalone(args).await,
