@@ -6,6 +6,7 @@ use strava_sync::config::{Requirement, Settings};
 use strava_sync::startup::Application;
 use strava_sync::store::Store;
 use strava_sync::telemetry;
+use strava_sync::webhook::subscription;
 
 #[derive(Parser)]
 #[command(name = "strava-sync", version, about)]
@@ -23,6 +24,11 @@ enum Command {
     /// The whole system on one machine with no Strava account: the service plus
     /// the built-in simulator, athletes connected, live webhook events.
     Demo(strava_sync::demo::DemoArgs),
+    /// Manage the application's Strava push subscription.
+    Subscription {
+        #[command(subcommand)]
+        action: subscription::Action,
+    },
     /// Run the built-in Strava simulator alone (frontend development).
     Simulator(strava_sync::simulator::SimulatorArgs),
 }
@@ -57,6 +63,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => strava_sync::demo::run(args).await,
+        Command::Subscription { action } => {
+            println!("{}", subscription::run(&settings, action).await?);
+            Ok(())
+        }
         Command::Simulator(args) => strava_sync::simulator::run_standalone(args).await,
     }
 }

@@ -21,6 +21,7 @@ use crate::strava::oauth::StravaOAuth;
 use crate::strava::tokens::Tokens;
 use crate::sync::runner::JobRunner;
 use crate::sync::JobQueue;
+use crate::webhook::{self, Webhooks};
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -29,6 +30,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<JobRunner>,
@@ -66,6 +68,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen_address())?;
         let port = listener.local_addr()?.port();
 
+        let webhooks = web::Data::new(Webhooks::load(&store).await?);
         let http_client = client::http_client()?;
         let oauth = Arc::new(StravaOAuth::new(&settings, http_client.clone())?);
         let limits = Limits {
@@ -92,8 +95,10 @@ impl Application {
 
         let state = web::Data::new(AppState::new(settings.clone(), store, services));
         let server_state = state.clone();
+        let server_webhooks = webhooks.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(server_webhooks.clone())
                 .wrap(http::cors(&server_state.settings))
                 .wrap(from_fn(http::observe))
                 .configure(http::configure(server_state.clone()))
@@ -107,6 +112,7 @@ impl Application {
             port,
             server,
             state,
+            webhooks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runner,
@@ -132,11 +138,14 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             server,
+            state,
+            webhooks,
             shutdown,
             tasks,
             runner,
             ..
         } = self;
+        tasks.spawn(webhook::worker::run(state, webhooks, shutdown.clone()));
         tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);

@@ -8,6 +8,8 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod read_api;
+pub mod webhook;
+pub mod webhook_admin;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -102,6 +104,8 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(connect::configure)
             .configure(admin::configure)
             .configure(read_api::configure)
+            .configure(webhook::configure)
+            .configure(webhook_admin::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             }));

@@ -9,3 +9,6 @@ mod operations;
 mod read_api;
 mod sim_app;
 mod simulator;
+mod webhook_crash;
+mod webhook_subscription;
+mod webhooks;
