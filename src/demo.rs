@@ -60,7 +60,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await?;
 
     let port = match args.port {
-        0 => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+        0 => std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port(),
         p => p,
     };
     let temp = tempfile::tempdir()?;
@@ -118,7 +120,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// The service's settings, pointed at the simulator; the operator's
 /// environment can still set logging.
-fn demo_settings(sim: &SimHandle, port: u16, database: &std::path::Path) -> anyhow::Result<Settings> {
+fn demo_settings(
+    sim: &SimHandle,
+    port: u16,
+    database: &std::path::Path,
+) -> anyhow::Result<Settings> {
     let values = [
         ("DATABASE_PATH", database.display().to_string()),
         ("HOST", "127.0.0.1".to_string()),
@@ -144,7 +150,11 @@ fn demo_settings(sim: &SimHandle, port: u16, database: &std::path::Path) -> anyh
 fn print_banner(base: &str, sim: &SimHandle, admin_token: &str, athletes: &[(u64, String)]) {
     println!("strava-sync demo is running (Ctrl-C stops it)");
     println!("  read API:    {base}/api/v3");
-    println!("  simulator:   {} (control: {})", sim.base_url(), sim.control_url());
+    println!(
+        "  simulator:   {} (control: {})",
+        sim.base_url(),
+        sim.control_url()
+    );
     println!("  admin token: {admin_token}");
     println!("athletes:");
     for (id, token) in athletes {
@@ -183,11 +193,8 @@ impl EventMaker {
         let recent = recent_activity_ids(sim, athlete_id)?;
         let roll = self.rng.random_range(0..10);
         if roll < 4 || recent.is_empty() {
-            let created = sim.create_activity(
-                athlete_id,
-                NewActivity::default(),
-                Some(Push::default()),
-            )?;
+            let created =
+                sim.create_activity(athlete_id, NewActivity::default(), Some(Push::default()))?;
             Ok(format!(
                 "created activity {} for athlete {athlete_id}: {}",
                 created["id"], created["name"]
@@ -204,7 +211,9 @@ impl EventMaker {
                 },
                 Some(Push::default()),
             )?;
-            Ok(format!("renamed activity {id} of athlete {athlete_id} to \"{name}\""))
+            Ok(format!(
+                "renamed activity {id} of athlete {athlete_id} to \"{name}\""
+            ))
         } else {
             let id = recent[self.rng.random_range(0..recent.len())];
             sim.delete_activity(id, Some(Push::default()))?;

@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
 use tokio::time::{timeout, Instant};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -27,22 +27,17 @@ async fn demo_serves_synced_activities_and_live_renames() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + PATIENCE;
-    let mut next_line = || async {
-        timeout(deadline - Instant::now(), lines.next_line())
-            .await
-            .expect("the demo keeps talking")
-            .unwrap()
-            .expect("the demo is still running")
-    };
 
     let mut base = String::new();
     let mut tokens = Vec::new();
     loop {
-        let line = next_line().await;
+        let line = next_line(&mut lines, deadline).await;
         if let Some(url) = line.trim().strip_prefix("read API:") {
             base = url.trim().to_string();
         } else if let Some(rest) = line.trim().strip_prefix("athlete ") {
-            let (id, token) = rest.split_once(" token ").expect("athlete line names a token");
+            let (id, token) = rest
+                .split_once(" token ")
+                .expect("athlete line names a token");
             tokens.push((id.parse::<u64>().unwrap(), token.to_string()));
         } else if line.starts_with("live events:") {
             break;
@@ -54,19 +49,17 @@ async fn demo_serves_synced_activities_and_live_renames() {
     let http = reqwest::Client::new();
     let get = |path: String, token: String| {
         let http = http.clone();
-        async move {
-            http.get(path)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { http.get(path).bearer_auth(token).send().await.unwrap() }
     };
 
     // The first page is fetched at connect: activities are there within seconds.
     let (_, token) = tokens[0].clone();
     let listed = poll(|| async {
-        let res = get(format!("{base}/athlete/activities?per_page=5"), token.clone()).await;
+        let res = get(
+            format!("{base}/athlete/activities?per_page=5"),
+            token.clone(),
+        )
+        .await;
         let page: Vec<Value> = res.json().await.ok()?;
         (!page.is_empty()).then_some(page)
     })
@@ -76,11 +69,16 @@ async fn demo_serves_synced_activities_and_live_renames() {
 
     // A live rename reaches the local copy through its webhook event.
     let renamed = loop {
-        let line = next_line().await;
+        let line = next_line(&mut lines, deadline).await;
         let Some((id, athlete, name)) = parse_rename(&line) else {
             continue;
         };
-        let token = tokens.iter().find(|(a, _)| *a == athlete).unwrap().1.clone();
+        let token = tokens
+            .iter()
+            .find(|(a, _)| *a == athlete)
+            .unwrap()
+            .1
+            .clone();
         let seen = poll(|| async {
             let res = get(format!("{base}/activities/{id}"), token.clone()).await;
             let activity: Value = res.json().await.ok()?;
@@ -104,6 +102,15 @@ async fn demo_serves_synced_activities_and_live_renames() {
         .expect("the demo stops after Ctrl-C")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The demo's next line of output, failing the test past the deadline.
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, deadline: Instant) -> String {
+    timeout(deadline - Instant::now(), lines.next_line())
+        .await
+        .expect("the demo keeps talking")
+        .unwrap()
+        .expect("the demo is still running")
 }
 
 /// `renamed activity <id> of athlete <athlete> to "<name>"`.
