@@ -2,6 +2,7 @@
 //! activities and serves it to frontends without spending Strava API calls.
 
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod simulator;
 pub mod startup;

@@ -21,6 +21,9 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// The whole system on one machine with no Strava account: the service plus
+    /// the built-in simulator, athletes connected, live webhook events.
+    Demo(strava_sync::demo::DemoArgs),
     /// Manage the application's Strava push subscription.
     Subscription {
         #[command(subcommand)]
@@ -40,7 +43,12 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    telemetry::init(settings.log_format);
+    // The demo prints its own guide on stdout; keep its logs to warnings.
+    let default_filter = match cli.command {
+        Some(Command::Demo(_)) => "warn",
+        _ => "info",
+    };
+    telemetry::init(settings.log_format, default_filter);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             settings.require(&[Requirement::StravaApp, Requirement::Webhooks])?;
@@ -54,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", settings.database_path.display());
             Ok(())
         }
+        Command::Demo(args) => strava_sync::demo::run(args).await,
         Command::Subscription { action } => {
             println!("{}", subscription::run(&settings, action).await?);
             Ok(())

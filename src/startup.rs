@@ -151,7 +151,7 @@ impl Application {
         let server_task = tokio::spawn(server);
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = signal() => tracing::info!("shutdown requested"),
+            _ = shutdown_signal() => tracing::info!("shutdown requested"),
         }
         shutdown.cancel();
         tasks.close();
@@ -163,7 +163,8 @@ impl Application {
     }
 }
 
-async fn signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -3,6 +3,7 @@
 
 mod budget;
 mod connect;
+mod demo;
 mod helpers;
 mod operations;
 mod read_api;
