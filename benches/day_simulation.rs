@@ -39,7 +39,8 @@ use strava_sync::strava::clock::{Clock, ManualClock};
 use strava_sync::strava::Purpose;
 use strava_sync::sync::runner::Step;
 use strava_sync::sync::source::ActivitySource;
-use strava_sync::sync::{dispatch, gap_fill, scheduler, webhook_fetch};
+use strava_sync::sync::{dispatch, gap_fill, scheduler};
+use strava_sync::webhook::fetch;
 
 const DAY: i64 = 86_400;
 const UPLOADS_PER_DAY: f64 = 0.5;
@@ -381,8 +382,7 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                              VALUES (?1, 'activity', ?2, 'create', ?3, ?4, '{}', ?4, 'done', ?4)",
                             rusqlite::params![format!("create:{}", a.id), a.id, a.athlete_id, a.created],
                         )?;
-                        let add = webhook_fetch::Payload { activity_ids: vec![a.id], ..Default::default() };
-                        webhook_fetch::enqueue(tx, a.athlete_id, &add, a.created).map(|_| ())
+                        fetch::queue(tx, a.athlete_id, a.id, a.created).map(|_| ())
                     })
                     .await
                     .unwrap();

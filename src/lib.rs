@@ -2,6 +2,7 @@
 //! activities and serves it to frontends without spending Strava API calls.
 
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod simulator;
 pub mod startup;
@@ -9,3 +10,4 @@ pub mod store;
 pub mod strava;
 pub mod sync;
 pub mod telemetry;
+pub mod webhook;

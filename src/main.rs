@@ -6,6 +6,7 @@ use strava_sync::config::{Requirement, Settings};
 use strava_sync::startup::Application;
 use strava_sync::store::Store;
 use strava_sync::telemetry;
+use strava_sync::webhook::subscription;
 
 #[derive(Parser)]
 #[command(name = "strava-sync", version, about)]
@@ -20,6 +21,14 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// The whole system on one machine with no Strava account: the service plus
+    /// the built-in simulator, athletes connected, live webhook events.
+    Demo(strava_sync::demo::DemoArgs),
+    /// Manage the application's Strava push subscription.
+    Subscription {
+        #[command(subcommand)]
+        action: subscription::Action,
+    },
     /// Run the built-in Strava simulator alone (frontend development).
     Simulator(strava_sync::simulator::SimulatorArgs),
 }
@@ -34,7 +43,12 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    telemetry::init(settings.log_format);
+    // The demo prints its own guide on stdout; keep its logs to warnings.
+    let default_filter = match cli.command {
+        Some(Command::Demo(_)) => "warn",
+        _ => "info",
+    };
+    telemetry::init(settings.log_format, default_filter);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             settings.require(&[Requirement::StravaApp, Requirement::Webhooks])?;
@@ -46,6 +60,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let path = settings.database_path.clone();
             tokio::task::spawn_blocking(move || Store::migrate(&path)).await??;
             println!("migrations applied to {}", settings.database_path.display());
+            Ok(())
+        }
+        Command::Demo(args) => strava_sync::demo::run(args).await,
+        Command::Subscription { action } => {
+            println!("{}", subscription::run(&settings, action).await?);
             Ok(())
         }
         Command::Simulator(args) => strava_sync::simulator::run_standalone(args).await,

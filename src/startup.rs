@@ -22,6 +22,7 @@ use crate::strava::tokens::Tokens;
 use crate::sync::runner::JobRunner;
 use crate::sync::scheduler;
 use crate::sync::JobQueue;
+use crate::webhook::{self, Webhooks};
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -30,6 +31,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<JobRunner>,
@@ -67,6 +69,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen_address())?;
         let port = listener.local_addr()?.port();
 
+        let webhooks = web::Data::new(Webhooks::load(&store).await?);
         let http_client = client::http_client()?;
         let oauth = Arc::new(StravaOAuth::new(&settings, http_client.clone())?);
         let limits = Limits {
@@ -93,8 +96,10 @@ impl Application {
 
         let state = web::Data::new(AppState::new(settings.clone(), store, services));
         let server_state = state.clone();
+        let server_webhooks = webhooks.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(server_webhooks.clone())
                 .wrap(http::cors(&server_state.settings))
                 .wrap(from_fn(http::observe))
                 .configure(http::configure(server_state.clone()))
@@ -108,6 +113,7 @@ impl Application {
             port,
             server,
             state,
+            webhooks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runner,
@@ -134,18 +140,20 @@ impl Application {
         let Self {
             server,
             state,
+            webhooks,
             shutdown,
             tasks,
             runner,
             ..
         } = self;
-        tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         scheduler::start(&state, shutdown.clone(), &tasks).await?;
+        tasks.spawn(webhook::worker::run(state, webhooks, shutdown.clone()));
+        tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = signal() => tracing::info!("shutdown requested"),
+            _ = shutdown_signal() => tracing::info!("shutdown requested"),
         }
         shutdown.cancel();
         tasks.close();
@@ -157,7 +165,8 @@ impl Application {
     }
 }
 
-async fn signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -9,6 +9,8 @@ pub mod health;
 pub mod metrics;
 pub mod read_api;
 pub mod sync_api;
+pub mod webhook;
+pub mod webhook_admin;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -104,6 +106,8 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(admin::configure)
             .configure(read_api::configure)
             .configure(sync_api::configure)
+            .configure(webhook::configure)
+            .configure(webhook_admin::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             }));

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::{auth::AthleteAuth, error::ApiError, AppState};
 use crate::store::activities::{self, ListFilter};
+use crate::store::api_tokens::to_hex;
 use crate::store::{athletes, now, DbResult};
 
 /// Strava's page size bounds and default.
@@ -166,8 +167,7 @@ fn invalid(field: &'static str, message: String) -> ApiError {
 /// not keep them, and clients must revalidate.
 fn json_with_etag(req: &HttpRequest, body: String) -> HttpResponse {
     let digest = Sha256::digest(body.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let etag = format!("\"{hex}\"");
+    let etag = format!("\"{}\"", to_hex(&digest[..16]));
     let unchanged = client_has(req, &etag);
     let mut response = if unchanged {
         HttpResponse::NotModified()

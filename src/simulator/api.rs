@@ -76,7 +76,10 @@ pub(crate) async fn meter(
         ));
     };
     let endpoint = endpoint(req.method().as_str(), req.path());
-    let subscriptions = req.path().contains("/push_subscriptions");
+    let subscriptions = req
+        .path()
+        .strip_prefix("/api/v3/push_subscriptions")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     let now = sim.clock.epoch();
     let caller = if subscriptions {
         None

@@ -42,7 +42,10 @@ pub async fn run_standalone(args: SimulatorArgs) -> anyhow::Result<()> {
         "  control: {}/athletes, /calls, /usage, /settings ...",
         sim.control_url()
     );
-    println!("  athletes: {:?}", sim.athlete_ids());
+    let ids = sim.athlete_ids();
+    let shown: Vec<String> = ids.iter().take(5).map(u64::to_string).collect();
+    let more = if ids.len() > shown.len() { ", ..." } else { "" };
+    println!("  {} athletes: {}{more}", ids.len(), shown.join(", "));
     tokio::signal::ctrl_c().await?;
     sim.stop().await;
     Ok(())

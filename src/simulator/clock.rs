@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, Default)]
-pub struct SimClock {
+pub(crate) struct SimClock {
     offset_ms: AtomicI64,
 }
 

@@ -150,17 +150,16 @@ fn check_name(name: &str) -> Result<String, SimError> {
     Ok(name.to_string())
 }
 
-fn check_sport_type(sport_type: &str) -> Result<(), SimError> {
-    if data::is_sport_type(sport_type) {
-        Ok(())
-    } else {
-        Err(SimError::invalid("sport_type", "unknown sport type"))
-    }
+fn check_sport_type(sport_type: &str) -> Result<&'static str, SimError> {
+    data::known_sport_type(sport_type)
+        .ok_or_else(|| SimError::invalid("sport_type", "unknown sport type"))
 }
 
 /// The event Strava sends for a change, given what the athlete granted:
 /// without `activity:read_all`, "Only You" activities are invisible, so a
 /// switch to private arrives as a delete and a switch back as a create.
+/// Athletes who are not connected get every event the control asks for, so
+/// tests can check that the service ignores them.
 fn visible_event(
     granted: Option<&Scopes>,
     aspect: &'static str,
@@ -250,9 +249,11 @@ impl Simulator {
         push: Option<Push>,
     ) -> Result<Value, SimError> {
         let name = new.name.as_deref().map(check_name).transpose()?;
-        if let Some(sport_type) = &new.sport_type {
-            check_sport_type(sport_type)?;
-        }
+        let sport_type = new
+            .sport_type
+            .as_deref()
+            .map(check_sport_type)
+            .transpose()?;
         let now = self.clock.epoch();
         let mut guard = self.state();
         let state = &mut *guard;
@@ -266,7 +267,7 @@ impl Simulator {
             athlete,
             &mut state.last_activity_id,
             start,
-            new.sport_type.as_deref(),
+            sport_type,
         );
         if let Some(name) = name {
             activity.name = name;
@@ -300,9 +301,11 @@ impl Simulator {
         push: Option<Push>,
     ) -> Result<Value, SimError> {
         let name = update.name.as_deref().map(check_name).transpose()?;
-        if let Some(sport_type) = &update.sport_type {
-            check_sport_type(sport_type)?;
-        }
+        let sport_type = update
+            .sport_type
+            .as_deref()
+            .map(check_sport_type)
+            .transpose()?;
         let now = self.clock.epoch();
         let mut guard = self.state();
         let state = &mut *guard;
@@ -313,8 +316,8 @@ impl Simulator {
             updates.insert("title".to_string(), name.clone());
             activity.name = name;
         }
-        if let Some(sport_type) = update.sport_type {
-            updates.insert("type".to_string(), sport_type.clone());
+        if let Some(sport_type) = sport_type {
+            updates.insert("type".to_string(), sport_type.to_string());
             activity.sport_type = sport_type;
         }
         if let Some(private) = update.private {

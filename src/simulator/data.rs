@@ -231,8 +231,13 @@ const OTHER_SPORT_TYPES: &[&str] = &[
     "Elliptical",
 ];
 
-pub fn is_sport_type(s: &str) -> bool {
-    SPORTS.iter().any(|sp| sp.sport_type == s) || OTHER_SPORT_TYPES.contains(&s)
+/// The sport type as stored, if Strava knows it.
+pub fn known_sport_type(s: &str) -> Option<&'static str> {
+    SPORTS
+        .iter()
+        .map(|sp| sp.sport_type)
+        .chain(OTHER_SPORT_TYPES.iter().copied())
+        .find(|known| *known == s)
 }
 
 /// The deprecated `type` field: sport types newer than it map to their parent.
@@ -268,7 +273,7 @@ pub struct Activity {
     pub id: u64,
     pub athlete_id: u64,
     pub name: String,
-    pub sport_type: String,
+    pub sport_type: &'static str,
     /// Epoch seconds, UTC.
     pub start: i64,
     /// "Only You": hidden from tokens without `activity:read_all`.
@@ -291,21 +296,28 @@ pub fn generate_athlete(
     next_id: &mut u64,
 ) -> (Athlete, Vec<Activity>) {
     let id = 10_000_000 + index as u64 * 1_000 + rng.random_range(0..1_000);
-    let span_days = (activities as f64 * 1.5).max(30.0);
+    // Walk back from the last day with gaps averaging 1.5 days, then upload
+    // in time order so later activities get larger ids, as on Strava.
+    let mut at = now - rng.random_range(3_600..129_600);
+    let mut starts: Vec<i64> = (0..activities)
+        .map(|_| {
+            let start = at;
+            at -= rng.random_range(10_000..250_000);
+            start
+        })
+        .collect();
+    starts.reverse();
     let mut athlete = Athlete {
         id,
         firstname: FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())],
         lastname: LAST_NAMES[rng.random_range(0..LAST_NAMES.len())],
         home: rng.random_range(0..HOMES.len()),
-        created_at: now - (span_days as i64 + 30) * 86_400,
+        created_at: at - 30 * 86_400,
         index: BTreeSet::new(),
     };
-    // Walk forward from the start of the history with gaps averaging 1.5 days.
-    let mut day = now - (span_days * 86_400.0) as i64;
-    let list = (0..activities)
-        .map(|_| {
-            day += rng.random_range(10_000..250_000);
-            let start = day.min(now - 3_600);
+    let list = starts
+        .into_iter()
+        .map(|start| {
             let activity = random_activity(rng, &athlete, next_id, start, None);
             athlete.index.insert((activity.start, activity.id));
             activity
@@ -320,7 +332,7 @@ pub fn random_activity(
     athlete: &Athlete,
     next_id: &mut u64,
     start: i64,
-    sport_type: Option<&str>,
+    sport_type: Option<&'static str>,
 ) -> Activity {
     *next_id += rng.random_range(1..5_000);
     let sport = match sport_type {
@@ -338,7 +350,7 @@ pub fn random_activity(
                 .unwrap_or(&SPORTS[0])
         }
     };
-    let sport_type = sport_type.unwrap_or(sport.sport_type).to_string();
+    let sport_type = sport_type.unwrap_or(sport.sport_type);
     let moving_time = rng.random_range(sport.duration.0..=sport.duration.1);
     let speed = if sport.speed.1 > 0.0 {
         rng.random_range(sport.speed.0..=sport.speed.1)
@@ -350,7 +362,7 @@ pub fn random_activity(
     let name = if rng.random_bool(0.2) {
         CUSTOM_NAMES[rng.random_range(0..CUSTOM_NAMES.len())].to_string()
     } else {
-        default_name(local_hour as u32, &sport_type)
+        default_name(local_hour as u32, sport_type)
     };
     Activity {
         id: *next_id,
@@ -456,7 +468,7 @@ impl Activity {
     /// The SummaryActivity (`resource_state` 2) of list answers.
     pub fn summary(&self, athlete: &Athlete) -> Value {
         let home = &HOMES[athlete.home];
-        let sport = sport(&self.sport_type);
+        let sport = sport(self.sport_type);
         // Everything not stored is derived from the id: stable across renders.
         let mut rng = StdRng::seed_from_u64(self.id);
         let outdoor = !sport.indoor && !self.manual && self.distance > 0.0;
@@ -475,7 +487,7 @@ impl Activity {
             0.0
         };
         let watts = matches!(
-            self.sport_type.as_str(),
+            self.sport_type,
             "Ride" | "VirtualRide" | "MountainBikeRide" | "GravelRide"
         ) && !self.manual;
         let average_heartrate = rng.random_range(118.0..162.0_f64);
@@ -488,7 +500,7 @@ impl Activity {
             "moving_time": self.moving_time,
             "elapsed_time": self.elapsed_time,
             "total_elevation_gain": self.elevation_gain,
-            "type": legacy_type(&self.sport_type),
+            "type": legacy_type(self.sport_type),
             "sport_type": self.sport_type,
             "workout_type": if self.sport_type == "Run" { json!(rng.random_range(0..4)) } else { Value::Null },
             "id": self.id,
@@ -654,6 +666,25 @@ fn encode_polyline(points: &[(f64, f64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histories_end_before_now_with_ids_rising_in_time_order() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut next_id = FIRST_ACTIVITY_ID;
+        let now = 1_800_000_000;
+        let (athlete, list) = generate_athlete(&mut rng, 0, 500, now, &mut next_id);
+        assert_eq!(athlete.index.len(), 500);
+        let ids: Vec<u64> = athlete.index.iter().map(|(_, id)| *id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids rise with start time"
+        );
+        assert!(list
+            .iter()
+            .all(|a| a.start < now && a.id > FIRST_ACTIVITY_ID));
+        let span_days = (now - list[0].start) / 86_400;
+        assert!((500..1000).contains(&span_days), "{span_days} days");
+    }
 
     #[test]
     fn polyline_matches_googles_example() {

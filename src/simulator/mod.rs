@@ -43,11 +43,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use cli::{run_standalone, SimulatorArgs};
-pub use clock::SimClock;
 pub use control::{ActivityUpdate, CallRecord, CallStats, Faults, NewActivity, SimError};
 pub use rate::{Limits, Usage, WindowUsage};
-pub use webhook::{DeliveryRecord, Push};
+pub use webhook::{DeliveryOutcome, DeliveryRecord, Push};
 
+use clock::SimClock;
 use data::{Activity, Athlete};
 use oauth::Tokens;
 use rate::RateCounter;
@@ -217,10 +217,6 @@ impl Simulator {
         &self.client_secret
     }
 
-    pub fn clock(&self) -> &SimClock {
-        &self.clock
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind: keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -288,6 +284,18 @@ impl SimHandle {
     /// The control endpoints: `{base}/_sim`.
     pub fn control_url(&self) -> String {
         format!("{}/_sim", self.base_url())
+    }
+
+    /// The service settings that point it at this simulator, for
+    /// `TestApp::spawn_with` or the demo: API and OAuth URLs, client id and
+    /// secret.
+    pub fn service_env(&self) -> [(&'static str, String); 4] {
+        [
+            ("STRAVA_API_URL", self.api_url()),
+            ("STRAVA_OAUTH_URL", self.oauth_url()),
+            ("STRAVA_CLIENT_ID", self.client_id.to_string()),
+            ("STRAVA_CLIENT_SECRET", self.client_secret.clone()),
+        ]
     }
 
     /// Waits until the server has stopped (dropping the handle stops it too).

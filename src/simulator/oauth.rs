@@ -63,13 +63,11 @@ impl Tokens {
     }
 
     /// Kills every code and token of the athlete.
-    pub fn revoke(&mut self, athlete_id: u64) -> bool {
-        let before = self.access.len() + self.refresh.len();
+    pub fn revoke(&mut self, athlete_id: u64) {
         self.codes.retain(|_, g| g.athlete_id != athlete_id);
         self.access.retain(|_, g| g.athlete_id != athlete_id);
         self.refresh.retain(|_, r| r.athlete_id != athlete_id);
         self.granted.remove(&athlete_id);
-        before != self.access.len() + self.refresh.len()
     }
 
     pub fn is_connected(&self, athlete_id: u64) -> bool {

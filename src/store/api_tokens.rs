@@ -39,6 +39,11 @@ pub fn revoke_all(conn: &Connection, athlete_id: i64) -> DbResult<usize> {
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
+    to_hex(&bytes)
+}
+
+/// Lower-case hex of some bytes (tokens, ETags).
+pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

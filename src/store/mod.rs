@@ -7,12 +7,15 @@
 //! [`Store::write`], which run the closure on the blocking thread pool.
 
 pub mod activities;
+pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
+pub mod inbox;
 pub mod jobs;
 pub mod oauth_states;
 pub mod strava_tokens;
+pub mod subscription;
 pub mod sync_state;
 
 use std::path::Path;

@@ -49,6 +49,17 @@ pub fn set_backfill(conn: &Connection, athlete_id: i64, b: &Backfill) -> DbResul
     Ok(())
 }
 
+/// Records on the athlete's sync state when we last heard from Strava about
+/// them (`GET /api/sync` shows it).
+pub fn record_webhook_at(conn: &Connection, athlete_id: i64, received_at: i64) -> DbResult<()> {
+    conn.prepare_cached(
+        "UPDATE sync_state SET last_webhook_at = max(coalesce(last_webhook_at, 0), ?2)
+         WHERE athlete_id = ?1",
+    )?
+    .execute(params![athlete_id, received_at])?;
+    Ok(())
+}
+
 /// One athlete as `/admin/athletes` lists them.
 #[derive(Debug, Clone, Serialize)]
 pub struct AthleteOverview {

@@ -8,14 +8,13 @@
 //! that left to the daily gap-fill. Activities a newer delete event removed
 //! are never brought back.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 use crate::store::jobs::Counts;
-use crate::store::{activities, jobs, DbResult, Store};
+use crate::store::{activities, DbResult, Store};
 use crate::strava::client::{StravaError, MAX_PER_PAGE};
 use crate::strava::Purpose;
+use crate::webhook::fetch::{self, FetchPayload};
 
 use super::runner::JobError;
 use super::source::{self, activity_id, store_detail, store_page, ActivitySource};
@@ -28,61 +27,12 @@ pub const MAX_ATTEMPTS: u32 = 4;
 /// The first retry's delay; each further one waits four times longer.
 pub const FIRST_RETRY_SECS: i64 = 30;
 
-/// The `WebhookFetch` job payload: the announced ids, and how often each was
-/// already tried without success.
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Payload {
-    pub activity_ids: Vec<i64>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attempts: BTreeMap<i64, u32>,
-}
-
-/// Queues ids for fetching, merged into the athlete's waiting job if there is
-/// one, so many creates become one job and, usually, one call.
-pub fn enqueue(
-    conn: &rusqlite::Connection,
-    athlete_id: i64,
-    add: &Payload,
-    not_before: i64,
-) -> DbResult<i64> {
-    let id = jobs::enqueue(
-        conn,
-        athlete_id,
-        jobs::JobKind::WebhookFetch,
-        None,
-        not_before,
-    )?;
-    let current: Option<String> =
-        conn.query_row("SELECT payload_json FROM jobs WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
-    let mut merged: Payload = match current {
-        Some(text) => serde_json::from_str(&text)?,
-        None => Payload::default(),
-    };
-    for &activity in &add.activity_ids {
-        if !merged.activity_ids.contains(&activity) {
-            merged.activity_ids.push(activity);
-        }
-    }
-    for (&activity, &n) in &add.attempts {
-        let slot = merged.attempts.entry(activity).or_default();
-        *slot = (*slot).max(n);
-    }
-    // The earliest wish wins: a fresh create must not wait behind a retry.
-    conn.execute(
-        "UPDATE jobs SET payload_json = ?2, not_before = MIN(not_before, ?3) WHERE id = ?1",
-        rusqlite::params![id, serde_json::to_string(&merged)?, not_before],
-    )?;
-    Ok(id)
-}
-
 /// Fetches the announced activities that are not stored yet.
 pub async fn run<S: ActivitySource>(
     store: &Store,
     source: &S,
     athlete_id: i64,
-    payload: Payload,
+    payload: FetchPayload,
     now: i64,
 ) -> Result<Counts, JobError> {
     let wanted = payload.activity_ids.clone();
@@ -151,11 +101,11 @@ pub async fn run<S: ActivitySource>(
 async fn retry_later(
     store: &Store,
     athlete_id: i64,
-    payload: &Payload,
+    payload: &FetchPayload,
     ids: BTreeSet<i64>,
     now: i64,
 ) -> DbResult<()> {
-    let mut retry = Payload::default();
+    let mut retry = FetchPayload::default();
     let mut delay = FIRST_RETRY_SECS;
     for id in ids {
         let tried = payload.attempts.get(&id).copied().unwrap_or(0) + 1;
@@ -175,6 +125,6 @@ async fn retry_later(
         return Ok(());
     }
     store
-        .write(move |tx| enqueue(tx, athlete_id, &retry, now + delay).map(|_| ()))
+        .write(move |tx| fetch::merge(tx, athlete_id, &retry, now + delay).map(|_| ()))
         .await
 }

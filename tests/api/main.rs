@@ -3,9 +3,13 @@
 
 mod budget;
 mod connect;
+mod demo;
 mod helpers;
 mod operations;
 mod read_api;
 mod sim_app;
 mod simulator;
 mod sync;
+mod webhook_crash;
+mod webhook_subscription;
+mod webhooks;

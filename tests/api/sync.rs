@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strava_sync::simulator::{NewActivity, SimConfig};
-use strava_sync::store::{activities, athletes, jobs};
-use strava_sync::sync::{reconcile, webhook_fetch};
+use strava_sync::store::{activities, athletes, jobs, subscription};
+use strava_sync::sync::reconcile;
+use strava_sync::webhook::fetch;
 
 use crate::helpers::ADMIN_TOKEN;
 use crate::sim_app::SimApp;
@@ -226,17 +227,19 @@ async fn reconciliation_removes_a_silently_deleted_activity() {
     assert!(sync_status(&app, &token).await["last_reconcile_at"].is_string());
 }
 
-/// Queues a webhook fetch as the webhook worker does for create events.
+/// Queues webhook fetches as the webhook worker does for create events.
 async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
-    let payload = webhook_fetch::Payload {
-        activity_ids: ids.iter().map(|&id| id as i64).collect(),
-        ..Default::default()
-    };
+    let ids = ids.to_vec();
     let state = app.state().clone();
     let now = state.clock.epoch();
     state
         .store
-        .write(move |tx| webhook_fetch::enqueue(tx, athlete as i64, &payload, now).map(|_| ()))
+        .write(move |tx| {
+            for id in ids {
+                fetch::queue(tx, athlete as i64, id as i64, now)?;
+            }
+            Ok(())
+        })
         .await
         .unwrap();
     state.jobs.wake();
@@ -519,4 +522,43 @@ async fn an_athlete_needing_reauthorization_is_shown_refused_a_refresh_and_skipp
         .await
         .unwrap();
     assert_eq!(pass["athletes"], 1, "only the connected athlete is queued");
+}
+
+#[tokio::test]
+async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
+    let app = SimApp::start(config(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    connect_and_backfill(&app, athlete).await;
+    let secret = app
+        .state()
+        .store
+        .write(|tx| {
+            subscription::set_id(tx, 4242)?;
+            subscription::path_secret(tx)
+        })
+        .await
+        .unwrap();
+    let new = app
+        .sim
+        .create_activity(athlete, NewActivity::default(), None)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+
+    let event = serde_json::json!({
+        "aspect_type": "create", "event_time": app.state().clock.epoch(), "object_id": new,
+        "object_type": "activity", "owner_id": athlete, "subscription_id": 4242, "updates": {},
+    });
+    let res = reqwest::Client::new()
+        .post(app.url(&format!("/webhook/{secret}")))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    run_until(&app, "the pushed activity is stored", || async {
+        is_stored(&app, athlete, new).await
+    })
+    .await;
+    assert_eq!(ledger_calls(&app, "webhook").await, 1);
 }

@@ -266,6 +266,7 @@ async fn another_athletes_activity_is_404() {
         format!("/activities/{theirs}"),
         "/activities/12".into(),
         "/activities/abc".into(),
+        "/activities/push_subscriptions".into(),
     ] {
         let res = api_get(&sim, &c.access_token, &path).await;
         assert_eq!(res.status(), 404, "{path}");

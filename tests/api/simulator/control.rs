@@ -398,3 +398,69 @@ async fn injected_faults_answer_5xx_for_the_next_calls_then_stop() {
     );
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+/// Kills the child process when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_simulator_command_runs_alone_and_prints_its_urls() {
+    use std::io::{BufRead, BufReader};
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
+            .args([
+                "simulator",
+                "--port",
+                "0",
+                "--athletes",
+                "2",
+                "--activities",
+                "10",
+            ])
+            .env_clear()
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Drain stdout on a thread (the child must never hit a closed pipe);
+    // log lines are JSON, the banner is plain text.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !line.starts_with('{') {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let printed: Vec<String> = (0..5)
+        .map(|_| rx.recv_timeout(Duration::from_secs(60)).unwrap())
+        .collect();
+    let base = printed[0]
+        .strip_prefix("Strava simulator on ")
+        .unwrap()
+        .to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{printed:?}");
+    assert_eq!(printed[1].trim(), format!("STRAVA_API_URL={base}/api/v3"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let athletes: Vec<Value> = runtime.block_on(async {
+        reqwest::get(format!("{base}/_sim/athletes"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(athletes.len(), 2);
+    assert_eq!(athletes[0]["activity_count"], 10);
+}

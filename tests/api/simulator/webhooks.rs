@@ -297,16 +297,23 @@ async fn events_are_posted_in_stravas_shape() {
     }
 }
 
-#[tokio::test]
-async fn a_failing_callback_gets_three_attempts_in_all() {
+/// A subscription whose callback fails the first `failing_posts` events,
+/// and one create event pushed to it.
+async fn one_event_to(failing_posts: usize) -> (SimHandle, Callback) {
     let (sim, callback, _) = subscribed(Behaviour {
-        failing_posts: usize::MAX,
+        failing_posts,
         ..Behaviour::default()
     })
     .await;
     let athlete = sim.athlete_ids()[0];
     sim.create_activity(athlete, NewActivity::default(), Some(Push::default()))
         .unwrap();
+    (sim, callback)
+}
+
+#[tokio::test]
+async fn a_failing_callback_gets_three_attempts_in_all() {
+    let (sim, callback) = one_event_to(usize::MAX).await;
     eventually("three attempts", || sim.deliveries().len() == 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(callback.received().len(), 3, "no fourth attempt");
@@ -321,14 +328,7 @@ async fn a_failing_callback_gets_three_attempts_in_all() {
 
 #[tokio::test]
 async fn a_retry_after_a_failure_delivers_once() {
-    let (sim, callback, _) = subscribed(Behaviour {
-        failing_posts: 1,
-        ..Behaviour::default()
-    })
-    .await;
-    let athlete = sim.athlete_ids()[0];
-    sim.create_activity(athlete, NewActivity::default(), Some(Push::default()))
-        .unwrap();
+    let (sim, callback) = one_event_to(1).await;
     eventually("the retry", || callback.received().len() == 2).await;
     eventually("the log", || sim.deliveries().len() == 2).await;
     let outcomes: Vec<Value> = sim

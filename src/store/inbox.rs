@@ -1,0 +1,365 @@
+//! The webhook inbox (`webhook_events`): every Strava event we acknowledge is
+//! committed here before the 200, then applied by the webhook worker. The
+//! dedup key makes Strava's retries and duplicate deliveries collapse into
+//! one row, so an event is applied once however often it arrives.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::DbResult;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectType {
+    Activity,
+    Athlete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AspectType {
+    Create,
+    Update,
+    Delete,
+}
+
+impl ObjectType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectType::Activity => "activity",
+            ObjectType::Athlete => "athlete",
+        }
+    }
+}
+
+impl AspectType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AspectType::Create => "create",
+            AspectType::Update => "update",
+            AspectType::Delete => "delete",
+        }
+    }
+}
+
+/// A validated Strava event, as stored. `subscription_id` is checked at the
+/// door and not kept: it is the same for every event we accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub object_type: ObjectType,
+    pub object_id: i64,
+    pub aspect_type: AspectType,
+    pub owner_id: i64,
+    pub event_time: i64,
+    pub updates: BTreeMap<String, String>,
+}
+
+impl Event {
+    /// The metric label for this event: `activity_create`, `athlete_update`, ...
+    pub fn kind(&self) -> &'static str {
+        match (self.object_type, self.aspect_type) {
+            (ObjectType::Activity, AspectType::Create) => "activity_create",
+            (ObjectType::Activity, AspectType::Update) => "activity_update",
+            (ObjectType::Activity, AspectType::Delete) => "activity_delete",
+            (ObjectType::Athlete, AspectType::Create) => "athlete_create",
+            (ObjectType::Athlete, AspectType::Update) => "athlete_update",
+            (ObjectType::Athlete, AspectType::Delete) => "athlete_delete",
+        }
+    }
+
+    /// Identifies one event across Strava's deliveries: every field except
+    /// `subscription_id` (seen both as number and string). A second create of
+    /// the same activity at another `event_time` is a different event; applying
+    /// it is harmless because a create of a stored activity costs nothing.
+    pub fn dedup_key(&self) -> String {
+        // `updates` is a BTreeMap, so its JSON is canonical (sorted keys).
+        let updates = serde_json::to_string(&self.updates).expect("string map serializes");
+        let digest = Sha256::digest(
+            format!(
+                "{}\n{}\n{}\n{}\n{}\n{updates}",
+                self.object_type.as_str(),
+                self.object_id,
+                self.aspect_type.as_str(),
+                self.owner_id,
+                self.event_time
+            )
+            .as_bytes(),
+        );
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Where an inbox event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    /// Applied.
+    Done,
+    /// Acknowledged but nothing to apply (unknown athlete, stale, duplicate).
+    Ignored,
+    /// Retries exhausted; waits for an operator's replay.
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Pending,
+        Status::Done,
+        Status::Ignored,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Done => "done",
+            Status::Ignored => "ignored",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// An event read back from the inbox for applying or reporting.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stored {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: Event,
+    pub attempts: i64,
+    pub received_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// Commits an event unless an identical one is already in the inbox.
+/// Returns whether it was new.
+pub fn insert(conn: &Connection, event: &Event, now: i64) -> DbResult<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
+                 owner_id, event_time, updates_json, received_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT(dedup_key) DO NOTHING",
+        )?
+        .execute(params![
+            event.dedup_key(),
+            event.object_type.as_str(),
+            event.object_id,
+            event.aspect_type.as_str(),
+            event.owner_id,
+            event.event_time,
+            serde_json::to_string(&event.updates)?,
+            now,
+        ])?;
+    Ok(inserted == 1)
+}
+
+const COLUMNS: &str =
+    "id, object_type, object_id, aspect_type, owner_id, event_time, updates_json, attempts,
+     received_at, last_error";
+
+fn stored(r: &Row) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        id: r.get(0)?,
+        event: Event {
+            object_type: from_text(r, 1, |s| serde_json::Value::String(s).to_string())?,
+            object_id: r.get(2)?,
+            aspect_type: from_text(r, 3, |s| serde_json::Value::String(s).to_string())?,
+            owner_id: r.get(4)?,
+            event_time: r.get(5)?,
+            updates: from_text(r, 6, |s| s)?,
+        },
+        attempts: r.get(7)?,
+        received_at: r.get(8)?,
+        last_error: r.get(9)?,
+    })
+}
+
+/// Parses a text column as JSON after `as_json` turns it into JSON text.
+fn from_text<T: serde::de::DeserializeOwned>(
+    r: &Row,
+    i: usize,
+    as_json: impl FnOnce(String) -> String,
+) -> rusqlite::Result<T> {
+    serde_json::from_str(&as_json(r.get(i)?)).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+/// Pending events due by `now`, oldest `event_time` first, leaving out any
+/// event of an object that still has an earlier pending event (one waiting
+/// for a retry holds the later ones back, so one object's events apply in
+/// `event_time` order).
+pub fn next_due(conn: &Connection, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM webhook_events e
+         WHERE status = 'pending' AND next_attempt_at <= ?1
+           AND NOT EXISTS (
+               SELECT 1 FROM webhook_events p
+               WHERE p.object_type = e.object_type AND p.object_id = e.object_id
+                 AND p.status = 'pending'
+                 AND (p.event_time < e.event_time OR (p.event_time = e.event_time AND p.id < e.id)))
+         ORDER BY event_time, id
+         LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![now, limit as i64], stored)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether the event still waits to be applied.
+pub fn is_pending(conn: &Connection, id: i64) -> DbResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM webhook_events WHERE id = ?1 AND status = 'pending'")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Settles an event as applied or ignored.
+pub fn settle(conn: &Connection, id: i64, status: Status, now: i64) -> DbResult<()> {
+    conn.prepare_cached(
+        "UPDATE webhook_events SET status = ?2, applied_at = ?3,
+             attempts = attempts + 1, last_error = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status.as_str(), now])?;
+    Ok(())
+}
+
+/// Records a failed attempt: retry at `retry_at`, or mark the event failed
+/// when there is none left.
+pub fn record_failure(
+    conn: &Connection,
+    id: i64,
+    error: &str,
+    retry_at: Option<i64>,
+) -> DbResult<()> {
+    let (status, next) = match retry_at {
+        Some(at) => (Status::Pending, at),
+        None => (Status::Failed, 0),
+    };
+    conn.prepare_cached(
+        "UPDATE webhook_events SET attempts = attempts + 1, last_error = ?2, status = ?3,
+             next_attempt_at = CASE WHEN ?3 = 'pending' THEN ?4 ELSE next_attempt_at END
+         WHERE id = ?1",
+    )?
+    .execute(params![id, error, status.as_str(), next])?;
+    Ok(())
+}
+
+/// Whether a create of this activity newer than `event_time` has been
+/// applied: then a delete at `event_time` arrived late and must not win.
+pub fn newer_create_applied(
+    conn: &Connection,
+    activity_id: i64,
+    event_time: i64,
+) -> DbResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM webhook_events
+             WHERE object_type = 'activity' AND object_id = ?1 AND aspect_type = 'create'
+               AND status = 'done' AND event_time > ?2
+             LIMIT 1",
+        )?
+        .query_row(params![activity_id, event_time], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// How many events stand in each status (every status listed, zeros too).
+pub fn counts(conn: &Connection) -> DbResult<BTreeMap<&'static str, i64>> {
+    let mut out: BTreeMap<&'static str, i64> =
+        Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM webhook_events GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (status, n) = row?;
+        if let Some(s) = Status::ALL.iter().find(|s| s.as_str() == status) {
+            out.insert(s.as_str(), n);
+        }
+    }
+    Ok(out)
+}
+
+/// Events waiting to be applied (the inbox depth).
+pub fn depth(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM webhook_events WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The most recent failed events, newest first.
+pub fn failed(conn: &Connection, limit: usize) -> DbResult<Vec<Stored>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM webhook_events WHERE status = 'failed'
+         ORDER BY received_at DESC, id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit as i64], stored)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Puts every failed event back in the queue with a fresh set of attempts.
+/// Returns how many.
+pub fn replay_failed(conn: &Connection, now: i64) -> DbResult<usize> {
+    Ok(conn.execute(
+        "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = ?1
+         WHERE status = 'failed'",
+        [now],
+    )?)
+}
+
+/// Deletes settled events last attempted before `before`, at most `limit` of
+/// them. They are kept for a while so Strava's retries still find their
+/// dedup key. (`next_attempt_at` is never earlier than arrival and is indexed
+/// with the status.)
+pub fn prune(conn: &Connection, before: i64, limit: usize) -> DbResult<usize> {
+    Ok(conn.execute(
+        "DELETE FROM webhook_events WHERE id IN (
+             SELECT id FROM webhook_events
+             WHERE status IN ('done', 'ignored') AND next_attempt_at < ?1 LIMIT ?2)",
+        params![before, limit as i64],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(aspect_type: AspectType, updates: &[(&str, &str)]) -> Event {
+        Event {
+            object_type: ObjectType::Activity,
+            object_id: 17_179_869_185,
+            aspect_type,
+            owner_id: 7,
+            event_time: 1_700_000_000,
+            updates: updates
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn dedup_key_is_the_identity_of_the_event() {
+        let a = event(AspectType::Update, &[("title", "x"), ("type", "Run")]);
+        let b = event(AspectType::Update, &[("type", "Run"), ("title", "x")]);
+        assert_eq!(a.dedup_key(), b.dedup_key());
+        assert_ne!(
+            a.dedup_key(),
+            event(AspectType::Update, &[("title", "y")]).dedup_key()
+        );
+        let later = Event {
+            event_time: a.event_time + 1,
+            ..a.clone()
+        };
+        assert_ne!(a.dedup_key(), later.dedup_key());
+        assert_ne!(
+            event(AspectType::Create, &[]).dedup_key(),
+            event(AspectType::Delete, &[]).dedup_key()
+        );
+    }
+}

@@ -1,0 +1,925 @@
+//! Strava webhooks: the handshake, event intake (validation, dedup, the
+//! subscription check), applying each kind of event, ordering, the
+//! deauthorization purge, failures and replay, and what it all costs.
+//!
+//! Events are applied by calling the worker's `drain` directly, so a test
+//! decides when application happens (the app's own worker may also run; an
+//! event is applied once either way).
+
+use serde_json::{json, Value};
+use strava_sync::store::{
+    self, activities, api_tokens, athletes, inbox, jobs, subscription, Store,
+};
+use strava_sync::webhook::fetch::FetchPayload;
+use strava_sync::webhook::worker;
+
+use crate::helpers::{TestApp, ADMIN_TOKEN};
+
+const ATHLETE: i64 = 134_815;
+/// Past 2^34, as real activity ids are now.
+const ACTIVITY: i64 = 17_179_869_185;
+const T0: i64 = 1_700_000_000;
+
+/// A test app with its webhook callback URL.
+struct Hook {
+    app: TestApp,
+    callback: String,
+}
+
+impl Hook {
+    async fn spawn() -> Self {
+        let app = TestApp::spawn().await;
+        let secret = app
+            .store
+            .write(|tx| subscription::path_secret(tx))
+            .await
+            .unwrap();
+        let callback = app.url(&format!("/webhook/{secret}"));
+        pause_background_work(&app).await;
+        Hook { app, callback }
+    }
+
+    async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.app
+            .client
+            .post(&self.callback)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn send(&self, event: &Value) -> Value {
+        let res = self.post(event.to_string()).await;
+        assert_eq!(res.status(), 200, "{event}");
+        res.json().await.unwrap()
+    }
+
+    async fn rename(&self, id: i64, time: i64, title: &str) -> Value {
+        self.send(&activity_event(
+            "update",
+            id,
+            time,
+            json!({ "title": title }),
+        ))
+        .await
+    }
+
+    /// Applies everything due now.
+    async fn drain(&self) {
+        worker::drain(&self.app.store, store::now()).await.unwrap();
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        self.app
+            .store
+            .read(move |c| Ok(c.query_row(&sql, [], |r| r.get(0))?))
+            .await
+            .unwrap()
+    }
+
+    async fn scalar<T: rusqlite::types::FromSql + Send + 'static>(&self, sql: &'static str) -> T {
+        scalar(&self.app.store, sql).await
+    }
+
+    /// The status of every inbox event, in arrival order.
+    async fn inbox(&self) -> Vec<String> {
+        self.app
+            .store
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT status FROM webhook_events ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn summary(&self, id: i64) -> Option<String> {
+        self.app
+            .store
+            .read(move |c| {
+                use rusqlite::OptionalExtension;
+                Ok(c.query_row(
+                    "SELECT summary_json FROM activities WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn fetch_jobs(&self) -> Vec<(i64, FetchPayload)> {
+        self.app
+            .store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT athlete_id, payload_json FROM jobs WHERE kind = 'webhook_fetch'
+                     ORDER BY id",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (athlete, json) = row?;
+                    out.push((athlete, FetchPayload::parse(json.as_deref())?));
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Runs SQL against the app's database (seeding, injecting failures).
+    async fn exec(&self, sql: impl Into<String>) {
+        let sql = sql.into();
+        self.app
+            .store
+            .write(move |tx| Ok(tx.execute_batch(&sql)?))
+            .await
+            .unwrap();
+    }
+
+    /// Makes SQLite refuse updates of activities matching `when`, as a
+    /// stand-in for any failure while applying an event.
+    async fn refuse_updates(&self, when: &str) {
+        self.exec(format!(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON activities WHEN {when}
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+        ))
+        .await;
+    }
+
+    /// Commits several events in one transaction, as if they had arrived
+    /// together, so the worker sees them all at once.
+    async fn deliver_together(&self, events: Vec<Value>) {
+        let events: Vec<inbox::Event> = events.iter().map(to_event).collect();
+        self.app
+            .store
+            .write(move |tx| {
+                for event in &events {
+                    assert!(inbox::insert(tx, event, store::now())?);
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.app
+            .client
+            .request(method, self.app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Stops the job runner from claiming background jobs, so the fetch jobs
+/// creates queue stay in the queue to be looked at.
+pub async fn pause_background_work(app: &TestApp) {
+    let res = app
+        .client
+        .post(app.url("/admin/pause"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+pub async fn scalar<T: rusqlite::types::FromSql + Send + 'static>(
+    store: &Store,
+    sql: &'static str,
+) -> T {
+    store
+        .read(move |c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+pub fn event(object: &str, aspect: &str, id: i64, owner: i64, time: i64, updates: Value) -> Value {
+    json!({
+        "aspect_type": aspect,
+        "event_time": time,
+        "object_id": id,
+        "object_type": object,
+        "owner_id": owner,
+        "subscription_id": 120475,
+        "updates": updates,
+    })
+}
+
+fn to_event(v: &Value) -> inbox::Event {
+    let text = |k: &str| Value::String(v[k].as_str().unwrap().to_string());
+    inbox::Event {
+        object_type: serde_json::from_value(text("object_type")).unwrap(),
+        object_id: v["object_id"].as_i64().unwrap(),
+        aspect_type: serde_json::from_value(text("aspect_type")).unwrap(),
+        owner_id: v["owner_id"].as_i64().unwrap(),
+        event_time: v["event_time"].as_i64().unwrap(),
+        updates: serde_json::from_value(v["updates"].clone()).unwrap(),
+    }
+}
+
+pub fn activity_event(aspect: &str, id: i64, time: i64, updates: Value) -> Value {
+    event("activity", aspect, id, ATHLETE, time, updates)
+}
+
+/// A SummaryActivity with the quirks that must survive edits: a 64-bit id,
+/// an integer sent as a float, a float with a trailing zero.
+pub fn summary(id: i64, athlete: i64) -> String {
+    format!(
+        r#"{{"resource_state":2,"athlete":{{"id":{athlete},"resource_state":1}},"name":"Morning Ride","distance":28099.30,"moving_time":4207,"elapsed_time":4410,"total_elevation_gain":516.0,"type":"Ride","sport_type":"MountainBikeRide","id":{id},"start_date":"2024-05-01T07:00:00Z","utc_offset":-14400.0,"private":false,"visibility":"everyone","upload_id":9223372036854775807}}"#
+    )
+}
+
+pub async fn seed_athlete(store: &Store, athlete: i64) {
+    store
+        .write(move |tx| athletes::upsert(tx, &json!({"id": athlete}), "read,activity:read_all"))
+        .await
+        .unwrap();
+}
+
+pub async fn seed_activities(store: &Store, athlete: i64, ids: Vec<i64>) {
+    store
+        .write(move |tx| {
+            let page: Vec<Box<serde_json::value::RawValue>> = ids
+                .iter()
+                .map(|id| serde_json::value::RawValue::from_string(summary(*id, athlete)).unwrap())
+                .collect();
+            activities::upsert_summaries(tx, athlete, &page)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn seeded() -> Hook {
+    let hook = Hook::spawn().await;
+    seed_athlete(&hook.app.store, ATHLETE).await;
+    seed_activities(&hook.app.store, ATHLETE, vec![ACTIVITY]).await;
+    hook
+}
+
+fn handshake_query(token: &str) -> String {
+    format!("?hub.mode=subscribe&hub.challenge=15f7d1a91c1f40f8a748fd134752feb3&hub.verify_token={token}")
+}
+
+#[tokio::test]
+async fn handshake_echoes_the_challenge_for_our_verify_token() {
+    let hook = Hook::spawn().await;
+    let res = hook
+        .app
+        .client
+        .get(format!(
+            "{}{}",
+            hook.callback,
+            handshake_query("test-verify-token")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"hub.challenge": "15f7d1a91c1f40f8a748fd134752feb3"})
+    );
+}
+
+#[tokio::test]
+async fn handshake_refuses_bad_tokens_and_incomplete_queries() {
+    let hook = Hook::spawn().await;
+    let get = |url: String| {
+        let client = hook.app.client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let cb = &hook.callback;
+    assert_eq!(get(format!("{cb}{}", handshake_query("wrong"))).await, 403);
+    assert_eq!(get(format!("{cb}{}", handshake_query(""))).await, 403);
+    assert_eq!(get(cb.clone()).await, 400);
+    assert_eq!(
+        get(format!("{cb}?hub.mode=subscribe&hub.challenge=x")).await,
+        400
+    );
+    assert_eq!(
+        get(format!(
+            "{cb}?hub.mode=unsubscribe&hub.challenge=x&hub.verify_token=test-verify-token"
+        ))
+        .await,
+        400
+    );
+    // The right token at the wrong path reveals nothing.
+    let wrong = hook.app.url(&format!(
+        "/webhook/nope{}",
+        handshake_query("test-verify-token")
+    ));
+    assert_eq!(get(wrong).await, 404);
+}
+
+#[tokio::test]
+async fn events_at_any_other_webhook_path_answer_404_and_store_nothing() {
+    let hook = seeded().await;
+    let body = activity_event("update", ACTIVITY, T0, json!({"title": "x"})).to_string();
+    let secret = hook.callback.rsplit('/').next().unwrap().to_string();
+    for path in [
+        "/webhook".to_string(),
+        "/webhook/".to_string(),
+        "/webhook/guess".to_string(),
+        format!("/webhook/{}", &secret[..secret.len() - 1]),
+        format!("/webhook/{secret}x"),
+        format!("/webhook/{secret}/more"),
+        format!("/webhooks/{secret}"),
+    ] {
+        let res = hook
+            .app
+            .client
+            .post(hook.app.url(&path))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let res = hook
+            .app
+            .client
+            .request(method.clone(), &hook.callback)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{method}");
+    }
+    assert_eq!(hook.count("webhook_events").await, 0);
+}
+
+#[tokio::test]
+async fn an_update_is_applied_from_the_event_without_any_call() {
+    let hook = seeded().await;
+    hook.exec("UPDATE activities SET detail_json = summary_json")
+        .await;
+    let updates = json!({"title": "Messy", "type": "Run", "private": "true"});
+    assert_eq!(
+        hook.send(&activity_event("update", ACTIVITY, T0, updates))
+            .await["status"],
+        "accepted"
+    );
+    hook.drain().await;
+
+    let (summary, detail, needs_refresh, last_event): (String, String, i64, i64) = hook
+        .app
+        .store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT summary_json, detail_json, needs_refresh, last_event_time
+                 FROM activities WHERE id = ?1",
+                [ACTIVITY],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    for text in [&summary, &detail] {
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["name"], "Messy");
+        assert_eq!(v["type"], "Run");
+        assert_eq!(v["sport_type"], "Run");
+        assert_eq!(v["private"], true);
+        assert_eq!(v["visibility"], "only_me");
+        // Everything else keeps Strava's own text.
+        assert!(text.contains("\"utc_offset\":-14400.0"), "{text}");
+        assert!(text.contains("\"distance\":28099.30"), "{text}");
+        assert!(text.contains(&format!("\"id\":{ACTIVITY}")), "{text}");
+        assert!(text.contains("\"upload_id\":9223372036854775807"), "{text}");
+    }
+    assert_eq!((needs_refresh, last_event), (1, T0));
+    // The typed columns follow the JSON.
+    assert_eq!(
+        hook.scalar::<String>("SELECT sport_type FROM activities")
+            .await,
+        "Run"
+    );
+    assert_eq!(hook.inbox().await, ["done"]);
+
+    hook.send(&activity_event(
+        "update",
+        ACTIVITY,
+        T0 + 1,
+        json!({"private": "false"}),
+    ))
+    .await;
+    hook.drain().await;
+    let v: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(
+        (v["private"].clone(), v["visibility"].clone()),
+        (json!(false), json!("everyone"))
+    );
+    assert_eq!(v["name"], "Messy");
+
+    // Cost: no Strava call and no job for updates.
+    assert_eq!(hook.count("strava_calls").await, 0);
+    assert_eq!(hook.count("jobs").await, 0);
+    assert!(
+        hook.scalar::<Option<i64>>("SELECT last_webhook_at FROM sync_state")
+            .await
+            .is_some(),
+        "last_webhook_at is recorded"
+    );
+}
+
+#[tokio::test]
+async fn creates_share_one_fetch_job_and_duplicates_apply_once() {
+    let hook = seeded().await;
+    let new_ids = [ACTIVITY + 1, ACTIVITY + 2, ACTIVITY + 3];
+    for (i, id) in new_ids.iter().enumerate() {
+        hook.send(&activity_event("create", *id, T0 + i as i64, json!({})))
+            .await;
+    }
+    // Strava's retry of the first create, with the subscription id as a string.
+    let mut retry = activity_event("create", new_ids[0], T0, json!({}));
+    retry["subscription_id"] = json!("120475");
+    assert_eq!(hook.send(&retry).await["status"], "duplicate");
+    // A create of an activity already stored costs nothing.
+    hook.send(&activity_event("create", ACTIVITY, T0, json!({})))
+        .await;
+    hook.drain().await;
+
+    assert_eq!(
+        hook.fetch_jobs().await,
+        [(
+            ATHLETE,
+            FetchPayload {
+                activity_ids: new_ids.to_vec(),
+                ..FetchPayload::default()
+            }
+        )]
+    );
+    let job_purpose: i64 = hook.scalar("SELECT priority FROM jobs").await;
+    assert_eq!(job_purpose, jobs::JobKind::WebhookFetch.purpose().rank());
+    assert_eq!(hook.count("webhook_events").await, 4);
+    assert_eq!(hook.inbox().await, ["done"; 4]);
+    // A second delivery of a create whose fetch is still queued adds nothing.
+    hook.send(&activity_event("create", new_ids[1], T0 + 50, json!({})))
+        .await;
+    hook.drain().await;
+    assert_eq!(hook.fetch_jobs().await[0].1.activity_ids, new_ids.to_vec());
+    assert_eq!(hook.count("strava_calls").await, 0);
+}
+
+#[tokio::test]
+async fn a_delete_removes_the_activity_and_a_late_create_cannot_resurrect_it() {
+    let hook = seeded().await;
+    let pending = ACTIVITY + 9;
+    hook.send(&activity_event("create", pending, T0, json!({})))
+        .await;
+    hook.drain().await;
+    assert_eq!(hook.fetch_jobs().await.len(), 1);
+
+    hook.send(&activity_event("delete", ACTIVITY, T0 + 100, json!({})))
+        .await;
+    hook.send(&activity_event("delete", pending, T0 + 100, json!({})))
+        .await;
+    hook.drain().await;
+    assert_eq!(hook.summary(ACTIVITY).await, None);
+    assert_eq!(hook.count("activity_tombstones").await, 2);
+    // The queued fetch lost its only id, so the job is gone: a delete costs nothing.
+    assert!(hook.fetch_jobs().await.is_empty());
+
+    // A create older than the delete arrives late: ignored, nothing queued.
+    hook.send(&activity_event("create", ACTIVITY, T0 + 50, json!({})))
+        .await;
+    // An update older than the delete too.
+    hook.rename(ACTIVITY, T0 + 60, "ghost").await;
+    hook.drain().await;
+    assert_eq!(hook.summary(ACTIVITY).await, None);
+    assert!(hook.fetch_jobs().await.is_empty());
+    let inbox = hook.inbox().await;
+    assert_eq!(inbox[3..], ["ignored", "ignored"]);
+
+    // A newer create (privacy switched back, seen without read_all) brings it back.
+    hook.send(&activity_event("create", ACTIVITY, T0 + 200, json!({})))
+        .await;
+    hook.drain().await;
+    assert_eq!(hook.fetch_jobs().await[0].1.activity_ids, [ACTIVITY]);
+    assert_eq!(hook.count("activity_tombstones").await, 1);
+    assert_eq!(hook.count("strava_calls").await, 0);
+}
+
+#[tokio::test]
+async fn a_delete_older_than_an_applied_create_is_stale() {
+    let hook = seeded().await;
+    hook.send(&activity_event("create", ACTIVITY, T0 + 200, json!({})))
+        .await;
+    hook.drain().await;
+    hook.send(&activity_event("delete", ACTIVITY, T0 + 100, json!({})))
+        .await;
+    hook.drain().await;
+    assert!(hook.summary(ACTIVITY).await.is_some());
+    assert_eq!(hook.inbox().await[1], "ignored");
+}
+
+#[tokio::test]
+async fn events_of_one_activity_apply_in_event_time_order() {
+    let hook = seeded().await;
+    // Delivered newest first, applied oldest first: the newest title wins.
+    hook.deliver_together(vec![
+        activity_event("update", ACTIVITY, T0 + 20, json!({"title": "second"})),
+        activity_event("update", ACTIVITY, T0 + 10, json!({"title": "first"})),
+    ])
+    .await;
+    hook.drain().await;
+    let name =
+        |s: Option<String>| serde_json::from_str::<Value>(&s.unwrap()).unwrap()["name"].clone();
+    assert_eq!(name(hook.summary(ACTIVITY).await), "second");
+    assert_eq!(hook.inbox().await, ["done", "done"]);
+    // One arriving after a newer one was applied is stale.
+    hook.rename(ACTIVITY, T0 + 15, "late").await;
+    hook.drain().await;
+    assert_eq!(name(hook.summary(ACTIVITY).await), "second");
+    assert_eq!(hook.inbox().await[2], "ignored");
+
+    // A delete delivered before the update it follows: the update applies
+    // first, then the delete, and nothing is left.
+    let other = ACTIVITY + 1;
+    seed_activities(&hook.app.store, ATHLETE, vec![other]).await;
+    hook.deliver_together(vec![
+        activity_event("delete", other, T0 + 40, json!({})),
+        activity_event("update", other, T0 + 30, json!({"title": "x"})),
+    ])
+    .await;
+    hook.drain().await;
+    assert_eq!(hook.summary(other).await, None);
+    let inbox = hook.inbox().await;
+    assert_eq!(inbox[3], "done");
+    assert_eq!(inbox[4], "done");
+}
+
+#[tokio::test]
+async fn deauthorization_purges_everything_held_for_the_athlete() {
+    let hook = seeded().await;
+    let other = ATHLETE + 1;
+    seed_athlete(&hook.app.store, other).await;
+    seed_activities(&hook.app.store, other, vec![ACTIVITY + 5]).await;
+    hook.app
+        .store
+        .write(|tx| {
+            for athlete in [ATHLETE, ATHLETE + 1] {
+                tx.execute(
+                    "INSERT INTO strava_tokens (athlete_id, access_token, refresh_token,
+                         expires_at, updated_at) VALUES (?1, 'a', 'r', 0, 0)",
+                    [athlete],
+                )?;
+                api_tokens::issue(tx, athlete)?;
+                jobs::enqueue(tx, athlete, jobs::JobKind::Backfill, None, 0)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    hook.send(&activity_event("create", ACTIVITY + 7, T0, json!({})))
+        .await;
+    hook.send(&event(
+        "athlete",
+        "update",
+        ATHLETE,
+        ATHLETE,
+        T0 + 1,
+        json!({"authorized": "false"}),
+    ))
+    .await;
+    hook.drain().await;
+
+    for (table, column) in [
+        ("athletes", "id"),
+        ("strava_tokens", "athlete_id"),
+        ("api_tokens", "athlete_id"),
+        ("activities", "athlete_id"),
+        ("jobs", "athlete_id"),
+        ("sync_state", "athlete_id"),
+        ("webhook_events", "owner_id"),
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1");
+        let (gone, kept): (i64, i64) = hook
+            .app
+            .store
+            .read(move |c| {
+                let count = |a: i64| c.query_row(&sql, [a], |r| r.get::<_, i64>(0));
+                Ok((count(ATHLETE)?, count(ATHLETE + 1)?))
+            })
+            .await
+            .unwrap();
+        assert_eq!(gone, 0, "{table} still holds the athlete");
+        if table != "webhook_events" {
+            assert!(kept > 0, "{table} lost the other athlete");
+        }
+    }
+    // Later events for the purged athlete are acknowledged and dropped.
+    hook.rename(ACTIVITY, T0 + 5, "x").await;
+    hook.drain().await;
+    assert_eq!(hook.inbox().await, ["ignored"]);
+}
+
+#[tokio::test]
+async fn events_for_unknown_athletes_are_acknowledged_and_dropped() {
+    let hook = Hook::spawn().await;
+    hook.send(&event("activity", "create", ACTIVITY, 99, T0, json!({})))
+        .await;
+    hook.send(&event(
+        "activity",
+        "update",
+        ACTIVITY,
+        99,
+        T0,
+        json!({"title": "x"}),
+    ))
+    .await;
+    hook.send(&event(
+        "athlete",
+        "update",
+        99,
+        99,
+        T0,
+        json!({"authorized": "false"}),
+    ))
+    .await;
+    hook.drain().await;
+    assert_eq!(hook.inbox().await, ["ignored"; 3]);
+    assert_eq!(hook.count("jobs").await, 0);
+    assert_eq!(hook.count("activities").await, 0);
+}
+
+#[tokio::test]
+async fn malformed_incomplete_and_mistyped_events_are_refused() {
+    let hook = seeded().await;
+    let good = activity_event("update", ACTIVITY, T0, json!({"title": "x"}));
+    let mut cases: Vec<(String, String)> = vec![
+        ("empty body".into(), String::new()),
+        ("not JSON".into(), "{\"aspect_type\": \"create\",".into()),
+        ("an array".into(), "[]".into()),
+    ];
+    for field in [
+        "aspect_type",
+        "event_time",
+        "object_id",
+        "object_type",
+        "owner_id",
+        "subscription_id",
+    ] {
+        let mut v = good.clone();
+        v.as_object_mut().unwrap().remove(field);
+        cases.push((format!("missing {field}"), v.to_string()));
+    }
+    for (field, value) in [
+        ("object_id", json!("17179869185")),
+        ("object_id", json!(-1)),
+        ("object_id", json!(0)),
+        ("object_id", json!(1.5)),
+        ("object_id", json!(18446744073709551616u128 as f64)),
+        ("owner_id", json!(null)),
+        ("event_time", json!("yesterday")),
+        ("object_type", json!("club")),
+        ("aspect_type", json!("rename")),
+        ("updates", json!({"title": 7})),
+        ("updates", json!(["title"])),
+        ("subscription_id", json!("abc")),
+        ("subscription_id", json!(true)),
+    ] {
+        let mut v = good.clone();
+        v[field] = value.clone();
+        cases.push((format!("{field} = {value}"), v.to_string()));
+    }
+    for (what, body) in cases {
+        let res = hook.post(body).await;
+        assert_eq!(res.status(), 400, "{what}");
+        let fault: Value = res.json().await.unwrap();
+        assert!(
+            fault["message"].is_string() && fault["errors"][0]["resource"] == "Event",
+            "{what}: {fault}"
+        );
+    }
+    assert_eq!(hook.count("webhook_events").await, 0);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_or_without_a_length() {
+    let hook = seeded().await;
+    let huge = activity_event(
+        "update",
+        ACTIVITY,
+        T0,
+        json!({"title": "x".repeat(17 * 1024)}),
+    )
+    .to_string();
+    assert_eq!(hook.post(huge.clone()).await.status(), 413);
+    // Chunked: no Content-Length for the middleware to check up front.
+    let (status, body) = post_chunked(&hook.callback, &huge, 1024).await;
+    assert_eq!(status, 413);
+    assert!(body.contains("Payload Too Large"), "{body}");
+    assert_eq!(hook.count("webhook_events").await, 0);
+
+    // Just under the limit, chunked, is fine.
+    let title = "y".repeat(15 * 1024);
+    let body = activity_event("update", ACTIVITY, T0, json!({ "title": title })).to_string();
+    assert_eq!(post_chunked(&hook.callback, &body, 700).await.0, 200);
+    assert_eq!(hook.count("webhook_events").await, 1);
+}
+
+/// Posts `body` with `Transfer-Encoding: chunked` over a raw connection (the
+/// test client has no streaming bodies); returns the status and the body.
+async fn post_chunked(url: &str, body: &str, chunk: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.as_bytes().chunks(chunk) {
+        request.extend(format!("{:x}\r\n", piece.len()).bytes());
+        request.extend(piece);
+        request.extend(b"\r\n");
+    }
+    request.extend(b"0\r\n\r\n");
+    // The server may answer 413 and close before reading everything.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    (status, answer)
+}
+
+#[tokio::test]
+async fn only_our_subscription_is_accepted_once_known() {
+    let hook = seeded().await;
+    // None stored yet: the path secret is the only guard, any id passes.
+    let mut foreign = activity_event("update", ACTIVITY, T0, json!({"title": "a"}));
+    foreign["subscription_id"] = json!(999);
+    assert_eq!(hook.post(foreign.to_string()).await.status(), 200);
+
+    hook.app
+        .store
+        .write(|tx| subscription::set_id(tx, 120475))
+        .await
+        .unwrap();
+    foreign["event_time"] = json!(T0 + 1);
+    let res = hook.post(foreign.to_string()).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["errors"][0]["field"],
+        "subscription_id"
+    );
+    let mut as_string = activity_event("update", ACTIVITY, T0 + 2, json!({"title": "b"}));
+    as_string["subscription_id"] = json!(" 120475");
+    assert_eq!(hook.post(as_string.to_string()).await.status(), 200);
+    assert_eq!(hook.count("webhook_events").await, 2);
+}
+
+#[tokio::test]
+async fn hostile_strings_are_stored_and_applied_verbatim() {
+    let hook = seeded().await;
+    let hostile = [
+        "'); DROP TABLE activities; --",
+        "\" , \"private\": true, \"x\": \"",
+        "<script>alert(1)</script>",
+        "nul\u{0}byte",
+        "emoji 🚴‍♀️ and RTL \u{202e}gnp.exe",
+        "$.name",
+    ];
+    for (i, title) in hostile.iter().enumerate() {
+        hook.send(&activity_event(
+            "update",
+            ACTIVITY,
+            T0 + i as i64,
+            json!({ "title": title, "type": title, "weird key ')": "v" }),
+        ))
+        .await;
+        hook.drain().await;
+        let v: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+        assert_eq!(v["name"], *title);
+        assert_eq!(v["type"], *title);
+        assert_eq!(v["private"], false, "{title}");
+    }
+    assert_eq!(hook.count("activities").await, 1);
+}
+
+#[tokio::test]
+async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
+    let hook = seeded().await;
+    // Make applying the update fail inside SQLite.
+    hook.refuse_updates("1").await;
+    hook.rename(ACTIVITY, T0, "x").await;
+    let start = store::now();
+    let mut clock = start;
+    for _ in 0..worker::MAX_ATTEMPTS {
+        worker::drain(&hook.app.store, clock).await.unwrap();
+        // Not due again before its backoff.
+        assert_eq!(worker::drain(&hook.app.store, clock).await.unwrap(), 0);
+        clock += 3600;
+    }
+    assert_eq!(hook.inbox().await, ["failed"]);
+    assert_eq!(
+        hook.scalar::<i64>("SELECT attempts FROM webhook_events")
+            .await,
+        worker::MAX_ATTEMPTS
+    );
+
+    assert_eq!(
+        hook.app.get("/admin/webhooks").await.status(),
+        401,
+        "admin only"
+    );
+    let overview: Value = hook
+        .admin(reqwest::Method::GET, "/admin/webhooks")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        overview["counts"],
+        json!({"pending": 0, "done": 0, "ignored": 0, "failed": 1})
+    );
+    assert_eq!(overview["failed"][0]["object_id"], ACTIVITY);
+    assert!(
+        overview["failed"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure"),
+        "{overview}"
+    );
+
+    hook.exec("DROP TRIGGER refuse").await;
+    let replay: Value = hook
+        .admin(reqwest::Method::POST, "/admin/webhooks/replay")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay, json!({"replayed": 1}));
+    hook.drain().await;
+    assert_eq!(hook.inbox().await, ["done"]);
+    let v: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(v["name"], "x");
+}
+
+#[tokio::test]
+async fn a_pending_retry_holds_back_later_events_of_the_same_activity() {
+    let hook = seeded().await;
+    hook.refuse_updates("json_extract(NEW.summary_json, '$.name') = 'first'")
+        .await;
+    hook.rename(ACTIVITY, T0, "first").await;
+    hook.rename(ACTIVITY, T0 + 1, "second").await;
+    let now = store::now();
+    worker::drain(&hook.app.store, now).await.unwrap();
+    assert_eq!(
+        hook.inbox().await,
+        ["pending", "pending"],
+        "the second waits for the first"
+    );
+    hook.exec("DROP TRIGGER refuse").await;
+    // Margin: the app's own worker may have made the first attempt a second later.
+    worker::drain(&hook.app.store, now + worker::backoff_secs(1) + 5)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(v["name"], "second");
+}
+
+#[tokio::test]
+async fn webhook_metrics_are_exported() {
+    let hook = seeded().await;
+    hook.rename(ACTIVITY, T0, "x").await;
+    hook.drain().await;
+    let body = hook
+        .admin(reqwest::Method::GET, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "webhook_events_total{kind=\"activity_update\",outcome=\"accepted\"}",
+        "webhook_events_total{kind=\"activity_update\",outcome=\"applied\"}",
+        "webhook_ack_seconds",
+        "webhook_inbox_depth",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+}
