@@ -21,7 +21,8 @@
 //! except one who connects at 08:00 on the measured day with 3,000.
 //!
 //! `cargo bench --bench day_simulation` runs 100, 1,000 and 10,000 athletes;
-//! `cargo bench --bench day_simulation -- 10000` runs one size.
+//! `cargo bench --bench day_simulation -- 10000 seed=3` runs one size with
+//! another random seed (7 by default).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -223,10 +224,13 @@ struct Report {
     available: usize,
     p50: Option<i64>,
     p95: Option<i64>,
-    /// Webhooks lost over both days, and how many of those activities the
-    /// gap-fill brought in by the end of the measured day.
+    /// Webhooks lost over both days (and of those, before the measured day's
+    /// gap-fill pass), and how those activities came in by the end: through
+    /// the gap-fill, or another listing (a webhook fetch listing several).
     lost: usize,
+    lost_before_pass: usize,
     lost_recovered_by_gap_fill: usize,
+    lost_recovered_otherwise: usize,
     /// Uploads of either day not available at the end.
     backlog: usize,
     /// How long the newcomer's backfill took, and its pages done at the end.
@@ -462,7 +466,8 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
 
     let world = strava.world.into_inner().unwrap();
     let mut delays: Vec<i64> = Vec::new();
-    let (mut created, mut lost, mut recovered, mut backlog) = (0, 0, 0, 0);
+    let (mut created, mut backlog) = (0, 0);
+    let (mut lost, mut lost_before_pass, mut by_gap_fill, mut otherwise) = (0, 0, 0, 0);
     for a in &uploads {
         let delivered = world.delivered.get(&a.id);
         if a.created >= measured {
@@ -471,9 +476,15 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                 delays.push(at - a.created);
             }
         }
-        lost += usize::from(a.webhook_lost);
-        recovered +=
-            usize::from(a.webhook_lost && delivered.is_some_and(|d| d.1 == Purpose::GapFill));
+        if a.webhook_lost {
+            lost += 1;
+            lost_before_pass += usize::from(a.created < measured + GAP_FILL_AT);
+            match delivered {
+                Some(&(_, Purpose::GapFill)) => by_gap_fill += 1,
+                Some(_) => otherwise += 1,
+                None => {}
+            }
+        }
         backlog += usize::from(delivered.is_none());
     }
     delays.sort_unstable();
@@ -502,7 +513,9 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
         p50: percentile(0.5),
         p95: percentile(0.95),
         lost,
-        lost_recovered_by_gap_fill: recovered,
+        lost_before_pass,
+        lost_recovered_by_gap_fill: by_gap_fill,
+        lost_recovered_otherwise: otherwise,
         backlog,
         backfill: backfill_done,
         backfill_pages: store
@@ -521,10 +534,12 @@ fn minutes(secs: Option<i64>) -> String {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let seed = args
+        .iter()
+        .find_map(|a| a.strip_prefix("seed=")?.parse().ok())
+        .unwrap_or(7);
     let sizes = if sizes.is_empty() {
         vec![100, 1_000, 10_000]
     } else {
@@ -536,7 +551,7 @@ fn main() {
         .build()
         .unwrap();
     for athletes in sizes {
-        let r = runtime.block_on(simulate(athletes, 7));
+        let r = runtime.block_on(simulate(athletes, seed));
         let total: i64 = r.calls.values().sum();
         println!(
             "== {} athletes, day 2 of 2, 1,000 calls/day (simulated in {:.1?})",
@@ -548,8 +563,8 @@ fn main() {
             r.created, r.available, minutes(r.p50), minutes(r.p95)
         );
         println!(
-            "lost webhooks (both days): {}, brought in by the gap-fill: {}; uploads still missing at the end: {}",
-            r.lost, r.lost_recovered_by_gap_fill, r.backlog
+            "lost webhooks: {} ({} before the day's 04:00 gap-fill pass); brought in by the gap-fill: {}, by other listings: {}; uploads still missing at the end: {}",
+            r.lost, r.lost_before_pass, r.lost_recovered_by_gap_fill, r.lost_recovered_otherwise, r.backlog
         );
         println!(
             "a {NEWCOMER_HISTORY}-activity backfill connected at 08:00: {} ({} pages done)",
