@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use strava_sync::simulator::{NewActivity, SimConfig};
 use strava_sync::store::{activities, athletes, jobs, subscription};
-use strava_sync::sync::reconcile;
+use strava_sync::sync::{enrich, reconcile};
 use strava_sync::webhook::fetch;
 
 use crate::helpers::ADMIN_TOKEN;
@@ -464,6 +464,8 @@ async fn sync_status_shows_connection_progress_and_queued_work() {
     assert!(status["budget"]["next_window_opens_at"].is_null());
 
     post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    // A pass the budget could not serve yet, then another: still one job.
+    post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
     post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
     let status = sync_status(&app, &token).await;
     assert_eq!(status["queued"]["gap_fill"], 1);
@@ -561,4 +563,50 @@ async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
     })
     .await;
     assert_eq!(ledger_calls(&app, "webhook").await, 1);
+}
+
+#[tokio::test]
+async fn enrichment_fetches_details_of_recent_summaries_newest_first_when_idle() {
+    let app = SimApp::start(config(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+    // Two fresh uploads, started two hours and one hour ago: the newest,
+    // well inside the 14 days enriched.
+    let mut fresh = Vec::new();
+    for hours in [2, 1] {
+        let start = app.sim.now() - chrono::Duration::hours(hours);
+        let new = NewActivity {
+            start_date: Some(start),
+            ..NewActivity::default()
+        };
+        let created = app.sim.create_activity(athlete, new, None).unwrap();
+        fresh.push(created["id"].as_u64().unwrap());
+    }
+    announce(&app, athlete, &fresh).await;
+    run_until(&app, "the fresh uploads are stored", || async {
+        is_stored(&app, athlete, fresh[0]).await && is_stored(&app, athlete, fresh[1]).await
+    })
+    .await;
+    // A listing stored them: summaries only, so far.
+    let detail = |id: u64| {
+        let path = format!("/api/v3/activities/{id}");
+        let (app, token) = (&app, &token);
+        async move {
+            let body: Value = app_get(app, &path, token).await.json().await.unwrap();
+            body["resource_state"].as_i64()
+        }
+    };
+    assert_eq!(detail(fresh[1]).await, Some(2));
+
+    let state = app.state().clone();
+    let picked = enrich::plan(&state.store, state.clock.epoch())
+        .await
+        .unwrap();
+    assert!(picked >= 1, "nothing else is due, so enrichment is planned");
+    state.jobs.wake();
+    run_until(&app, "the newest activity has its detail", || async {
+        detail(fresh[1]).await == Some(3)
+    })
+    .await;
+    assert!(ledger_calls(&app, "enrichment").await >= 1);
 }
