@@ -104,6 +104,21 @@ async fn connect_and_backfill(app: &SimApp, athlete_id: u64) -> String {
     token
 }
 
+/// A service with the first simulated athlete connected and backfilled.
+async fn synced(activities_per_athlete: usize) -> (SimApp, u64, String) {
+    let app = SimApp::start(config(activities_per_athlete), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = connect_and_backfill(&app, athlete).await;
+    (app, athlete, token)
+}
+
+/// Uploads an activity on the simulated Strava, announcing nothing.
+fn upload(app: &SimApp, athlete: u64, new: NewActivity) -> u64 {
+    app.sim.create_activity(athlete, new, None).unwrap()["id"]
+        .as_u64()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_3000_activity_backfill_spans_windows_without_429_and_resumes_after_a_restart() {
     let mut app = SimApp::start(config(3000), &[("STRAVA_RATE_LIMIT_15MIN", "10")]).await;
@@ -147,9 +162,7 @@ async fn a_3000_activity_backfill_spans_windows_without_429_and_resumes_after_a_
 
 #[tokio::test]
 async fn gap_fill_finds_creates_without_webhooks_and_late_uploads_in_any_order() {
-    let app = SimApp::start(config(30), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    let token = connect_and_backfill(&app, athlete).await;
+    let (app, athlete, token) = synced(30).await;
 
     let newest = app.sim.activities(athlete).unwrap()[0]["start_date"]
         .as_str()
@@ -158,22 +171,12 @@ async fn gap_fill_finds_creates_without_webhooks_and_late_uploads_in_any_order()
         .unwrap();
     // No webhook for either: one just recorded, one recorded two days
     // before the newest stored activity and uploaded only now.
-    let fresh = app
-        .sim
-        .create_activity(athlete, NewActivity::default(), None)
-        .unwrap();
-    let late = app
-        .sim
-        .create_activity(
-            athlete,
-            NewActivity {
-                start_date: Some(newest - chrono::Duration::days(2)),
-                ..NewActivity::default()
-            },
-            None,
-        )
-        .unwrap();
-    let (fresh, late) = (fresh["id"].as_u64().unwrap(), late["id"].as_u64().unwrap());
+    let fresh = upload(&app, athlete, NewActivity::default());
+    let late = NewActivity {
+        start_date: Some(newest - chrono::Duration::days(2)),
+        ..NewActivity::default()
+    };
+    let late = upload(&app, athlete, late);
 
     let res = post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
     assert_eq!(res.status(), 202);
@@ -203,9 +206,7 @@ async fn admin_sync_run_needs_the_admin_token() {
 
 #[tokio::test]
 async fn reconciliation_removes_a_silently_deleted_activity() {
-    let app = SimApp::start(config(250), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    let token = connect_and_backfill(&app, athlete).await;
+    let (app, athlete, token) = synced(250).await;
     let gone = app.sim.activities(athlete).unwrap()[120]["id"]
         .as_u64()
         .unwrap();
@@ -247,16 +248,9 @@ async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
 
 #[tokio::test]
 async fn a_create_not_yet_readable_is_retried_until_it_is() {
-    let app = SimApp::start(config(5), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    connect_and_backfill(&app, athlete).await;
+    let (app, athlete, _) = synced(5).await;
     app.sim.update_settings(|s| s.detail_not_found_secs = 200);
-    let new = app
-        .sim
-        .create_activity(athlete, NewActivity::default(), None)
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let new = upload(&app, athlete, NewActivity::default());
 
     announce(&app, athlete, &[new]).await;
     run_until(&app, "the announced activity is stored", || async {
@@ -279,17 +273,9 @@ async fn a_create_not_yet_readable_is_retried_until_it_is() {
 
 #[tokio::test]
 async fn several_creates_of_one_athlete_share_one_listing() {
-    let app = SimApp::start(config(5), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    connect_and_backfill(&app, athlete).await;
+    let (app, athlete, _) = synced(5).await;
     let ids: Vec<u64> = (0..3)
-        .map(|_| {
-            app.sim
-                .create_activity(athlete, NewActivity::default(), None)
-                .unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|_| upload(&app, athlete, NewActivity::default()))
         .collect();
     let webhook_calls = ledger_calls(&app, "webhook").await;
     announce(&app, athlete, &ids).await;
@@ -306,15 +292,8 @@ async fn several_creates_of_one_athlete_share_one_listing() {
 
 #[tokio::test]
 async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
-    let app = SimApp::start(config(5), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    connect_and_backfill(&app, athlete).await;
-    let id = app
-        .sim
-        .create_activity(athlete, NewActivity::default(), None)
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let (app, athlete, _) = synced(5).await;
+    let id = upload(&app, athlete, NewActivity::default());
     let state = app.state().clone();
     let now = state.clock.epoch();
     state
@@ -347,13 +326,9 @@ async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
 
 #[tokio::test]
 async fn manual_refresh_is_queued_runs_to_done_with_counts_and_has_a_cooldown() {
-    let app = SimApp::start(config(20), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    let token = connect_and_backfill(&app, athlete).await;
+    let (app, athlete, token) = synced(20).await;
     for _ in 0..2 {
-        app.sim
-            .create_activity(athlete, NewActivity::default(), None)
-            .unwrap();
+        upload(&app, athlete, NewActivity::default());
     }
 
     let res = post(&app, "/api/sync", &token).await;
@@ -450,9 +425,7 @@ async fn sync_routes_refuse_missing_foreign_and_malformed_input() {
 
 #[tokio::test]
 async fn sync_status_shows_connection_progress_and_queued_work() {
-    let app = SimApp::start(config(10), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    let token = connect_and_backfill(&app, athlete).await;
+    let (app, athlete, token) = synced(10).await;
     let status = sync_status(&app, &token).await;
     assert_eq!(status["athlete_id"], athlete);
     assert_eq!(status["connection"], "connected");
@@ -475,9 +448,7 @@ async fn sync_status_shows_connection_progress_and_queued_work() {
 
 #[tokio::test]
 async fn a_thousand_reads_cost_no_strava_call() {
-    let app = SimApp::start(config(50), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    let token = connect_and_backfill(&app, athlete).await;
+    let (app, athlete, token) = synced(50).await;
     // Nothing in the background may spend the budget while reads are counted.
     post(&app, "/admin/pause", ADMIN_TOKEN).await;
     let (ledger, strava) = (app.ledger_count().await, app.api_calls().len());
@@ -528,9 +499,7 @@ async fn an_athlete_needing_reauthorization_is_shown_refused_a_refresh_and_skipp
 
 #[tokio::test]
 async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
-    let app = SimApp::start(config(5), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    connect_and_backfill(&app, athlete).await;
+    let (app, athlete, _) = synced(5).await;
     let secret = app
         .state()
         .store
@@ -540,12 +509,7 @@ async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
         })
         .await
         .unwrap();
-    let new = app
-        .sim
-        .create_activity(athlete, NewActivity::default(), None)
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let new = upload(&app, athlete, NewActivity::default());
 
     let event = serde_json::json!({
         "aspect_type": "create", "event_time": app.state().clock.epoch(), "object_id": new,
@@ -567,9 +531,7 @@ async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
 
 #[tokio::test]
 async fn enrichment_fetches_details_of_recent_summaries_newest_first_when_idle() {
-    let app = SimApp::start(config(5), &[]).await;
-    let athlete = app.sim.athlete_ids()[0];
-    let token = connect_and_backfill(&app, athlete).await;
+    let (app, athlete, token) = synced(5).await;
     // Two fresh uploads, started two hours and one hour ago: the newest,
     // well inside the 14 days enriched.
     let mut fresh = Vec::new();
@@ -579,8 +541,7 @@ async fn enrichment_fetches_details_of_recent_summaries_newest_first_when_idle()
             start_date: Some(start),
             ..NewActivity::default()
         };
-        let created = app.sim.create_activity(athlete, new, None).unwrap();
-        fresh.push(created["id"].as_u64().unwrap());
+        fresh.push(upload(&app, athlete, new));
     }
     announce(&app, athlete, &fresh).await;
     run_until(&app, "the fresh uploads are stored", || async {
