@@ -86,7 +86,8 @@ pub async fn store_page(
 }
 
 /// Stores one detailed record fetched for a create event and adds it to
-/// `counts`.
+/// `counts`, unless a delete event applied while the call was out removed
+/// the activity (the delete is newer than the create that asked for it).
 pub async fn store_detail(
     store: &Store,
     athlete_id: i64,
@@ -94,7 +95,16 @@ pub async fn store_detail(
     counts: &mut Counts,
 ) -> Result<(), DbError> {
     let changed = store
-        .write(move |tx| activities::upsert_detail(tx, athlete_id, &detail))
+        .write(move |tx| {
+            let deleted = match activity_id(&detail) {
+                Some(id) => activities::resurrection_blocked(tx, id)?,
+                None => false,
+            };
+            if deleted {
+                return Ok(activities::Upserted::default());
+            }
+            activities::upsert_detail(tx, athlete_id, &detail)
+        })
         .await?;
     add(counts, 1, changed);
     Ok(())
@@ -107,4 +117,43 @@ pub fn activity_id(raw: &RawValue) -> Option<i64> {
         id: i64,
     }
     serde_json::from_str::<Id>(raw.get()).ok().map(|s| s.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_detail_fetched_across_a_delete_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write(|tx| {
+                crate::store::athletes::upsert(tx, &serde_json::json!({"id": 1}), "read")?;
+                // The delete event was applied while the fetch was out.
+                crate::store::activity_edits::delete(tx, 1, 10, 500)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let detail = |id: i64| {
+            RawValue::from_string(format!(
+                r#"{{"id":{id},"athlete":{{"id":1}},"start_date":"2026-01-01T00:00:00Z"}}"#
+            ))
+            .unwrap()
+        };
+        let mut counts = Counts::default();
+        store_detail(&store, 1, detail(10), &mut counts)
+            .await
+            .unwrap();
+        store_detail(&store, 1, detail(11), &mut counts)
+            .await
+            .unwrap();
+        let stored = store
+            .read(|c| activities::stored_ids(c, 1, &[10, 11]))
+            .await
+            .unwrap();
+        assert_eq!(stored, [11], "the deleted activity stays deleted");
+        assert_eq!((counts.fetched, counts.new), (2, 1));
+    }
 }
