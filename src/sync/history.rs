@@ -43,16 +43,18 @@ pub async fn page<S: ActivitySource>(
         .await?;
     let oldest = oldest_start(&page)?;
     let fetched = page.len() as i64;
+    let complete = page.is_empty();
     let upserted = store
         .write(move |tx| {
-            let upserted = activities::upsert_summaries(tx, athlete_id, &page)?;
+            // Strava's list can lag a delete event: what it removed stays gone.
+            let upserted = activities::upsert_listed(tx, athlete_id, page)?;
             // The first page starts the cursor of a fresh athlete; after a
             // reconnect the backfill keeps its place.
             if !first || cursor.pages == 0 {
                 let next = Backfill {
                     before: oldest.or(cursor.before),
                     pages: cursor.pages + 1,
-                    complete: page.is_empty(),
+                    complete,
                 };
                 sync_state::set_backfill(tx, athlete_id, &next)?;
             }
@@ -93,6 +95,69 @@ fn oldest_start(page: &[Box<RawValue>]) -> Result<Option<i64>, StravaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{activity_edits, athletes};
+    use crate::strava::Purpose;
+
+    /// A Strava whose list is one fixed page.
+    struct OnePage(Vec<Box<RawValue>>);
+
+    impl ActivitySource for OnePage {
+        async fn list_activities(
+            &self,
+            _: i64,
+            _: Purpose,
+            _: &ListQuery,
+        ) -> Result<Vec<Box<RawValue>>, StravaError> {
+            Ok(self.0.clone())
+        }
+
+        async fn get_activity(
+            &self,
+            _: i64,
+            _: Purpose,
+            _: i64,
+        ) -> Result<Box<RawValue>, StravaError> {
+            Err(StravaError::NotFound)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_history_page_lagging_a_delete_does_not_bring_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write(|tx| {
+                athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all")?;
+                activity_edits::delete(tx, 1, 10, 500)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let strava = OnePage(vec![
+            raw(r#"{"id":10,"athlete":{"id":1},"start_date":"2024-05-02T10:00:00Z"}"#),
+            raw(r#"{"id":11,"athlete":{"id":1},"start_date":"2024-05-01T10:00:00Z"}"#),
+        ]);
+        let job = Job {
+            id: 1,
+            athlete_id: 1,
+            kind: JobKind::FirstPage,
+            status: "running".into(),
+            payload_json: None,
+            attempts: 1,
+            fetched: 0,
+            new: 0,
+            updated: 0,
+            error: None,
+            created_at: 0,
+        };
+        let step = page(&strava, &store, &job).await.unwrap();
+        assert!(matches!(step, Step::Done(c) if c.fetched == 2 && c.new == 1));
+        let stored = store
+            .read(|c| activities::stored_ids(c, 1, &[10, 11]))
+            .await
+            .unwrap();
+        assert_eq!(stored, [11]);
+    }
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_string()).unwrap()
