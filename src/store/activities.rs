@@ -28,7 +28,8 @@ struct Owner {
 }
 
 /// Stores a page of SummaryActivity objects for one athlete. Call it inside
-/// one transaction per page. Records owned by another athlete are skipped.
+/// one transaction per page. Records owned by another athlete (by the JSON,
+/// or by the row already stored under that id) are skipped.
 pub fn upsert_summaries(
     conn: &Connection,
     athlete_id: i64,
@@ -36,7 +37,8 @@ pub fn upsert_summaries(
 ) -> DbResult<Upserted> {
     let at = now();
     let mut out = Upserted::default();
-    let mut existing = conn.prepare_cached("SELECT summary_json FROM activities WHERE id = ?1")?;
+    let mut existing =
+        conn.prepare_cached("SELECT athlete_id, summary_json FROM activities WHERE id = ?1")?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO activities (id, athlete_id, summary_json, last_seen_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -51,13 +53,16 @@ pub fn upsert_summaries(
         if keys.athlete.id != athlete_id {
             continue;
         }
-        let before: Option<String> = existing.query_row([keys.id], |r| r.get(0)).optional()?;
+        let before: Option<(i64, String)> = existing
+            .query_row([keys.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         match before {
             None => {
                 insert.execute(params![keys.id, athlete_id, raw.get(), at])?;
                 out.new += 1;
             }
-            Some(old) => {
+            Some((owner, _)) if owner != athlete_id => {}
+            Some((_, old)) => {
                 update.execute(params![keys.id, raw.get(), at])?;
                 if old != raw.get() {
                     out.updated += 1;
@@ -478,6 +483,26 @@ mod tests {
                 f(tx)
             })
             .unwrap();
+    }
+
+    #[test]
+    fn a_listed_summary_never_overwrites_another_athletes_record() {
+        with_athlete(|c| {
+            athletes::upsert(c, &serde_json::json!({"id": 2}), "activity:read_all")?;
+            upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")])?;
+            let claimed = RawValue::from_string(
+                r#"{"id":10,"athlete":{"id":2},"start_date":"2026-01-01T00:00:00Z","name":"b"}"#
+                    .to_string(),
+            )
+            .unwrap();
+            assert_eq!(upsert_summaries(c, 2, &[claimed])?, Upserted::default());
+            assert_eq!(
+                get_json(c, 1, 10)?,
+                Some(summary(10, "2026-01-01T00:00:00Z").get().to_string())
+            );
+            assert_eq!(get_json(c, 2, 10)?, None);
+            Ok(())
+        });
     }
 
     #[test]
