@@ -44,7 +44,8 @@ async fn start(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 /// Strava's redirect: `state` always, then `code` and `scope`, or `error`.
-#[derive(Debug, Deserialize)]
+/// No `Debug`: the code and state are secrets while they live.
+#[derive(Deserialize)]
 struct Callback {
     state: Option<String>,
     code: Option<String>,

@@ -6,17 +6,12 @@
 //! `create` needs the service already running at `PUBLIC_URL`: Strava calls
 //! the callback with the handshake before it answers.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::callback_url;
 use crate::config::{Requirement, Settings};
 use crate::store::{subscription, Store};
-
-/// Strava's handshake alone may take two seconds; leave room for it.
-const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum Action {
@@ -91,7 +86,8 @@ impl Api {
             bail!("STRAVA_CLIENT_ID and STRAVA_CLIENT_SECRET are required");
         };
         Ok(Self {
-            http: reqwest::Client::builder().timeout(TIMEOUT).build()?,
+            // Never following a redirect: the requests carry the client secret.
+            http: crate::strava::client::http_client()?,
             url: format!("{}/push_subscriptions", settings.strava_api_url),
             credentials: [
                 ("client_id", id.clone()),

@@ -188,3 +188,52 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
     assert!(sim.subscription().is_none());
     assert_eq!(app.store.read(subscription::id).await.unwrap(), None);
 }
+
+/// A "Strava" whose push_subscriptions answer is a redirect elsewhere: the
+/// commands must not follow it, since the request carries the client secret.
+#[tokio::test]
+async fn subscription_commands_never_follow_a_redirect_with_the_secret() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use strava_sync::webhook::subscription::{run, Action};
+
+    let followed = Arc::new(AtomicUsize::new(0));
+    let counter = followed.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let counter = counter.clone();
+        actix_web::App::new()
+            .route(
+                "/api/v3/push_subscriptions",
+                actix_web::web::to(|| async {
+                    actix_web::HttpResponse::TemporaryRedirect()
+                        .insert_header(("Location", "/elsewhere"))
+                        .finish()
+                }),
+            )
+            .route(
+                "/elsewhere",
+                actix_web::web::to(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { actix_web::HttpResponse::Ok().json(serde_json::json!([])) }
+                }),
+            )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("http://127.0.0.1:{port}/api/v3");
+    let settings = crate::helpers::test_settings(&dir, &[("STRAVA_API_URL", &api)]);
+    for action in [Action::Show, Action::Create, Action::Delete] {
+        let err = run(&settings, action).await.unwrap_err().to_string();
+        assert!(err.contains("307"), "{action:?}: {err}");
+        assert!(!err.contains("test-client-secret"), "{err}");
+    }
+    assert_eq!(followed.load(Ordering::SeqCst), 0, "no redirect followed");
+    handle.stop(false).await;
+}
