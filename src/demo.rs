@@ -125,19 +125,16 @@ fn demo_settings(
     port: u16,
     database: &std::path::Path,
 ) -> anyhow::Result<Settings> {
-    let values = [
+    let mut values = vec![
         ("DATABASE_PATH", database.display().to_string()),
         ("HOST", "127.0.0.1".to_string()),
         ("PORT", port.to_string()),
         ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
-        ("STRAVA_CLIENT_ID", sim.client_id().to_string()),
-        ("STRAVA_CLIENT_SECRET", sim.client_secret().to_string()),
         ("STRAVA_WEBHOOK_VERIFY_TOKEN", random_token()),
-        ("STRAVA_API_URL", sim.api_url()),
-        ("STRAVA_OAUTH_URL", sim.oauth_url()),
         ("ADMIN_TOKEN", random_token()),
         ("MANUAL_REFRESH_COOLDOWN_SECS", "30".to_string()),
     ];
+    values.extend(sim.service_env());
     Ok(Settings::from_sources(None, |key| {
         values
             .iter()

@@ -29,11 +29,6 @@ pub fn athlete_for(conn: &Connection, token: &str) -> DbResult<Option<i64>> {
         .optional()?)
 }
 
-/// Revokes every token of an athlete; returns how many there were.
-pub fn revoke_all(conn: &Connection, athlete_id: i64) -> DbResult<usize> {
-    Ok(conn.execute("DELETE FROM api_tokens WHERE athlete_id = ?1", [athlete_id])?)
-}
-
 /// 256 random bits as 64 hex characters: unguessable secrets (API tokens,
 /// OAuth states).
 pub fn random_token() -> String {
