@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::{auth::AthleteAuth, error::ApiError, AppState};
 use crate::store::activities::{self, ListFilter};
 use crate::store::api_tokens::to_hex;
-use crate::store::{athletes, now, DbResult};
+use crate::store::{athletes, DbResult};
 
 /// Strava's page size bounds and default.
 const MAX_PER_PAGE: i64 = 200;
@@ -79,7 +79,7 @@ async fn stats(
             resource: "Athlete",
         });
     }
-    let at = now();
+    let at = state.clock.epoch();
     let stats = state
         .store
         .read(move |c| activities::stats(c, auth.athlete_id, at))

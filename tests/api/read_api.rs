@@ -444,9 +444,12 @@ fn totals(count: i64, distance: f64, moving: i64, elapsed: i64, elev: f64, ach: 
 async fn stats_equal_the_hand_computed_totals() {
     let (app, token, _) = seeded().await;
     // A copy of Lunch Run inside both "recent" and "year to date" of the
-    // real clock.
+    // real clock, also when the service's clock has passed into a new year
+    // by the time it answers: no earlier than the start of the year a minute
+    // from now.
     let now = chrono::Utc::now();
-    let year_start = chrono::NaiveDate::from_ymd_opt(now.year(), 1, 1)
+    let soon = now + chrono::Duration::minutes(1);
+    let year_start = chrono::NaiveDate::from_ymd_opt(soon.year(), 1, 1)
         .unwrap()
         .and_hms_opt(0, 0, 0)
         .unwrap()
