@@ -256,13 +256,16 @@ impl SimApp {
         per_window.into_values().max().unwrap_or(0)
     }
 
-    /// Polls `check` until it holds, failing after a few seconds of real time.
+    /// Polls `check` until it holds, failing after half a minute of real
+    /// time (generous: a loaded CI machine is slow, a passing check returns
+    /// at once).
     pub async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        for _ in 0..400 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             if check().await {
                 return;
             }

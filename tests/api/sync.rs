@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strava_sync::simulator::{NewActivity, SimConfig};
-use strava_sync::store::{activities, athletes, jobs, subscription};
+use strava_sync::store::{activities, athletes, subscription};
 use strava_sync::sync::{enrich, reconcile};
 use strava_sync::webhook::fetch;
 
@@ -309,17 +309,23 @@ async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
         .unwrap();
     let before = app.api_calls().len();
     announce(&app, athlete, &[id]).await;
-    app.wait_until("the fetch job is done", || async {
+    app.wait_until("the fetch job has run", || async {
         let state = app.state().clone();
-        state
+        let unfinished: i64 = state
             .store
-            .read(move |c| jobs::queued_by_kind(c, athlete as i64))
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM jobs
+                     WHERE athlete_id = ?1 AND status IN ('queued', 'running')",
+                    [athlete as i64],
+                    |r| r.get(0),
+                )?)
+            })
             .await
-            .unwrap()
-            .is_empty()
+            .unwrap();
+        unfinished == 0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!is_stored(&app, athlete, id).await);
     assert_eq!(app.api_calls().len(), before, "nothing was fetched");
 }

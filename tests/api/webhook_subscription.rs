@@ -35,13 +35,13 @@ pub async fn cli(action: &str, db: &std::path::Path, sim: &SimHandle, public_url
     stdout
 }
 
-/// Polls `done` (a check on rows) until it holds; fails after ten seconds.
+/// Polls `done` (a check on rows) until it holds; fails after 30 seconds.
 async fn eventually<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

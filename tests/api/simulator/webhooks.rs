@@ -106,9 +106,10 @@ async fn subscribe(sim: &SimHandle, callback: &str, verify_token: &str) -> reqwe
         .unwrap()
 }
 
-/// Polls until `done` holds; fails after five seconds.
+/// Polls until `done` holds; fails after 30 seconds.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..250 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if done() {
             return;
         }
