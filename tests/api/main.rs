@@ -5,6 +5,7 @@ mod budget;
 mod connect;
 mod demo;
 mod helpers;
+mod hostile_input;
 mod operations;
 mod read_api;
 mod sim_app;

@@ -1,0 +1,154 @@
+//! Hostile input across every guarded route at once: forged, malformed and
+//! oversized credentials, and bodies declared larger than any route accepts.
+//! Each route's own module tests its parameters; this one makes sure no
+//! route was left out of the shared guards.
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, ADMIN_TOKEN};
+
+/// Routes behind an athlete's API token.
+const ATHLETE_ROUTES: [(&str, &str); 8] = [
+    ("GET", "/api/v3/athlete"),
+    ("GET", "/api/v3/athlete/activities"),
+    ("GET", "/api/v3/activities/17179869201"),
+    ("GET", "/api/v3/athletes/134815/stats"),
+    ("GET", "/api/sync"),
+    ("POST", "/api/sync"),
+    ("GET", "/api/sync/jobs/1"),
+    ("POST", "/auth/disconnect"),
+];
+
+/// Routes behind the admin token.
+const ADMIN_ROUTES: [(&str, &str); 8] = [
+    ("GET", "/admin/budget"),
+    ("GET", "/admin/athletes"),
+    ("GET", "/admin/webhooks"),
+    ("GET", "/metrics"),
+    ("POST", "/admin/pause"),
+    ("POST", "/admin/resume"),
+    ("POST", "/admin/sync/run"),
+    ("POST", "/admin/webhooks/replay"),
+];
+
+/// Authorization values that must never authenticate anyone.
+fn hostile_credentials(real: &str) -> Vec<HeaderValue> {
+    let texts = [
+        "Bearer".to_string(),
+        "Bearer ".to_string(),
+        "Bearer \t ".to_string(),
+        format!("Basic {real}"),
+        format!("Bearer{real}"),
+        format!("Bearer {}", "a".repeat(8 * 1024)),
+        format!("Bearer {real}{real}"),
+        "Bearer ' OR '1'='1".to_string(),
+        "Bearer %00".to_string(),
+    ];
+    let mut values: Vec<HeaderValue> = texts
+        .iter()
+        .map(|t| HeaderValue::from_str(t).unwrap())
+        .collect();
+    // Bytes that are not UTF-8 (obs-text is allowed on the wire).
+    values.push(HeaderValue::from_bytes(b"Bearer \xff\xfe\x80").unwrap());
+    values
+}
+
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    authorization: Option<HeaderValue>,
+) -> reqwest::Response {
+    let mut req = app.client.request(
+        Method::from_bytes(method.as_bytes()).unwrap(),
+        app.url(path),
+    );
+    if let Some(value) = authorization {
+        req = req.header(AUTHORIZATION, value);
+    }
+    req.send().await.unwrap()
+}
+
+/// Whether background work is paused, as the operator sees it.
+async fn paused(app: &TestApp) -> bool {
+    let budget: Value = app
+        .get_as(ADMIN_TOKEN, "/admin/budget")
+        .await
+        .json()
+        .await
+        .unwrap();
+    budget["paused"] == true
+}
+
+async fn assert_unauthorized(res: reqwest::Response, what: &str) {
+    assert_eq!(res.status(), 401, "{what}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["message"], "Authorization Error", "{what}: {body}");
+    assert_eq!(body["errors"][0]["field"], "access_token", "{what}: {body}");
+}
+
+#[tokio::test]
+async fn no_guarded_route_accepts_a_missing_malformed_or_forged_token() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.seed_athlete("athlete.json").await;
+    for (method, path) in ATHLETE_ROUTES {
+        assert_unauthorized(send(&app, method, path, None).await, path).await;
+        for value in hostile_credentials(&token) {
+            let what = format!("{method} {path} with {value:?}");
+            assert_unauthorized(send(&app, method, path, Some(value)).await, &what).await;
+        }
+    }
+    for (method, path) in ADMIN_ROUTES {
+        assert_unauthorized(send(&app, method, path, None).await, path).await;
+        // An athlete's token is no admin token either.
+        let mut values = hostile_credentials(ADMIN_TOKEN);
+        values.push(HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        for value in values {
+            let what = format!("{method} {path} with {value:?}");
+            assert_unauthorized(send(&app, method, path, Some(value)).await, &what).await;
+        }
+    }
+    // Nothing any of them asked for happened.
+    assert!(!paused(&app).await);
+    assert_eq!(app.get_as(&token, "/api/v3/athlete").await.status(), 200);
+}
+
+#[tokio::test]
+async fn every_post_route_refuses_a_body_declared_too_large_and_does_nothing() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.seed_athlete("athlete.json").await;
+    let routes = [
+        ("/api/sync", token.as_str()),
+        ("/auth/disconnect", token.as_str()),
+        ("/admin/pause", ADMIN_TOKEN),
+        ("/admin/resume", ADMIN_TOKEN),
+        ("/admin/sync/run", ADMIN_TOKEN),
+        ("/admin/webhooks/replay", ADMIN_TOKEN),
+        ("/webhook/not-the-secret", ADMIN_TOKEN),
+    ];
+    for (path, bearer) in routes {
+        let res = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(bearer)
+            .header(CONTENT_LENGTH, (16 * 1024 + 1).to_string())
+            .body(vec![b'{'; 16 * 1024 + 1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "too_large", "{path}: {body}");
+    }
+    // The athlete is still connected and nothing was queued or paused.
+    assert_eq!(app.get_as(&token, "/api/v3/athlete").await.status(), 200);
+    let jobs: i64 = app
+        .store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0);
+    assert!(!paused(&app).await);
+}
