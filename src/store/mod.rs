@@ -67,12 +67,16 @@ impl Store {
             configure(&mut conn)?;
             migrations().to_latest(&mut conn)?;
         }
-        let manager = || SqliteConnectionManager::file(path).with_init(configure);
-        let writer = Pool::builder().max_size(1).build(manager())?;
+        let manager = |init: fn(&mut Connection) -> rusqlite::Result<()>| {
+            SqliteConnectionManager::file(path).with_init(init)
+        };
+        let writer = Pool::builder()
+            .max_size(1)
+            .build(manager(configure_writer))?;
         let readers = Pool::builder()
             .max_size(READER_POOL_SIZE)
             .min_idle(Some(1))
-            .build(manager())?;
+            .build(manager(configure))?;
         Ok(Self { writer, readers })
     }
 
@@ -131,6 +135,14 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The writer syncs the WAL at every commit: a webhook acknowledged after its
+/// commit must survive a power loss too, not only a crash of the process
+/// (with `NORMAL` the last commits before an OS crash can roll back).
+fn configure_writer(conn: &mut Connection) -> rusqlite::Result<()> {
+    configure(conn)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+}
+
 fn migrations() -> Migrations<'static> {
     Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations directory is well-formed")
 }
@@ -163,6 +175,11 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(fk, 1);
+        let synchronous = store
+            .write(|tx| Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL: a commit is durable when it returns");
         assert!(store.ping().await);
     }
 }
