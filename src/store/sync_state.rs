@@ -8,7 +8,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::DbResult;
-use crate::strava::Purpose;
 
 /// Where an athlete's history backfill stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -291,15 +290,6 @@ pub fn backfills_in_progress(conn: &Connection) -> DbResult<i64> {
         "SELECT COUNT(*) FROM sync_state s JOIN athletes a ON a.id = s.athlete_id
          WHERE a.status = 'connected' AND s.backfill_complete = 0",
         [],
-        |r| r.get(0),
-    )?)
-}
-
-/// Calls the ledger recorded for `purpose` since `since`.
-pub fn calls_since(conn: &Connection, purpose: Purpose, since: i64) -> DbResult<i64> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM strava_calls WHERE purpose = ?1 AND at >= ?2",
-        params![purpose.as_str(), since],
         |r| r.get(0),
     )?)
 }

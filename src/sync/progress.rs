@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::store::sync_state::{self, SyncState};
-use crate::store::{athletes, DbResult, Store};
+use crate::store::{athletes, budget, DbResult, Store};
 use crate::strava::Purpose;
 
 use crate::strava::client::MAX_PER_PAGE;
@@ -38,9 +38,13 @@ pub async fn backfill(
             let created = athletes::profile_json(c, athlete_id)?
                 .as_deref()
                 .and_then(account_created);
+            let backfill_calls = budget::calls_by_purpose_since(c, now - DAY)?
+                .into_iter()
+                .find(|(purpose, _)| purpose == Purpose::Backfill.as_str())
+                .map_or(0, |(_, n)| n);
             Ok((
                 created,
-                sync_state::calls_since(c, Purpose::Backfill, now - DAY)?,
+                backfill_calls,
                 sync_state::backfills_in_progress(c)?,
             ))
         })
