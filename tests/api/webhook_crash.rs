@@ -19,7 +19,6 @@ use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simul
 use strava_sync::store::{subscription, Store};
 use strava_sync::webhook::fetch::FetchPayload;
 
-use crate::helpers::ADMIN_TOKEN;
 use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
 
@@ -42,10 +41,33 @@ fn free_port() -> u16 {
 struct Server {
     child: Arc<Mutex<Child>>,
     address: String,
+    /// Unique to this process, so an answer proves it came from our child
+    /// and not from another test's service that took the port.
+    admin_token: String,
 }
 
 impl Server {
+    /// Starts the binary on `port`; fails the test if it does not come up.
     async fn start(db: &Path, port: u16, strava_api_url: &str) -> Self {
+        Self::try_start(db, port, strava_api_url)
+            .await
+            .unwrap_or_else(|| panic!("the service exited at start (port {port} taken?)"))
+    }
+
+    /// Starts the binary on a free port, trying another if the one picked
+    /// was taken between choosing it and the child binding it.
+    async fn start_on_a_free_port(db: &Path, strava_api_url: &str) -> Self {
+        for _ in 0..3 {
+            if let Some(server) = Self::try_start(db, free_port(), strava_api_url).await {
+                return server;
+            }
+        }
+        panic!("the service did not start on any of three free ports");
+    }
+
+    /// None when the child exits before it answers (it could not bind).
+    async fn try_start(db: &Path, port: u16, strava_api_url: &str) -> Option<Self> {
+        let admin_token = strava_sync::store::api_tokens::random_token();
         let child = Command::new(env!("CARGO_BIN_EXE_strava-sync"))
             .arg("serve")
             .current_dir(db.parent().unwrap())
@@ -59,7 +81,7 @@ impl Server {
             .env("STRAVA_CLIENT_ID", "1234")
             .env("STRAVA_CLIENT_SECRET", "test-client-secret")
             .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token")
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("ADMIN_TOKEN", &admin_token)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -67,17 +89,22 @@ impl Server {
         let server = Server {
             child: Arc::new(Mutex::new(child)),
             address: format!("http://127.0.0.1:{port}"),
+            admin_token,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::Client::new();
         loop {
-            let up = client
-                .get(format!("{}/healthz", server.address))
+            let ours = client
+                .get(format!("{}/admin/webhooks", server.address))
+                .bearer_auth(&server.admin_token)
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200);
-            if up {
-                return server;
+            if ours {
+                return Some(server);
+            }
+            if server.child.lock().unwrap().try_wait().unwrap().is_some() {
+                return None;
             }
             assert!(Instant::now() < deadline, "the service did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -97,7 +124,7 @@ impl Server {
         loop {
             let overview: Value = client
                 .get(format!("{}/admin/webhooks", self.address))
-                .bearer_auth(ADMIN_TOKEN)
+                .bearer_auth(&self.admin_token)
                 .send()
                 .await
                 .unwrap()
@@ -218,7 +245,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     order.sort_by_key(|i| (i % 5, *i));
     let events: Vec<Value> = order.into_iter().map(|i| events[i].clone()).collect();
 
-    let server = Server::start(&db, free_port(), NOWHERE).await;
+    let server = Server::start_on_a_free_port(&db, NOWHERE).await;
     let url = format!("{}/webhook/{secret}", server.address);
     let acks = AtomicUsize::new(0);
     let first = deliver(&url, &events, || {
@@ -245,7 +272,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     );
 
     // Restart on the same database; nothing is resent yet.
-    let server = Server::start(&db, free_port(), NOWHERE).await;
+    let server = Server::start_on_a_free_port(&db, NOWHERE).await;
     server.drained().await;
     let fetches = queued_fetches(&store);
     let lost: Vec<String> = acknowledged
