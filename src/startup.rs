@@ -35,6 +35,8 @@ pub struct Application {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<JobRunner>,
+    /// Whether `run` starts the cron schedule (see [`Application::without_schedule`]).
+    schedule: bool,
 }
 
 /// Stops a running [`Application`] from elsewhere (signals, tests, the demo).
@@ -117,7 +119,16 @@ impl Application {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runner,
+            schedule: true,
         })
+    }
+
+    /// Runs without the cron schedule (the daily gap-fill and the planning of
+    /// reconciliation and enrichment), which fires on the wall clock: tests
+    /// that count Strava calls start those passes themselves instead.
+    pub fn without_schedule(mut self) -> Self {
+        self.schedule = false;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -144,9 +155,12 @@ impl Application {
             shutdown,
             tasks,
             runner,
+            schedule,
             ..
         } = self;
-        scheduler::start(&state, shutdown.clone(), &tasks).await?;
+        if schedule {
+            scheduler::start(&state, shutdown.clone(), &tasks).await?;
+        }
         tasks.spawn(webhook::worker::run(state, webhooks, shutdown.clone()));
         tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         let handle: ServerHandle = server.handle();
