@@ -95,7 +95,8 @@ pub fn fixture_activities(name: &str) -> Vec<Box<RawValue>> {
     serde_json::from_str(&fixture(name)).unwrap()
 }
 
-/// Seeding through the storage layer, as the sync paths will store data.
+/// Seeding through the storage layer, for tests that need rows without a
+/// Strava behind them (the sync paths store through the same functions).
 impl TestApp {
     /// Stores the athlete profile of a fixture and issues them an API token.
     pub async fn seed_athlete(&self, profile_fixture: &str) -> (i64, String) {
