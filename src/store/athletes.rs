@@ -98,13 +98,19 @@ pub fn set_status(conn: &Connection, id: i64, status: Status) -> DbResult<()> {
 }
 
 /// Deletes everything held for an athlete: tokens, activities, jobs, sync
-/// state and API tokens (by cascade), plus tombstones and inbox events. Call it
-/// inside one transaction. Returns whether the athlete existed.
+/// state and API tokens (by cascade), plus tombstones and inbox events, and
+/// takes their id off the call ledger (the calls still count in the budget's
+/// history). Call it inside one transaction. Returns whether the athlete
+/// existed.
 pub fn purge(conn: &Connection, id: i64) -> DbResult<bool> {
     conn.execute(
         "DELETE FROM activity_tombstones WHERE athlete_id = ?1",
         [id],
     )?;
     conn.execute("DELETE FROM webhook_events WHERE owner_id = ?1", [id])?;
+    conn.execute(
+        "UPDATE strava_calls SET athlete_id = NULL WHERE athlete_id = ?1",
+        [id],
+    )?;
     Ok(conn.execute("DELETE FROM athletes WHERE id = ?1", [id])? > 0)
 }

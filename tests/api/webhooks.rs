@@ -583,6 +583,11 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
                 )?;
                 api_tokens::issue(tx, athlete)?;
                 jobs::enqueue(tx, athlete, jobs::JobKind::Backfill, None, 0)?;
+                tx.execute(
+                    "INSERT INTO strava_calls (at, endpoint, athlete_id, purpose, status)
+                     VALUES (0, 'GET /athlete', ?1, 'interactive', 200)",
+                    [athlete],
+                )?;
             }
             Ok(())
         })
@@ -609,6 +614,7 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
         ("jobs", "athlete_id"),
         ("sync_state", "athlete_id"),
         ("webhook_events", "owner_id"),
+        ("strava_calls", "athlete_id"),
     ] {
         let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1");
         let (gone, kept): (i64, i64) = hook
@@ -625,6 +631,8 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
             assert!(kept > 0, "{table} lost the other athlete");
         }
     }
+    let calls: i64 = hook.count("strava_calls").await;
+    assert_eq!(calls, 2, "the calls still count in the ledger");
     // Later events for the purged athlete are acknowledged and dropped.
     hook.rename(ACTIVITY, T0 + 5, "x").await;
     hook.drain().await;
