@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::DbResult;
+use super::{service_state, DbResult};
 use crate::strava::budget::{Window, WindowKind};
 
 const PAUSED_KEY: &str = "budget.paused";
@@ -123,21 +123,9 @@ pub fn count_calls(conn: &Connection) -> DbResult<i64> {
 }
 
 pub fn paused(conn: &Connection) -> DbResult<bool> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM service_state WHERE key = ?1",
-            [PAUSED_KEY],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .is_some_and(|v| v == "true"))
+    Ok(service_state::get(conn, PAUSED_KEY)?.is_some_and(|v| v == "true"))
 }
 
 pub fn set_paused(conn: &Connection, paused: bool) -> DbResult<()> {
-    conn.execute(
-        "INSERT INTO service_state (key, value) VALUES (?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![PAUSED_KEY, paused.to_string()],
-    )?;
-    Ok(())
+    service_state::set(conn, PAUSED_KEY, &paused.to_string())
 }

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod inbox;
 pub mod jobs;
 pub mod oauth_states;
+pub mod service_state;
 pub mod strava_tokens;
 pub mod subscription;
 pub mod sync_state;

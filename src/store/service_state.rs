@@ -1,0 +1,36 @@
+//! `service_state`: small service-wide facts kept as text by key (the
+//! webhook path secret and subscription id, the budget's paused flag).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::DbResult;
+
+pub fn get(conn: &Connection, key: &str) -> DbResult<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM service_state WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn set(conn: &Connection, key: &str, value: &str) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO service_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// The value under `key`, storing `fresh` first if there is none yet.
+pub fn get_or_insert(conn: &Connection, key: &str, fresh: &str) -> DbResult<String> {
+    conn.execute(
+        "INSERT OR IGNORE INTO service_state (key, value) VALUES (?1, ?2)",
+        params![key, fresh],
+    )?;
+    Ok(get(conn, key)?.expect("the key was just ensured"))
+}
+
+pub fn delete(conn: &Connection, key: &str) -> DbResult<()> {
+    conn.execute("DELETE FROM service_state WHERE key = ?1", [key])?;
+    Ok(())
+}
