@@ -95,7 +95,17 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
         id: r.get(0)?,
         athlete_id: r.get(1)?,
-        kind: JobKind::parse(&r.get::<_, String>(2)?).unwrap_or(JobKind::Refresh),
+        kind: {
+            let kind: String = r.get(2)?;
+            // An unknown kind is a defect to surface, never work to guess at.
+            JobKind::parse(&kind).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    format!("unknown job kind `{kind}`").into(),
+                )
+            })?
+        },
         status: r.get(3)?,
         payload_json: r.get(4)?,
         attempts: r.get(5)?,
@@ -285,4 +295,35 @@ pub fn queued_by_kind(conn: &Connection, athlete_id: i64) -> DbResult<Vec<(Strin
         .query_map([athlete_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{athletes, Store};
+
+    #[test]
+    fn a_row_of_unknown_kind_is_an_error_not_a_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("j.db")).unwrap();
+        let (known, unknown) = store
+            .write_blocking(|tx| {
+                athletes::upsert(tx, &serde_json::json!({"id": 7}), "activity:read")?;
+                let known = enqueue(tx, 7, JobKind::Backfill, None, 0)?;
+                tx.execute(
+                    "INSERT INTO jobs (athlete_id, kind, priority, created_at)
+                     VALUES (7, 'bogus', 0, 0)",
+                    [],
+                )?;
+                Ok((known, tx.last_insert_rowid()))
+            })
+            .unwrap();
+        let job = store.read_blocking(|c| get(c, 7, known)).unwrap().unwrap();
+        assert_eq!(job.kind, JobKind::Backfill);
+        let err = store.read_blocking(|c| get(c, 7, unknown)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown job kind `bogus`"),
+            "{err}"
+        );
+    }
 }
