@@ -33,11 +33,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 
+use strava_sync::model::clock::{Clock, ManualClock};
+use strava_sync::model::Purpose;
 use strava_sync::store::{activities, athletes, jobs, sync_state, Store};
 use strava_sync::strava::budget::{Budget, CallOutcome, Limits, RateReport};
 use strava_sync::strava::client::{ListQuery, StravaError};
-use strava_sync::strava::clock::{Clock, ManualClock};
-use strava_sync::strava::Purpose;
 use strava_sync::sync::runner::Step;
 use strava_sync::sync::source::ActivitySource;
 use strava_sync::sync::{dispatch, gap_fill, scheduler};

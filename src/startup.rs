@@ -13,10 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Requirement, Settings};
 use crate::http::{self, AppState, Services};
+use crate::model::clock::{Clock, SystemClock};
 use crate::store::Store;
 use crate::strava::budget::{Budget, Limits};
 use crate::strava::client::{self, StravaClient};
-use crate::strava::clock::{Clock, SystemClock};
 use crate::strava::oauth::StravaOAuth;
 use crate::strava::tokens::Tokens;
 use crate::sync::runner::JobRunner;

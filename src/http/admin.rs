@@ -9,9 +9,9 @@ use serde_json::json;
 use super::auth::AdminAuth;
 use super::error::ApiError;
 use super::AppState;
+use crate::model::Purpose;
 use crate::store::{budget, sync_state};
 use crate::strava::budget::WindowKind;
-use crate::strava::Purpose;
 
 /// Both windows (our count and Strava's last report, limits, resets), calls
 /// today by purpose, what is paused or throttled, and when today's budget

@@ -23,10 +23,10 @@ use actix_web::{http::header, web, HttpResponse, ResponseError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Settings;
+use crate::model::clock::Clock;
 use crate::store::Store;
 use crate::strava::budget::Budget;
 use crate::strava::client::StravaClient;
-use crate::strava::clock::Clock;
 use crate::strava::oauth::StravaOAuth;
 use crate::sync::JobQueue;
 use auth::TokenRateLimiter;

@@ -9,9 +9,9 @@ use serde_json::json;
 
 use super::auth::{AdminAuth, AthleteAuth};
 use super::{error::ApiError, AppState};
+use crate::model::Purpose;
 use crate::store::{activities, athletes, jobs, sync_state};
 use crate::strava::budget::Blocked;
-use crate::strava::Purpose;
 use crate::sync::{gap_fill, progress};
 
 #[derive(Serialize)]

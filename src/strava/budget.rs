@@ -34,8 +34,8 @@ use reqwest::header::HeaderMap;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::clock::Clock;
-use super::Purpose;
+use crate::model::clock::Clock;
+use crate::model::Purpose;
 use crate::store::{self, DbResult, Store};
 
 /// How far into the day's allowance curve background work may run ahead: the
@@ -803,7 +803,7 @@ fn publish(policy: &Policy) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strava::clock::ManualClock;
+    use crate::model::clock::ManualClock;
     use chrono::TimeZone;
 
     /// 2026-03-10 12:07:30 UTC: mid-quarter, mid-day.

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::client::StravaError;
-use super::clock::Clock;
+use super::error::StravaError;
 use super::oauth::{OAuthError, StravaOAuth, TokenGrant};
+use crate::model::clock::Clock;
 use crate::store::athletes::{self, Status};
 use crate::store::strava_tokens::{self, StoredTokens};
 use crate::store::Store;

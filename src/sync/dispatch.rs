@@ -2,9 +2,9 @@
 //! per kind. The day simulation calls the same function with a simulated
 //! Strava, so what is simulated is what runs.
 
+use crate::model::Purpose;
 use crate::store::jobs::{Counts, Job, JobKind};
 use crate::store::{DbError, Store};
-use crate::strava::Purpose;
 
 use super::runner::{JobError, Step};
 use super::source::ActivitySource;

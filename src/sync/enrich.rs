@@ -7,10 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Purpose;
 use crate::store::jobs::Counts;
 use crate::store::{activities, jobs, DbResult, Store};
 use crate::strava::client::StravaError;
-use crate::strava::Purpose;
 
 use super::runner::JobError;
 use super::source::ActivitySource;

@@ -11,10 +11,10 @@
 //! longest unchecked at the next pass. A manual refresh is the same catch-up
 //! at interactive priority.
 
+use crate::model::Purpose;
 use crate::store::jobs::Counts;
 use crate::store::{activities, athletes, jobs, sync_state, DbResult, Store};
 use crate::strava::client::MAX_PER_PAGE;
-use crate::strava::Purpose;
 
 use super::runner::JobError;
 use super::source::{self, store_page, ActivitySource};

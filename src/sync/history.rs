@@ -95,8 +95,8 @@ fn oldest_start(page: &[Box<RawValue>]) -> Result<Option<i64>, StravaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Purpose;
     use crate::store::{activity_edits, athletes};
-    use crate::strava::Purpose;
 
     /// A Strava whose list is one fixed page.
     struct OnePage(Vec<Box<RawValue>>);

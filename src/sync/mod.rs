@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::model::clock::Clock;
 use crate::store::jobs::{self, JobKind};
 use crate::store::{DbResult, Store};
-use crate::strava::clock::Clock;
 
 /// The queue's front door: enqueue and wake the runner.
 pub struct JobQueue {

@@ -6,9 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::model::Purpose;
 use crate::store::sync_state::{self, SyncState};
 use crate::store::{athletes, budget, DbResult, Store};
-use crate::strava::Purpose;
 
 use crate::strava::client::MAX_PER_PAGE;
 

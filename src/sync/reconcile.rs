@@ -12,10 +12,10 @@
 //! Strava lists. Every athlete is due once a day; a walk finishing within the
 //! next day keeps the 48 hours whenever the budget allows.
 
+use crate::model::Purpose;
 use crate::store::jobs::Counts;
 use crate::store::{activities, jobs, sync_state, DbResult, Store};
 use crate::strava::client::{ListQuery, MAX_PER_PAGE};
-use crate::strava::Purpose;
 
 use super::gap_fill::{is_last_page, sees_all};
 use super::runner::{JobError, Step};

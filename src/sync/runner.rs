@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{dispatch, JobQueue};
+use crate::model::Purpose;
 use crate::store::jobs::{self, Counts, Job};
 use crate::store::{DbError, Store};
 use crate::strava::budget::Budget;
 use crate::strava::client::{StravaClient, StravaError};
-use crate::strava::Purpose;
 
 /// Background jobs running at once; interactive jobs do not count.
 const BACKGROUND_SLOTS: usize = 4;

@@ -9,10 +9,10 @@ use std::future::Future;
 
 use serde_json::value::RawValue;
 
+use crate::model::Purpose;
 use crate::store::jobs::Counts;
 use crate::store::{activities, DbError, Store};
 use crate::strava::client::{ListQuery, StravaClient, StravaError, MAX_PER_PAGE};
-use crate::strava::Purpose;
 
 /// Reads from Strava on behalf of one athlete, spending one budget permit of
 /// the given purpose per call.

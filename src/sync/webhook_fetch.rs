@@ -10,10 +10,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::Purpose;
 use crate::store::jobs::Counts;
 use crate::store::{activities, DbResult, Store};
 use crate::strava::client::{StravaError, MAX_PER_PAGE};
-use crate::strava::Purpose;
 use crate::webhook::fetch::{self, FetchPayload};
 
 use super::runner::JobError;

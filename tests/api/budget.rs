@@ -1,9 +1,9 @@
 //! The shared Strava budget as operators see it and as Strava sees it.
 
 use serde_json::Value;
+use strava_sync::model::Purpose;
 use strava_sync::simulator::{Faults, Limits, SimConfig, SimSettings};
 use strava_sync::strava::client::StravaError;
-use strava_sync::strava::Purpose;
 
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 use crate::sim_app::SimApp;

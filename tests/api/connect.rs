@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use strava_sync::model::Purpose;
 use strava_sync::simulator::{OAuthMode, SimConfig};
 use strava_sync::strava::client::StravaError;
-use strava_sync::strava::Purpose;
 
 use crate::helpers::TestApp;
 use crate::sim_app::SimApp;

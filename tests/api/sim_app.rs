@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use strava_sync::http::AppState;
+use strava_sync::model::clock::Clock;
 use strava_sync::simulator::{SimConfig, SimHandle, Simulator};
 use strava_sync::startup::{Application, ShutdownHandle};
 use strava_sync::store::budget as ledger;
-use strava_sync::strava::clock::Clock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
