@@ -4,7 +4,7 @@
 //!
 //! Real parts: the SQLite store, the budget (`Budget` with its policy,
 //! priorities, reserves and pacing) on a `ManualClock`, the job queue and its
-//! selection (`jobs::claim` at the most permissive purpose the budget serves),
+//! selection (`Store::claim_job` at the most permissive purpose the budget serves),
 //! the sync-engine handlers (`sync::dispatch::run`), the gap-fill pass at
 //! 04:00 and the planner every 5 minutes. Simulated: Strava itself (an
 //! in-memory athlete/activity store that takes a budget permit per call, as
@@ -34,14 +34,18 @@ use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 
 use strava_sync::model::clock::{Clock, ManualClock};
+use strava_sync::model::job::Task;
 use strava_sync::model::Purpose;
-use strava_sync::store::{activities, athletes, jobs, sync_state, Store};
+use strava_sync::store::jobs::{self, Outcome};
+use strava_sync::store::{activities, athletes, sync_state, Store};
 use strava_sync::strava::budget::{Budget, CallOutcome, Limits, RateReport};
-use strava_sync::strava::client::{ListQuery, StravaError};
-use strava_sync::sync::runner::Step;
+use strava_sync::strava::client::ListQuery;
+use strava_sync::strava::error::StravaError;
+use strava_sync::sync::outcome::Step;
+use strava_sync::sync::queue::JobQueue;
+use strava_sync::sync::scheduler::Planner;
 use strava_sync::sync::source::ActivitySource;
-use strava_sync::sync::{dispatch, gap_fill, scheduler};
-use strava_sync::webhook::fetch;
+use strava_sync::sync::{dispatch, gap_fill};
 
 const DAY: i64 = 86_400;
 const UPLOADS_PER_DAY: f64 = 0.5;
@@ -286,13 +290,13 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
         store
             .write(move |tx| {
                 for (athlete_id, acts) in &chunk {
-                    athletes::upsert(tx, &serde_json::json!({"id": athlete_id}), "read,activity:read_all")?;
+                    athletes::upsert(tx, &serde_json::json!({"id": athlete_id}), "read,activity:read_all", 0)?;
                     tx.execute(
                         "UPDATE sync_state SET backfill_complete = 1, backfill_pages = 1 WHERE athlete_id = ?1",
                         [athlete_id],
                     )?;
                     let page: Vec<Box<RawValue>> = acts.iter().map(Activity::json).collect();
-                    activities::upsert_summaries(tx, *athlete_id, &page)?;
+                    activities::upsert_summaries(tx, *athlete_id, &page, 0)?;
                 }
                 Ok(())
             })
@@ -356,6 +360,12 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
         clock: clock.clone(),
         world: Mutex::new(world),
     };
+    let planner = Planner {
+        store: store.clone(),
+        queue: Arc::new(JobQueue::new(store.clone(), clock.clone())),
+        clock: clock.clone(),
+        daily_limit: 1000,
+    };
     let end = measured + DAY;
     let (mut connected, mut backfill_done) = (false, None);
     let (mut next_upload, mut next_plan, mut next_gap_fill) = (0, day0, day0 + GAP_FILL_AT);
@@ -386,18 +396,19 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                              VALUES (?1, 'activity', ?2, 'create', ?3, ?4, '{}', ?4, 'done', ?4)",
                             rusqlite::params![format!("create:{}", a.id), a.id, a.athlete_id, a.created],
                         )?;
-                        fetch::queue(tx, a.athlete_id, a.id, a.created).map(|_| ())
+                        jobs::enqueue(tx, a.athlete_id, Task::fetch(a.id), a.created, a.created)
+                            .map(|_| ())
                     })
                     .await
                     .unwrap();
             }
         }
         if now >= next_plan {
-            scheduler::plan(&store, now).await;
+            planner.plan().await;
             next_plan += PLAN_EVERY;
         }
         if now >= next_gap_fill {
-            gap_fill::start_pass(&store, 1000).await.unwrap();
+            gap_fill::start_pass(&store, 1000, now).await.unwrap();
             next_gap_fill += DAY;
         }
         if !connected && now >= connect_at {
@@ -407,9 +418,10 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
                         tx,
                         &serde_json::json!({"id": newcomer}),
                         "read,activity:read_all",
+                        now,
                     )?;
-                    jobs::enqueue(tx, newcomer, jobs::JobKind::FirstPage, None, now)?;
-                    jobs::enqueue(tx, newcomer, jobs::JobKind::Backfill, None, now).map(|_| ())
+                    jobs::enqueue(tx, newcomer, Task::FirstPage, now, now)?;
+                    jobs::enqueue(tx, newcomer, Task::Backfill, now, now).map(|_| ())
                 })
                 .await
                 .unwrap();
@@ -417,23 +429,23 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
         }
         let (lowest, until) = budget.servable();
         let job = match lowest {
-            Some(p) => store
-                .write(move |tx| jobs::claim(tx, now, p.rank()))
-                .await
-                .unwrap(),
+            Some(p) => store.claim_job(now, p.rank()).await.unwrap(),
             None => None,
         };
         if let Some(job) = job {
-            let outcome = dispatch::run(&store, &strava, &job, clock.epoch()).await;
+            let outcome =
+                dispatch::run(&store, &strava, job.athlete_id, &job.task, clock.epoch()).await;
             let done_at = clock.epoch();
-            store
-                .write(move |tx| match outcome {
-                    Ok(Step::Done(counts)) => jobs::finish(tx, job.id, counts, done_at),
-                    Ok(Step::More(counts)) => jobs::requeue(tx, job.id, counts, done_at, None),
-                    Err(e) => jobs::fail(tx, job.id, &e.to_string(), done_at),
-                })
-                .await
-                .unwrap();
+            let outcome = match outcome {
+                Ok(Step::Done(counts)) => Outcome::Done(counts),
+                Ok(Step::More(counts)) => Outcome::Requeue {
+                    counts,
+                    not_before: done_at,
+                    error: None,
+                },
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            store.record_job(job.id, outcome, done_at).await.unwrap();
             if job.athlete_id == newcomer && backfill_done.is_none() {
                 let complete = store
                     .read(move |c| Ok(sync_state::get(c, newcomer)?.backfill_complete))
@@ -443,10 +455,7 @@ async fn simulate(athletes_n: usize, seed: u64) -> Report {
             }
             continue;
         }
-        let due = store
-            .read(move |c| jobs::next_due_after(c, now))
-            .await
-            .unwrap();
+        let due = store.queue_state(now).await.unwrap().next_due;
         let mut next = [
             uploads.get(next_upload).map(|a| a.created),
             Some(next_plan),

@@ -96,8 +96,8 @@ fn seed(db: &Path) -> anyhow::Result<String> {
     let profile: Value = serde_json::from_str(include_str!("../fixtures/athlete.json"))?;
     let athlete = profile["id"].as_i64().context("fixture athlete id")?;
     let token = store.write_blocking(|tx| {
-        athletes::upsert(tx, &profile, "read,activity:read_all")?;
-        api_tokens::issue(tx, athlete)
+        athletes::upsert(tx, &profile, "read,activity:read_all", 0)?;
+        api_tokens::issue(tx, athlete, 0)
     })?;
     let fixtures: Vec<Value> = serde_json::from_str(include_str!("../fixtures/activities.json"))?;
     let template = fixtures
@@ -119,7 +119,7 @@ fn seed(db: &Path) -> anyhow::Result<String> {
                 Ok(RawValue::from_string(a.to_string())?)
             })
             .collect::<anyhow::Result<Vec<Box<RawValue>>>>()?;
-        store.write_blocking(|tx| activities::upsert_summaries(tx, athlete, &page))?;
+        store.write_blocking(|tx| activities::upsert_summaries(tx, athlete, &page, 0))?;
     }
     Ok(token)
 }

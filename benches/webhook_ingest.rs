@@ -66,11 +66,11 @@ async fn main() {
     let store = Store::open(&db).unwrap();
     let secret = store
         .write(|tx| {
-            athletes::upsert(tx, &json!({"id": ATHLETE}), "read,activity:read_all")?;
+            athletes::upsert(tx, &json!({"id": ATHLETE}), "read,activity:read_all", 0)?;
             let page: Vec<Box<serde_json::value::RawValue>> = (0..STORED)
                 .map(|i| serde_json::value::RawValue::from_string(summary(FIRST_ID + i)).unwrap())
                 .collect();
-            activities::upsert_summaries(tx, ATHLETE, &page)?;
+            activities::upsert_summaries(tx, ATHLETE, &page, 0)?;
             subscription::path_secret(tx)
         })
         .await

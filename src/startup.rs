@@ -12,17 +12,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Requirement, Settings};
-use crate::http::{self, AppState, Services};
+use crate::http::auth::{Access, TokenRateLimiter};
+use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
 use crate::store::Store;
 use crate::strava::budget::{Budget, Limits};
 use crate::strava::client::{self, StravaClient};
 use crate::strava::oauth::StravaOAuth;
 use crate::strava::tokens::Tokens;
+use crate::sync::queue::JobQueue;
 use crate::sync::runner::JobRunner;
-use crate::sync::scheduler;
-use crate::sync::JobQueue;
-use crate::webhook::{self, Webhooks};
+use crate::sync::scheduler::{self, Planner};
+use crate::telemetry;
+use crate::webhook::worker::{self, Worker};
+use crate::webhook::Webhooks;
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -30,8 +33,10 @@ const SHUTDOWN_GRACE_SECS: u64 = 10;
 pub struct Application {
     port: u16,
     server: Server,
-    state: web::Data<AppState>,
+    services: web::Data<Services>,
     webhooks: web::Data<Webhooks>,
+    planner: Planner,
+    sync_schedule: String,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<JobRunner>,
@@ -73,7 +78,11 @@ impl Application {
 
         let webhooks = web::Data::new(Webhooks::load(&store).await?);
         let http_client = client::http_client()?;
-        let oauth = Arc::new(StravaOAuth::new(&settings, http_client.clone())?);
+        let oauth = Arc::new(StravaOAuth::new(
+            &settings,
+            http_client.clone(),
+            clock.clone(),
+        )?);
         let limits = Limits {
             quarter: settings.strava_rate_limit_15min,
             day: settings.strava_rate_limit_daily,
@@ -88,23 +97,35 @@ impl Application {
         ));
         let jobs = Arc::new(JobQueue::new(store.clone(), clock.clone()));
         let runner = JobRunner::new(store.clone(), strava.clone(), budget.clone(), jobs.clone());
-        let services = Services {
+        let planner = Planner {
+            store: store.clone(),
+            queue: jobs.clone(),
+            clock: clock.clone(),
+            daily_limit: settings.strava_rate_limit_daily,
+        };
+        let services = web::Data::new(Services {
+            store,
             clock,
             budget,
             strava,
             oauth,
             jobs,
+        });
+        let data = AppData {
+            services: services.clone(),
+            settings: web::Data::from(settings.clone()),
+            webhooks: webhooks.clone(),
+            access: web::Data::new(Access {
+                admin_token: settings.admin_token.clone(),
+                rate_limiter: TokenRateLimiter::new(settings.api_rate_limit),
+            }),
+            metrics: web::Data::new(telemetry::metrics_recorder()),
         };
-
-        let state = web::Data::new(AppState::new(settings.clone(), store, services));
-        let server_state = state.clone();
-        let server_webhooks = webhooks.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(server_webhooks.clone())
-                .wrap(http::cors(&server_state.settings))
+                .wrap(http::cors(&data.settings))
                 .wrap(from_fn(http::observe))
-                .configure(http::configure(server_state.clone()))
+                .configure(http::configure(&data))
         })
         .listen(listener)?
         .disable_signals()
@@ -114,8 +135,10 @@ impl Application {
         Ok(Self {
             port,
             server,
-            state,
+            services,
             webhooks,
+            planner,
+            sync_schedule: settings.sync_schedule.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runner,
@@ -135,8 +158,20 @@ impl Application {
         self.port
     }
 
-    pub fn state(&self) -> web::Data<AppState> {
-        self.state.clone()
+    /// The services the handlers and workers share (tests seed and inspect
+    /// through them).
+    pub fn services(&self) -> web::Data<Services> {
+        self.services.clone()
+    }
+
+    /// The job runner, for tests and simulations that drive it until idle.
+    pub fn runner(&self) -> Arc<JobRunner> {
+        self.runner.clone()
+    }
+
+    /// What plans the gap-fill pass, reconciliation and enrichment.
+    pub fn planner(&self) -> Planner {
+        self.planner.clone()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -150,8 +185,10 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             server,
-            state,
+            services,
             webhooks,
+            planner,
+            sync_schedule,
             shutdown,
             tasks,
             runner,
@@ -159,9 +196,15 @@ impl Application {
             ..
         } = self;
         if schedule {
-            scheduler::start(&state, shutdown.clone(), &tasks).await?;
+            scheduler::start(planner, &sync_schedule, shutdown.clone(), &tasks).await?;
         }
-        tasks.spawn(webhook::worker::run(state, webhooks, shutdown.clone()));
+        let worker = Worker {
+            store: services.store.clone(),
+            clock: services.clock.clone(),
+            webhooks: webhooks.into_inner(),
+            jobs: services.jobs.clone(),
+        };
+        tasks.spawn(worker::run(worker, shutdown.clone()));
         tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);

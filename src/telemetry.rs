@@ -1,6 +1,10 @@
-//! Logging, set up in one place: pretty for people, JSON for collectors,
-//! filtered by `RUST_LOG` (else the caller's default, `info` for the service).
+//! Logging and metrics, set up in one place: logs pretty for people, JSON for
+//! collectors, filtered by `RUST_LOG` (else the caller's default, `info` for
+//! the service); metrics in a Prometheus recorder.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -17,4 +21,25 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Installs the global metrics recorder once per process (tests start many
+/// apps in one process) and returns the handle that renders it.
+pub fn metrics_recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed by an embedding test;
+            // then ours simply renders nothing new.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
 }

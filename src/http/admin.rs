@@ -8,16 +8,16 @@ use serde_json::json;
 
 use super::auth::AdminAuth;
 use super::error::ApiError;
-use super::AppState;
+use super::Services;
 use crate::model::Purpose;
-use crate::store::{budget, sync_state};
+use crate::store::budget;
 use crate::strava::budget::WindowKind;
 
 /// Both windows (our count and Strava's last report, limits, resets), calls
 /// today by purpose, what is paused or throttled, and when today's budget
 /// runs out at the current rate.
 #[get("/admin/budget")]
-async fn show_budget(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn show_budget(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     let snapshot = state.budget.snapshot();
     let midnight = WindowKind::Day.start_of(state.clock.epoch());
     let counted = state
@@ -45,21 +45,21 @@ async fn show_budget(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpRes
 }
 
 #[post("/admin/pause")]
-async fn pause(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn pause(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     state.budget.set_paused(true).await?;
     Ok(HttpResponse::Ok().json(json!({"paused": true})))
 }
 
 #[post("/admin/resume")]
-async fn resume(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn resume(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     state.budget.set_paused(false).await?;
     state.jobs.wake();
     Ok(HttpResponse::Ok().json(json!({"paused": false})))
 }
 
 #[get("/admin/athletes")]
-async fn athletes(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let athletes = state.store.read(sync_state::overview).await?;
+async fn athletes(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
+    let athletes = state.store.athletes_overview().await?;
     Ok(HttpResponse::Ok().json(json!({ "athletes": athletes })))
 }
 

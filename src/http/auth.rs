@@ -10,7 +10,8 @@ use actix_web::{http::header, web, FromRequest, HttpRequest};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, Services};
+use crate::config::Secret;
 use crate::store::api_tokens;
 
 /// The athlete an API token belongs to.
@@ -22,6 +23,14 @@ pub struct AthleteAuth {
 /// Proof that the request carries the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
+
+/// What the guards check requests against.
+pub struct Access {
+    /// Without one the admin surface does not exist.
+    pub admin_token: Option<Secret>,
+    /// None when rate limiting is off.
+    pub rate_limiter: Option<TokenRateLimiter>,
+}
 
 /// Per-token request limiter: `rate` per second, bursts up to five times that.
 pub struct TokenRateLimiter(DefaultKeyedRateLimiter<[u8; 32]>);
@@ -54,9 +63,10 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn state(req: &HttpRequest) -> web::Data<AppState> {
-    req.app_data::<web::Data<AppState>>()
-        .expect("AppState is registered")
+/// App data `configure` registers; missing it is a wiring defect.
+fn data<T: 'static>(req: &HttpRequest) -> web::Data<T> {
+    req.app_data::<web::Data<T>>()
+        .expect("registered by http::configure")
         .clone()
 }
 
@@ -66,19 +76,19 @@ impl FromRequest for AthleteAuth {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let token = bearer(req).map(str::to_owned);
-        let state = state(req);
+        let (services, access) = (data::<Services>(req), data::<Access>(req));
         Box::pin(async move {
             let token = token.ok_or(ApiError::Unauthorized)?;
             if token.len() > 256 {
                 return Err(ApiError::Unauthorized);
             }
             let key = api_tokens::hash(&token);
-            let athlete_id = state
+            let athlete_id = services
                 .store
-                .read(move |c| api_tokens::athlete_for(c, &token))
+                .athlete_for_token(token)
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
-            if let Some(limiter) = &state.rate_limiter {
+            if let Some(limiter) = &access.rate_limiter {
                 limiter.check(&key)?;
             }
             Ok(AthleteAuth { athlete_id })
@@ -91,9 +101,8 @@ impl FromRequest for AdminAuth {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = state(req);
         // Without an admin token the admin surface does not exist.
-        let result = match &state.settings.admin_token {
+        let result = match &data::<Access>(req).admin_token {
             None => Err(ApiError::NotFound { resource: "Route" }),
             Some(expected) => match bearer(req) {
                 Some(given) if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) => {

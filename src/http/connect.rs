@@ -13,11 +13,11 @@ use serde_json::json;
 
 use super::auth::AthleteAuth;
 use super::error::ApiError;
-use super::AppState;
-use crate::store::jobs::{self, JobKind};
+use super::Services;
+use crate::config::Settings;
+use crate::store::api_tokens;
 use crate::store::strava_tokens::StoredTokens;
-use crate::store::{api_tokens, athletes, oauth_states, strava_tokens};
-use crate::strava::client::StravaError;
+use crate::strava::error::StravaError;
 use crate::strava::oauth::OAuthError;
 
 /// How long an issued `state` stays usable.
@@ -29,13 +29,12 @@ const MAX_CODE_LEN: usize = 512;
 const ACTIVITY_SCOPES: [&str; 2] = ["activity:read", "activity:read_all"];
 
 #[get("/auth/strava")]
-async fn start(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn start(state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     let token = api_tokens::random_token();
     let now = state.clock.epoch();
-    let stored = token.clone();
     state
         .store
-        .write(move |tx| oauth_states::create(tx, &stored, now + STATE_TTL_SECS, now))
+        .create_oauth_state(token.clone(), now + STATE_TTL_SECS, now)
         .await?;
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, state.oauth.authorize_url(token)))
@@ -55,7 +54,8 @@ struct Callback {
 
 #[get("/auth/strava/callback")]
 async fn callback(
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
+    settings: web::Data<Settings>,
     query: web::Query<Callback>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
@@ -64,10 +64,7 @@ async fn callback(
         .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_LEN)
         .ok_or_else(|| ApiError::bad_parameter("OAuth", "state", "missing or malformed state"))?;
     let now = state.clock.epoch();
-    let fresh = state
-        .store
-        .write(move |tx| oauth_states::consume(tx, &given, now))
-        .await?;
+    let fresh = state.store.consume_oauth_state(given, now).await?;
     if !fresh {
         return Err(ApiError::bad_parameter(
             "OAuth",
@@ -87,7 +84,7 @@ async fn callback(
         .split(',')
         .any(|s| ACTIVITY_SCOPES.contains(&s.trim()))
     {
-        let wanted = requested_activity_scope(&state.settings.strava_scopes);
+        let wanted = requested_activity_scope(&settings.strava_scopes);
         return Err(forbidden(
             &format!("Missing required scope {wanted}: activities cannot be read without it"),
             "scope",
@@ -114,17 +111,9 @@ async fn callback(
         .clone()
         .ok_or_else(|| ApiError::Upstream("token answer without athlete".into()))?;
     let tokens = StoredTokens::from(&grant);
-    let stored_profile = profile.clone();
     let (athlete_id, api_token) = state
         .store
-        .write(move |tx| {
-            let id = athletes::upsert(tx, &stored_profile, &scope)?;
-            strava_tokens::put(tx, id, &tokens)?;
-            let api_token = api_tokens::issue(tx, id)?;
-            jobs::enqueue(tx, id, JobKind::FirstPage, None, now)?;
-            jobs::enqueue(tx, id, JobKind::Backfill, None, now)?;
-            Ok((id, api_token))
-        })
+        .connect_athlete(profile.clone(), scope, tokens, now)
         .await
         .map_err(|e| match e {
             crate::store::DbError::Json(_) => ApiError::Upstream("athlete without an id".into()),
@@ -133,7 +122,7 @@ async fn callback(
     state.jobs.wake();
     tracing::info!(athlete_id, "athlete connected");
 
-    Ok(match &state.settings.app_redirect_url {
+    Ok(match &settings.app_redirect_url {
         Some(url) => HttpResponse::Found()
             .insert_header((
                 header::LOCATION,
@@ -150,7 +139,7 @@ async fn callback(
 #[post("/auth/disconnect")]
 async fn disconnect(
     auth: AthleteAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
 ) -> Result<HttpResponse, ApiError> {
     let athlete_id = auth.athlete_id;
     match state.strava.tokens().access_token(athlete_id).await {
@@ -164,10 +153,7 @@ async fn disconnect(
         Err(StravaError::Db(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::Upstream(e.to_string())),
     }
-    state
-        .store
-        .write(move |tx| athletes::purge(tx, athlete_id))
-        .await?;
+    state.store.purge_athlete(athlete_id).await?;
     tracing::info!(athlete_id, "athlete disconnected and purged");
     Ok(HttpResponse::Ok().json(json!({"athlete_id": athlete_id, "status": "disconnected"})))
 }

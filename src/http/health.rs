@@ -3,7 +3,7 @@
 use actix_web::{get, web, HttpResponse};
 use serde_json::json;
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, Services};
 
 #[get("/healthz")]
 async fn healthz() -> HttpResponse {
@@ -11,7 +11,7 @@ async fn healthz() -> HttpResponse {
 }
 
 #[get("/readyz")]
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn readyz(state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     if state.store.ping().await {
         Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
     } else {

@@ -28,19 +28,18 @@ use crate::store::Store;
 use crate::strava::budget::Budget;
 use crate::strava::client::StravaClient;
 use crate::strava::oauth::StravaOAuth;
-use crate::sync::JobQueue;
-use auth::TokenRateLimiter;
+use crate::sync::queue::JobQueue;
+use crate::webhook::Webhooks;
 use error::ApiError;
 
 /// The largest request body any route accepts (a webhook event is far smaller).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// What every handler can reach.
-pub struct AppState {
-    pub settings: Arc<Settings>,
+/// The core services the handlers share with the background workers; the
+/// HTTP-only pieces (settings, [`auth::Access`], the metrics handle) are
+/// registered as their own app data.
+pub struct Services {
     pub store: Store,
-    pub metrics: PrometheusHandle,
-    pub rate_limiter: Option<TokenRateLimiter>,
     /// The service's notion of now (the budget's clock).
     pub clock: Arc<dyn Clock>,
     /// The shared Strava budget (snapshot, pause/resume).
@@ -52,42 +51,24 @@ pub struct AppState {
     pub jobs: Arc<JobQueue>,
 }
 
-/// The Strava-facing services `Application::build` creates once.
-pub struct Services {
-    pub clock: Arc<dyn Clock>,
-    pub budget: Arc<Budget>,
-    pub strava: Arc<StravaClient>,
-    pub oauth: Arc<StravaOAuth>,
-    pub jobs: Arc<JobQueue>,
-}
-
-impl AppState {
-    pub fn new(settings: Arc<Settings>, store: Store, services: Services) -> Self {
-        let Services {
-            clock,
-            budget,
-            strava,
-            oauth,
-            jobs,
-        } = services;
-        Self {
-            rate_limiter: TokenRateLimiter::new(settings.api_rate_limit),
-            metrics: metrics::recorder(),
-            settings,
-            store,
-            clock,
-            budget,
-            strava,
-            oauth,
-            jobs,
-        }
-    }
+/// Everything `configure` registers besides the routes.
+#[derive(Clone)]
+pub struct AppData {
+    pub services: web::Data<Services>,
+    pub settings: web::Data<Settings>,
+    pub webhooks: web::Data<Webhooks>,
+    pub access: web::Data<auth::Access>,
+    pub metrics: web::Data<PrometheusHandle>,
 }
 
 /// Registers every route, the extractor error handlers and the middleware.
-pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
     move |cfg| {
-        cfg.app_data(state)
+        cfg.app_data(data.services.clone())
+            .app_data(data.settings.clone())
+            .app_data(data.webhooks.clone())
+            .app_data(data.access.clone())
+            .app_data(data.metrics.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .app_data(
                 web::JsonConfig::default()

@@ -10,13 +10,12 @@
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{get, web, HttpRequest, HttpResponse};
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-use super::{auth::AthleteAuth, error::ApiError, AppState};
-use crate::store::activities::{self, ListFilter};
+use super::{auth::AthleteAuth, error::ApiError, Services};
+use crate::store::activities::ListFilter;
 use crate::store::api_tokens::to_hex;
-use crate::store::{athletes, DbResult};
+use crate::store::DbResult;
 
 /// Strava's page size bounds and default.
 const MAX_PER_PAGE: i64 = 200;
@@ -26,26 +25,27 @@ const DEFAULT_PER_PAGE: i64 = 30;
 #[get("/api/v3/athlete")]
 async fn athlete(
     auth: AthleteAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    serve_stored(&state, &req, "Athlete", move |c| {
-        athletes::profile_json(c, auth.athlete_id)
-    })
-    .await
+    serve_stored(
+        &req,
+        "Athlete",
+        state.store.athlete_json(auth.athlete_id).await,
+    )
 }
 
 /// `GET /api/v3/athlete/activities`: one page of summaries, newest first.
 #[get("/api/v3/athlete/activities")]
 async fn list_activities(
     auth: AthleteAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let filter = parse_list_query(req.query_string())?;
     let body = state
         .store
-        .read(move |c| activities::list_json(c, auth.athlete_id, &filter))
+        .list_activities_json(auth.athlete_id, filter)
         .await?;
     Ok(json_with_etag(&req, body))
 }
@@ -54,15 +54,13 @@ async fn list_activities(
 #[get("/api/v3/activities/{id}")]
 async fn activity(
     auth: AthleteAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("Activity", &id)?;
-    serve_stored(&state, &req, "Activity", move |c| {
-        activities::get_json(c, auth.athlete_id, id)
-    })
-    .await
+    let json = state.store.activity_json(auth.athlete_id, id).await;
+    serve_stored(&req, "Activity", json)
 }
 
 /// `GET /api/v3/athletes/{id}/stats`: Strava's ActivityStats from the local
@@ -70,7 +68,7 @@ async fn activity(
 #[get("/api/v3/athletes/{id}/stats")]
 async fn stats(
     auth: AthleteAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -80,10 +78,7 @@ async fn stats(
         });
     }
     let at = state.clock.epoch();
-    let stats = state
-        .store
-        .read(move |c| activities::stats(c, auth.athlete_id, at))
-        .await?;
+    let stats = state.store.activity_stats(auth.athlete_id, at).await?;
     let body = serde_json::to_string(&stats).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(json_with_etag(&req, body))
 }
@@ -96,17 +91,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Serves one stored JSON document as stored, or 404 naming `resource`.
-async fn serve_stored(
-    state: &AppState,
+fn serve_stored(
     req: &HttpRequest,
     resource: &'static str,
-    read: impl FnOnce(&Connection) -> DbResult<Option<String>> + Send + 'static,
+    json: DbResult<Option<String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let json = state
-        .store
-        .read(read)
-        .await?
-        .ok_or(ApiError::NotFound { resource })?;
+    let json = json?.ok_or(ApiError::NotFound { resource })?;
     Ok(json_with_etag(req, json))
 }
 

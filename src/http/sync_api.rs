@@ -8,9 +8,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::auth::{AdminAuth, AthleteAuth};
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, Services};
+use crate::config::Settings;
 use crate::model::Purpose;
-use crate::store::{activities, athletes, jobs, sync_state};
+use crate::store::sync_state::RefreshRequest;
 use crate::strava::budget::Blocked;
 use crate::sync::{gap_fill, progress};
 
@@ -25,33 +26,24 @@ struct Queued {
 /// Queues a refresh (a catch-up from the newest stored activity) at the
 /// highest priority, once per cooldown.
 #[post("/api/sync")]
-async fn refresh(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let athlete_id = auth.athlete_id;
-    let cooldown = i64::try_from(state.settings.manual_refresh_cooldown_secs).unwrap_or(i64::MAX);
+async fn refresh(
+    auth: AthleteAuth,
+    state: web::Data<Services>,
+    settings: web::Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
+    let cooldown = i64::try_from(settings.manual_refresh_cooldown_secs).unwrap_or(i64::MAX);
     let now = state.clock.epoch();
-    let outcome = state
+    let request = state
         .store
-        .write(move |tx| {
-            let connected = athletes::get(tx, athlete_id)?
-                .is_some_and(|a| a.status == athletes::Status::Connected);
-            if !connected {
-                return Ok(Err(None));
-            }
-            if let Err(wait) = sync_state::claim_manual_refresh(tx, athlete_id, now, cooldown)? {
-                return Ok(Err(Some(wait)));
-            }
-            let id = jobs::enqueue(tx, athlete_id, jobs::JobKind::Refresh, None, now)?;
-            let position = jobs::queue_position(tx, id)?.unwrap_or(1);
-            Ok(Ok((id, position)))
-        })
+        .request_refresh(auth.athlete_id, cooldown, now)
         .await?;
-    let (job_id, queue_position) = match outcome {
-        Ok(queued) => {
+    let (job_id, queue_position) = match request {
+        RefreshRequest::Queued { job_id, position } => {
             state.jobs.wake();
-            queued
+            (job_id, position)
         }
-        Err(None) => return Err(needs_reauth()),
-        Err(Some(wait)) => {
+        RefreshRequest::NotConnected => return Err(needs_reauth()),
+        RefreshRequest::CoolingDown(wait) => {
             return Err(ApiError::TooManyRequests {
                 resource: "Refresh",
                 retry_after_secs: wait.unsigned_abs(),
@@ -79,22 +71,18 @@ fn needs_reauth() -> ApiError {
 #[get("/api/sync/jobs/{id}")]
 async fn job(
     auth: AthleteAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let (athlete_id, id) = (auth.athlete_id, path.into_inner());
     let (job, position) = state
         .store
-        .read(move |c| {
-            let job = jobs::get(c, athlete_id, id)?;
-            let position = jobs::queue_position(c, id)?;
-            Ok((job, position))
-        })
-        .await?;
-    let job = job.ok_or(ApiError::NotFound { resource: "Job" })?;
+        .job_with_position(athlete_id, id)
+        .await?
+        .ok_or(ApiError::NotFound { resource: "Job" })?;
     let mut body = json!({
         "job_id": job.id,
-        "kind": job.kind.as_str(),
+        "kind": job.task.kind(),
         "status": job.status,
         "counts": {"fetched": job.fetched, "new": job.new, "updated": job.updated},
         "created_at": to_time(Some(job.created_at)),
@@ -104,32 +92,33 @@ async fn job(
     }
     if let Some(position) = position {
         body["queue_position"] = json!(position);
-        body["estimated_start"] = json!(estimated_start(&state, job.kind.purpose(), position));
+        body["estimated_start"] = json!(estimated_start(&state, job.task.purpose(), position));
     }
     Ok(HttpResponse::Ok().json(body))
 }
 
 /// The athlete's sync state, as a frontend shows it.
 #[get("/api/sync")]
-async fn status(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn status(
+    auth: AthleteAuth,
+    state: web::Data<Services>,
+    settings: web::Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
     let athlete_id = auth.athlete_id;
-    let (athlete, sync, stored, queued, last_webhook) = state
-        .store
-        .read(move |c| {
-            Ok((
-                athletes::get(c, athlete_id)?,
-                sync_state::get(c, athlete_id)?,
-                activities::count_for(c, athlete_id)?,
-                jobs::queued_by_kind(c, athlete_id)?,
-                sync_state::last_webhook_at(c, athlete_id)?,
-            ))
-        })
-        .await?;
-    let athlete = athlete.ok_or(ApiError::Unauthorized)?;
+    let overview = state.store.sync_overview(athlete_id).await?;
+    let athlete = overview.athlete.ok_or(ApiError::Unauthorized)?;
+    let (sync, queued, last_webhook) = (overview.state, overview.queued, overview.last_webhook_at);
     let now = state.clock.epoch();
-    let daily_limit = state.settings.strava_rate_limit_daily;
-    let backfill =
-        progress::backfill(&state.store, athlete_id, &sync, stored, daily_limit, now).await?;
+    let daily_limit = settings.strava_rate_limit_daily;
+    let backfill = progress::backfill(
+        &state.store,
+        athlete_id,
+        &sync,
+        overview.stored,
+        daily_limit,
+        now,
+    )
+    .await?;
     let budget = state.budget.snapshot();
     let next_window_opens_at = budget
         .blocked
@@ -156,7 +145,7 @@ async fn status(auth: AthleteAuth, state: web::Data<AppState>) -> Result<HttpRes
 
 /// When a queued job of `purpose` at `position` should start: once the
 /// budget serves that purpose again, about a second per job ahead of it.
-fn estimated_start(state: &AppState, purpose: Purpose, position: i64) -> Option<DateTime<Utc>> {
+fn estimated_start(state: &Services, purpose: Purpose, position: i64) -> Option<DateTime<Utc>> {
     let now = state.clock.now();
     let opens = match state.budget.snapshot().blocked.get(purpose.as_str()) {
         None => now,
@@ -167,8 +156,13 @@ fn estimated_start(state: &AppState, purpose: Purpose, position: i64) -> Option<
 
 /// Starts a gap-fill pass now, as the schedule would.
 #[post("/admin/sync/run")]
-async fn run_gap_fill(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let queued = gap_fill::start_pass(&state.store, state.settings.strava_rate_limit_daily).await?;
+async fn run_gap_fill(
+    _: AdminAuth,
+    state: web::Data<Services>,
+    settings: web::Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.epoch();
+    let queued = gap_fill::start_pass(&state.store, settings.strava_rate_limit_daily, now).await?;
     state.jobs.wake();
     Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
 }

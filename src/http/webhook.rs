@@ -18,9 +18,10 @@ use serde::{de::Error as _, Deserialize, Deserializer};
 use serde_json::json;
 
 use super::auth::constant_time_eq;
-use super::{error::ApiError, AppState, MAX_BODY_BYTES};
-use crate::store::inbox::{self, AspectType, Event, ObjectType};
-use crate::store::subscription;
+use super::{error::ApiError, Services, MAX_BODY_BYTES};
+use crate::config::Settings;
+use crate::model::event::{AspectType, Event, ObjectType};
+use crate::store::inbox::Received;
 use crate::webhook::Webhooks;
 
 #[derive(Deserialize)]
@@ -98,7 +99,7 @@ fn refused(field: &str) -> ApiError {
 /// The subscription handshake: echo the challenge when the verify token is ours.
 async fn handshake(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    settings: web::Data<Settings>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
     check_path(&req, &webhooks)?;
@@ -111,7 +112,7 @@ async fn handshake(
             "hub.mode must be subscribe",
         ));
     }
-    let ours = state.settings.strava_webhook_verify_token.as_ref();
+    let ours = settings.strava_webhook_verify_token.as_ref();
     if !ours.is_some_and(|t| constant_time_eq(t.expose().as_bytes(), query.verify_token.as_bytes()))
     {
         return Err(refused("hub.verify_token"));
@@ -123,7 +124,7 @@ async fn handshake(
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
@@ -142,26 +143,18 @@ async fn receive(
     };
     let kind = event.kind();
     let now = state.clock.epoch();
-    let received = state
-        .store
-        .write(move |tx| {
-            if subscription::id(tx)?.is_some_and(|ours| ours != claimed) {
-                return Ok(None);
-            }
-            inbox::insert(tx, &event, now).map(Some)
-        })
-        .await?;
+    let received = state.store.receive_event(event, claimed, now).await?;
     let outcome = match received {
-        None => {
+        Received::Foreign => {
             metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => "foreign")
                 .increment(1);
             return Err(refused("subscription_id"));
         }
-        Some(true) => {
+        Received::Accepted => {
             webhooks.wake.notify_one();
             "accepted"
         }
-        Some(false) => "duplicate",
+        Received::Duplicate => "duplicate",
     };
     metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => outcome).increment(1);
     metrics::histogram!("webhook_ack_seconds").record(started.elapsed().as_secs_f64());

@@ -5,43 +5,26 @@
 use actix_web::{get, post, web, HttpResponse};
 use serde_json::json;
 
-use super::{auth::AdminAuth, error::ApiError, AppState};
-use crate::store::{inbox, subscription};
+use super::{auth::AdminAuth, error::ApiError, Services};
 use crate::webhook::Webhooks;
 
 /// How many failed events the listing shows (newest first).
 const FAILED_SHOWN: usize = 100;
 
 #[get("/admin/webhooks")]
-async fn overview(_: AdminAuth, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (counts, failed, subscription_id) = state
-        .store
-        .read(|c| {
-            Ok((
-                inbox::counts(c)?,
-                inbox::failed(c, FAILED_SHOWN)?,
-                subscription::id(c)?,
-            ))
-        })
-        .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "subscription_id": subscription_id,
-        "counts": counts,
-        "failed": failed,
-    })))
+async fn overview(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
+    let report = state.store.inbox_report(FAILED_SHOWN).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 #[post("/admin/webhooks/replay")]
 async fn replay(
     _: AdminAuth,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.epoch();
-    let replayed = state
-        .store
-        .write(move |tx| inbox::replay_failed(tx, now))
-        .await?;
+    let replayed = state.store.replay_failed_events(now).await?;
     if replayed > 0 {
         webhooks.wake.notify_one();
     }

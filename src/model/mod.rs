@@ -1,7 +1,9 @@
 //! The shared vocabulary every layer speaks and none owns: time, the purpose
-//! of a Strava call. It imports nothing of the crate.
+//! of a Strava call, a webhook event, a queued task. It imports nothing of the crate.
 
 pub mod clock;
+pub mod event;
+pub mod job;
 mod purpose;
 
 pub use purpose::Purpose;

@@ -7,7 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{now, DbResult};
+use super::lifecycle::{self, Applying};
+use super::{inbox, DbResult, Store};
 
 /// What a batch upsert changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +35,8 @@ pub fn upsert_summaries(
     conn: &Connection,
     athlete_id: i64,
     page: &[Box<RawValue>],
+    at: i64,
 ) -> DbResult<Upserted> {
-    let at = now();
     let mut out = Upserted::default();
     let mut existing =
         conn.prepare_cached("SELECT athlete_id, summary_json FROM activities WHERE id = ?1")?;
@@ -77,7 +78,12 @@ pub fn upsert_summaries(
 /// when no summary is stored yet, the detail (a superset of it) also serves as
 /// the summary so the activity is listed at once. A record owned by another
 /// athlete is skipped.
-pub fn upsert_detail(conn: &Connection, athlete_id: i64, detail: &RawValue) -> DbResult<Upserted> {
+pub fn upsert_detail(
+    conn: &Connection,
+    athlete_id: i64,
+    detail: &RawValue,
+    at: i64,
+) -> DbResult<Upserted> {
     let keys: Keys = serde_json::from_str(detail.get())?;
     if keys.athlete.id != athlete_id {
         return Ok(Upserted::default());
@@ -101,7 +107,7 @@ pub fn upsert_detail(conn: &Connection, athlete_id: i64, detail: &RawValue) -> D
              last_seen_at = excluded.last_seen_at,
              updated_at = CASE WHEN ?5 THEN excluded.updated_at ELSE updated_at END",
     )?
-    .execute(params![keys.id, athlete_id, detail.get(), now(), changed])?;
+    .execute(params![keys.id, athlete_id, detail.get(), at, changed])?;
     Ok(match (before, changed) {
         (None, _) => Upserted { new: 1, updated: 0 },
         (Some(_), true) => Upserted { new: 0, updated: 1 },
@@ -277,34 +283,22 @@ pub fn newest_start(conn: &Connection, athlete_id: i64) -> DbResult<Option<i64>>
     )?)
 }
 
-/// Whether storing this activity would bring back one a webhook deleted: it
-/// has a tombstone and no create event newer than that tombstone.
-pub fn resurrection_blocked(conn: &Connection, id: i64) -> DbResult<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM activity_tombstones t WHERE t.id = ?1
-               AND NOT EXISTS (SELECT 1 FROM webhook_events e
-                               WHERE e.object_type = 'activity' AND e.object_id = t.id
-                                 AND e.aspect_type = 'create' AND e.event_time > t.event_time)",
-        )?
-        .exists([id])?)
-}
-
 /// [`upsert_summaries`] for a page listed by the sync engine, leaving out
 /// activities a newer delete event removed (Strava's list can lag a delete).
 pub fn upsert_listed(
     conn: &Connection,
     athlete_id: i64,
     page: Vec<Box<RawValue>>,
+    at: i64,
 ) -> DbResult<Upserted> {
     let mut kept = Vec::with_capacity(page.len());
     for raw in page {
         let keys: Keys = serde_json::from_str(raw.get())?;
-        if !resurrection_blocked(conn, keys.id)? {
+        if lifecycle::may_store(conn, keys.id, Applying::Nothing)? {
             kept.push(raw);
         }
     }
-    upsert_summaries(conn, athlete_id, &kept)
+    upsert_summaries(conn, athlete_id, &kept, at)
 }
 
 /// Records that a listing saw these activities at `at` (never moving the
@@ -365,29 +359,111 @@ pub fn stored_ids(conn: &Connection, athlete_id: i64, ids: &[i64]) -> DbResult<V
 
 /// Records a detail fetch that found nothing (404), so enrichment does not
 /// spend another call on it; reconciliation decides whether it is gone.
-pub fn mark_detail_missing(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<()> {
+pub fn mark_detail_missing(conn: &Connection, athlete_id: i64, id: i64, at: i64) -> DbResult<()> {
     conn.execute(
         "UPDATE activities SET detail_fetched_at = ?3 WHERE id = ?1 AND athlete_id = ?2",
-        params![id, athlete_id, now()],
+        params![id, athlete_id, at],
     )?;
     Ok(())
 }
 
-/// The earliest create event received for any of these activities.
-pub fn oldest_create_event(conn: &Connection, ids: &[i64]) -> DbResult<Option<i64>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT MIN(event_time) FROM webhook_events
-         WHERE object_type = 'activity' AND aspect_type = 'create' AND object_id = ?1",
-    )?;
-    let mut oldest: Option<i64> = None;
-    for &id in ids {
-        let t: Option<i64> = stmt.query_row([id], |r| r.get(0))?;
-        oldest = match (oldest, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+impl Store {
+    /// One page of an athlete's summaries as a JSON array (see [`list_json`]).
+    pub async fn list_activities_json(
+        &self,
+        athlete_id: i64,
+        filter: ListFilter,
+    ) -> DbResult<String> {
+        self.read(move |c| list_json(c, athlete_id, &filter)).await
     }
-    Ok(oldest)
+
+    /// The JSON served for one of the athlete's activities.
+    pub async fn activity_json(&self, athlete_id: i64, id: i64) -> DbResult<Option<String>> {
+        self.read(move |c| get_json(c, athlete_id, id)).await
+    }
+
+    pub async fn activity_stats(&self, athlete_id: i64, now: i64) -> DbResult<ActivityStats> {
+        self.read(move |c| stats(c, athlete_id, now)).await
+    }
+
+    pub async fn activity_count(&self, athlete_id: i64) -> DbResult<i64> {
+        self.read(move |c| count_for(c, athlete_id)).await
+    }
+
+    /// Stores a listed page in one transaction, leaving out what the
+    /// lifecycle rule keeps deleted.
+    pub async fn store_listing(
+        &self,
+        athlete_id: i64,
+        page: Vec<Box<RawValue>>,
+        now: i64,
+    ) -> DbResult<Upserted> {
+        self.write(move |tx| upsert_listed(tx, athlete_id, page, now))
+            .await
+    }
+
+    /// Stores a detailed record fetched for a create event, unless a delete
+    /// applied while the call was out removed the activity.
+    pub async fn store_announced_detail(
+        &self,
+        athlete_id: i64,
+        detail: Box<RawValue>,
+        now: i64,
+    ) -> DbResult<Upserted> {
+        self.write(move |tx| {
+            let keys: Keys = serde_json::from_str(detail.get())?;
+            if !lifecycle::may_store(tx, keys.id, Applying::Nothing)? {
+                return Ok(Upserted::default());
+            }
+            upsert_detail(tx, athlete_id, &detail, now)
+        })
+        .await
+    }
+
+    /// Stores an enrichment's detailed record for an activity still stored
+    /// (one deleted while the call was out does not come back).
+    pub async fn store_enriched_detail(
+        &self,
+        athlete_id: i64,
+        id: i64,
+        detail: Box<RawValue>,
+        now: i64,
+    ) -> DbResult<Upserted> {
+        self.write(move |tx| {
+            if stored_ids(tx, athlete_id, &[id])?.is_empty() {
+                return Ok(Upserted::default());
+            }
+            upsert_detail(tx, athlete_id, &detail, now)
+        })
+        .await
+    }
+
+    /// Records that a detail fetch found nothing, so it is not tried again.
+    pub async fn mark_detail_missing(&self, athlete_id: i64, id: i64, now: i64) -> DbResult<()> {
+        self.write(move |tx| mark_detail_missing(tx, athlete_id, id, now))
+            .await
+    }
+
+    /// Which of these announced activities still need fetching (not stored,
+    /// not kept deleted), and the earliest create event among them.
+    pub async fn unfetched_announced(
+        &self,
+        athlete_id: i64,
+        ids: Vec<i64>,
+    ) -> DbResult<(Vec<i64>, Option<i64>)> {
+        self.read(move |c| {
+            let stored = stored_ids(c, athlete_id, &ids)?;
+            let mut pending = Vec::new();
+            for id in ids {
+                if !stored.contains(&id) && lifecycle::may_store(c, id, Applying::Nothing)? {
+                    pending.push(id);
+                }
+            }
+            let oldest = inbox::oldest_create_event(c, &pending)?;
+            Ok((pending, oldest))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -404,7 +480,7 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         let profile: serde_json::Value = serde_json::from_str(ATHLETE).unwrap();
         let id = store
-            .write_blocking(|tx| athletes::upsert(tx, &profile, "read"))
+            .write_blocking(|tx| athletes::upsert(tx, &profile, "read", 0))
             .unwrap();
         (dir, store, id)
     }
@@ -434,11 +510,11 @@ mod tests {
         let detail: Box<RawValue> = serde_json::from_str(DETAIL).unwrap();
         let upsert = |d: &RawValue, owner| {
             store
-                .write_blocking(|tx| upsert_detail(tx, owner, d))
+                .write_blocking(|tx| upsert_detail(tx, owner, d, 0))
                 .unwrap()
         };
         store
-            .write_blocking(|tx| upsert_summaries(tx, athlete, &page))
+            .write_blocking(|tx| upsert_summaries(tx, athlete, &page, 0))
             .unwrap();
 
         assert_eq!(upsert(&detail, 8806470), Upserted::default(), "not theirs");
@@ -479,7 +555,7 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         store
             .write_blocking(|tx| {
-                athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all")?;
+                athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all", 0)?;
                 f(tx)
             })
             .unwrap();
@@ -488,14 +564,14 @@ mod tests {
     #[test]
     fn a_listed_summary_never_overwrites_another_athletes_record() {
         with_athlete(|c| {
-            athletes::upsert(c, &serde_json::json!({"id": 2}), "activity:read_all")?;
-            upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")])?;
+            athletes::upsert(c, &serde_json::json!({"id": 2}), "activity:read_all", 0)?;
+            upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")], 0)?;
             let claimed = RawValue::from_string(
                 r#"{"id":10,"athlete":{"id":2},"start_date":"2026-01-01T00:00:00Z","name":"b"}"#
                     .to_string(),
             )
             .unwrap();
-            assert_eq!(upsert_summaries(c, 2, &[claimed])?, Upserted::default());
+            assert_eq!(upsert_summaries(c, 2, &[claimed], 0)?, Upserted::default());
             assert_eq!(
                 get_json(c, 1, 10)?,
                 Some(summary(10, "2026-01-01T00:00:00Z").get().to_string())
@@ -508,8 +584,8 @@ mod tests {
     #[test]
     fn sweep_removes_only_what_a_pass_did_not_see() {
         with_athlete(|c| {
-            upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")])?;
-            upsert_summaries(c, 1, &[summary(11, "2026-01-02T00:00:00Z")])?;
+            upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")], 0)?;
+            upsert_summaries(c, 1, &[summary(11, "2026-01-02T00:00:00Z")], 0)?;
             c.execute("UPDATE activities SET last_seen_at = 100 WHERE id = 10", [])?;
             c.execute("UPDATE activities SET last_seen_at = 300 WHERE id = 11", [])?;
             // A pass that started at 200, before both started... sweeps nothing
@@ -529,15 +605,18 @@ mod tests {
                 [],
             )?;
             let page = vec![summary(10, "2026-01-01T00:00:00Z")];
-            assert_eq!(upsert_listed(c, 1, page.clone())?, Upserted::default());
+            assert_eq!(upsert_listed(c, 1, page.clone(), 0)?, Upserted::default());
             c.execute(
                 "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                      owner_id, event_time, updates_json, received_at, next_attempt_at)
                  VALUES ('k', 'activity', 10, 'create', 1, 600, '{}', 600, 600)",
                 [],
             )?;
-            assert_eq!(upsert_listed(c, 1, page)?.new, 1);
-            assert_eq!(oldest_create_event(c, &[10, 99])?, Some(600));
+            assert_eq!(upsert_listed(c, 1, page, 0)?.new, 1);
+            assert_eq!(
+                crate::store::inbox::oldest_create_event(c, &[10, 99])?,
+                Some(600)
+            );
             Ok(())
         });
     }

@@ -7,7 +7,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::DbResult;
+use super::{lifecycle, DbResult};
 
 /// The fields an update event can carry, already translated to Strava's
 /// activity JSON.
@@ -106,39 +106,9 @@ pub fn apply_update(
 /// Deletes an activity and records its tombstone (the newest delete time
 /// wins). Returns whether a stored activity was removed.
 pub fn delete(conn: &Connection, athlete_id: i64, id: i64, event_time: i64) -> DbResult<bool> {
-    conn.prepare_cached(
-        "INSERT INTO activity_tombstones (id, athlete_id, event_time) VALUES (?1, ?2, ?3)
-         ON CONFLICT(id) DO UPDATE SET event_time = max(event_time, excluded.event_time)",
-    )?
-    .execute(params![id, athlete_id, event_time])?;
+    lifecycle::bury(conn, athlete_id, id, event_time)?;
     Ok(conn
         .prepare_cached("DELETE FROM activities WHERE id = ?1 AND athlete_id = ?2")?
         .execute(params![id, athlete_id])?
         > 0)
-}
-
-/// When the activity was deleted, if it has a tombstone. The job runner must
-/// not store a fetched activity that has one.
-pub fn tombstone(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT event_time FROM activity_tombstones WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?)
-}
-
-/// Lifts a tombstone: a create newer than the delete means the activity is
-/// back (a privacy switch seen without `activity:read_all` arrives as a
-/// delete, then a create).
-pub fn clear_tombstone(conn: &Connection, id: i64) -> DbResult<()> {
-    conn.prepare_cached("DELETE FROM activity_tombstones WHERE id = ?1")?
-        .execute([id])?;
-    Ok(())
-}
-
-pub fn is_stored(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM activities WHERE id = ?1 AND athlete_id = ?2")?
-        .query_row(params![id, athlete_id], |_| Ok(()))
-        .optional()?
-        .is_some())
 }

@@ -5,15 +5,15 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::{now, DbResult};
+use super::{DbResult, Store};
 
 /// Issues a new token for the athlete and returns it in clear, the only time
 /// it exists outside the caller's hands.
-pub fn issue(conn: &Connection, athlete_id: i64) -> DbResult<String> {
+pub fn issue(conn: &Connection, athlete_id: i64, at: i64) -> DbResult<String> {
     let token = random_token();
     conn.execute(
         "INSERT INTO api_tokens (token_hash, athlete_id, created_at) VALUES (?1, ?2, ?3)",
-        params![hash(&token).as_slice(), athlete_id, now()],
+        params![hash(&token).as_slice(), athlete_id, at],
     )?;
     Ok(token)
 }
@@ -44,4 +44,11 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 pub fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+impl Store {
+    /// The athlete an API token belongs to, if it is valid.
+    pub async fn athlete_for_token(&self, token: String) -> DbResult<Option<i64>> {
+        self.read(move |c| athlete_for(c, &token)).await
+    }
 }

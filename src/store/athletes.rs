@@ -3,7 +3,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
-use super::{now, DbResult};
+use super::strava_tokens::{self, StoredTokens};
+use super::{api_tokens, jobs, DbResult, Store};
+use crate::model::job::Task;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -30,7 +32,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Athlete {
     pub id: i64,
     pub scope: String,
@@ -38,15 +40,28 @@ pub struct Athlete {
     pub connected_at: i64,
 }
 
+impl Athlete {
+    /// Whether the granted scope shows "Only You" activities too.
+    pub fn reads_all(&self) -> bool {
+        self.scope
+            .split(',')
+            .any(|s| s.trim() == "activity:read_all")
+    }
+}
+
 /// Inserts or refreshes an athlete from Strava's athlete JSON (every field
 /// kept); a reconnect resets the status to connected. Returns the athlete id.
-pub fn upsert(conn: &Connection, profile: &serde_json::Value, scope: &str) -> DbResult<i64> {
+pub fn upsert(
+    conn: &Connection,
+    profile: &serde_json::Value,
+    scope: &str,
+    at: i64,
+) -> DbResult<i64> {
     #[derive(Deserialize)]
     struct Id {
         id: i64,
     }
     let id = Id::deserialize(profile)?.id;
-    let at = now();
     conn.execute(
         "INSERT INTO athletes (id, profile_json, scope, status, connected_at, updated_at)
          VALUES (?1, ?2, ?3, 'connected', ?4, ?4)
@@ -89,10 +104,10 @@ pub fn profile_json(conn: &Connection, id: i64) -> DbResult<Option<String>> {
         .optional()?)
 }
 
-pub fn set_status(conn: &Connection, id: i64, status: Status) -> DbResult<()> {
+pub fn set_status(conn: &Connection, id: i64, status: Status, at: i64) -> DbResult<()> {
     conn.execute(
         "UPDATE athletes SET status = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, status.as_str(), now()],
+        params![id, status.as_str(), at],
     )?;
     Ok(())
 }
@@ -113,4 +128,70 @@ pub fn purge(conn: &Connection, id: i64) -> DbResult<bool> {
         [id],
     )?;
     Ok(conn.execute("DELETE FROM athletes WHERE id = ?1", [id])? > 0)
+}
+
+impl Store {
+    /// Connects an athlete in one transaction: their profile and granted
+    /// scope, Strava's tokens, a fresh API token (returned in clear), and
+    /// their first page (interactive) and history backfill queued.
+    pub async fn connect_athlete(
+        &self,
+        profile: serde_json::Value,
+        scope: String,
+        tokens: StoredTokens,
+        now: i64,
+    ) -> DbResult<(i64, String)> {
+        self.write(move |tx| {
+            let id = upsert(tx, &profile, &scope, now)?;
+            strava_tokens::put(tx, id, &tokens, now)?;
+            let api_token = api_tokens::issue(tx, id, now)?;
+            jobs::enqueue(tx, id, Task::FirstPage, now, now)?;
+            jobs::enqueue(tx, id, Task::Backfill, now, now)?;
+            Ok((id, api_token))
+        })
+        .await
+    }
+
+    /// Deletes everything held for an athlete (see [`purge`]).
+    pub async fn purge_athlete(&self, id: i64) -> DbResult<bool> {
+        self.write(move |tx| purge(tx, id)).await
+    }
+
+    pub async fn athlete(&self, id: i64) -> DbResult<Option<Athlete>> {
+        self.read(move |c| get(c, id)).await
+    }
+
+    /// The athlete's profile JSON as last received.
+    pub async fn athlete_json(&self, id: i64) -> DbResult<Option<String>> {
+        self.read(move |c| profile_json(c, id)).await
+    }
+
+    /// The athlete and their Strava tokens, if both are stored.
+    pub async fn athlete_tokens(&self, id: i64) -> DbResult<Option<(Athlete, StoredTokens)>> {
+        self.read(move |c| Ok(get(c, id)?.zip(strava_tokens::get(c, id)?)))
+            .await
+    }
+
+    /// Marks the athlete as needing to connect again (Strava refused a refresh).
+    pub async fn mark_needs_reauth(&self, id: i64, now: i64) -> DbResult<()> {
+        self.write(move |tx| set_status(tx, id, Status::NeedsReauth, now))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_all_is_recognised_among_other_scopes() {
+        let athlete = |scope: &str| Athlete {
+            id: 1,
+            scope: scope.into(),
+            status: Status::Connected,
+            connected_at: 0,
+        };
+        assert!(athlete("read, activity:read_all").reads_all());
+        assert!(!athlete("read,activity:read").reads_all());
+    }
 }

@@ -6,91 +6,10 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Serialize;
 
-use super::DbResult;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjectType {
-    Activity,
-    Athlete,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AspectType {
-    Create,
-    Update,
-    Delete,
-}
-
-impl ObjectType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectType::Activity => "activity",
-            ObjectType::Athlete => "athlete",
-        }
-    }
-}
-
-impl AspectType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AspectType::Create => "create",
-            AspectType::Update => "update",
-            AspectType::Delete => "delete",
-        }
-    }
-}
-
-/// A validated Strava event, as stored. `subscription_id` is checked at the
-/// door and not kept: it is the same for every event we accept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Event {
-    pub object_type: ObjectType,
-    pub object_id: i64,
-    pub aspect_type: AspectType,
-    pub owner_id: i64,
-    pub event_time: i64,
-    pub updates: BTreeMap<String, String>,
-}
-
-impl Event {
-    /// The metric label for this event: `activity_create`, `athlete_update`, ...
-    pub fn kind(&self) -> &'static str {
-        match (self.object_type, self.aspect_type) {
-            (ObjectType::Activity, AspectType::Create) => "activity_create",
-            (ObjectType::Activity, AspectType::Update) => "activity_update",
-            (ObjectType::Activity, AspectType::Delete) => "activity_delete",
-            (ObjectType::Athlete, AspectType::Create) => "athlete_create",
-            (ObjectType::Athlete, AspectType::Update) => "athlete_update",
-            (ObjectType::Athlete, AspectType::Delete) => "athlete_delete",
-        }
-    }
-
-    /// Identifies one event across Strava's deliveries: every field except
-    /// `subscription_id` (seen both as number and string). A second create of
-    /// the same activity at another `event_time` is a different event; applying
-    /// it is harmless because a create of a stored activity costs nothing.
-    pub fn dedup_key(&self) -> String {
-        // `updates` is a BTreeMap, so its JSON is canonical (sorted keys).
-        let updates = serde_json::to_string(&self.updates).expect("string map serializes");
-        let digest = Sha256::digest(
-            format!(
-                "{}\n{}\n{}\n{}\n{}\n{updates}",
-                self.object_type.as_str(),
-                self.object_id,
-                self.aspect_type.as_str(),
-                self.owner_id,
-                self.event_time
-            )
-            .as_bytes(),
-        );
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
+use super::{subscription, DbResult, Store};
+pub use crate::model::event::{AspectType, Event, ObjectType};
 
 /// Where an inbox event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,23 +168,21 @@ pub fn record_failure(
     Ok(())
 }
 
-/// Whether a create of this activity newer than `event_time` has been
-/// applied: then a delete at `event_time` arrived late and must not win.
-pub fn newer_create_applied(
-    conn: &Connection,
-    activity_id: i64,
-    event_time: i64,
-) -> DbResult<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM webhook_events
-             WHERE object_type = 'activity' AND object_id = ?1 AND aspect_type = 'create'
-               AND status = 'done' AND event_time > ?2
-             LIMIT 1",
-        )?
-        .query_row(params![activity_id, event_time], |_| Ok(()))
-        .optional()?
-        .is_some())
+/// The earliest create event received for any of these activities.
+pub fn oldest_create_event(conn: &Connection, ids: &[i64]) -> DbResult<Option<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT MIN(event_time) FROM webhook_events
+         WHERE object_type = 'activity' AND aspect_type = 'create' AND object_id = ?1",
+    )?;
+    let mut oldest: Option<i64> = None;
+    for &id in ids {
+        let t: Option<i64> = stmt.query_row([id], |r| r.get(0))?;
+        oldest = match (oldest, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(oldest)
 }
 
 /// How many events stand in each status (every status listed, zeros too).
@@ -325,41 +242,85 @@ pub fn prune(conn: &Connection, before: i64, limit: usize) -> DbResult<usize> {
     )?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What the callback did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Accepted,
+    /// Already in the inbox: a retry or a duplicate delivery.
+    Duplicate,
+    /// It names another subscription than ours.
+    Foreign,
+}
 
-    fn event(aspect_type: AspectType, updates: &[(&str, &str)]) -> Event {
-        Event {
-            object_type: ObjectType::Activity,
-            object_id: 17_179_869_185,
-            aspect_type,
-            owner_id: 7,
-            event_time: 1_700_000_000,
-            updates: updates
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+/// The inbox as an operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxReport {
+    pub subscription_id: Option<i64>,
+    pub counts: BTreeMap<&'static str, i64>,
+    pub failed: Vec<Stored>,
+}
+
+impl Store {
+    /// Commits an event that carries our subscription id (or any, while none
+    /// is stored), unless an identical one is already in the inbox.
+    pub async fn receive_event(
+        &self,
+        event: Event,
+        claimed_subscription: i64,
+        now: i64,
+    ) -> DbResult<Received> {
+        self.write(move |tx| {
+            if subscription::id(tx)?.is_some_and(|ours| ours != claimed_subscription) {
+                return Ok(Received::Foreign);
+            }
+            Ok(if insert(tx, &event, now)? {
+                Received::Accepted
+            } else {
+                Received::Duplicate
+            })
+        })
+        .await
     }
 
-    #[test]
-    fn dedup_key_is_the_identity_of_the_event() {
-        let a = event(AspectType::Update, &[("title", "x"), ("type", "Run")]);
-        let b = event(AspectType::Update, &[("type", "Run"), ("title", "x")]);
-        assert_eq!(a.dedup_key(), b.dedup_key());
-        assert_ne!(
-            a.dedup_key(),
-            event(AspectType::Update, &[("title", "y")]).dedup_key()
-        );
-        let later = Event {
-            event_time: a.event_time + 1,
-            ..a.clone()
-        };
-        assert_ne!(a.dedup_key(), later.dedup_key());
-        assert_ne!(
-            event(AspectType::Create, &[]).dedup_key(),
-            event(AspectType::Delete, &[]).dedup_key()
-        );
+    /// Pending events due by `now`, in the order they must be applied.
+    pub async fn due_events(&self, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
+        self.read(move |c| next_due(c, now, limit)).await
+    }
+
+    /// Records a failed attempt to apply event `id`.
+    pub async fn record_event_failure(
+        &self,
+        id: i64,
+        error: String,
+        retry_at: Option<i64>,
+    ) -> DbResult<()> {
+        self.write(move |tx| record_failure(tx, id, &error, retry_at))
+            .await
+    }
+
+    pub async fn inbox_depth(&self) -> DbResult<i64> {
+        self.read(depth).await
+    }
+
+    /// Deletes up to `limit` settled events last attempted before `before`.
+    pub async fn prune_events(&self, before: i64, limit: usize) -> DbResult<usize> {
+        self.write(move |tx| prune(tx, before, limit)).await
+    }
+
+    /// Counts by status and the newest `failed_shown` failed events.
+    pub async fn inbox_report(&self, failed_shown: usize) -> DbResult<InboxReport> {
+        self.read(move |c| {
+            Ok(InboxReport {
+                subscription_id: subscription::id(c)?,
+                counts: counts(c)?,
+                failed: failed(c, failed_shown)?,
+            })
+        })
+        .await
+    }
+
+    /// Puts every failed event back in the queue. Returns how many.
+    pub async fn replay_failed_events(&self, now: i64) -> DbResult<usize> {
+        self.write(move |tx| replay_failed(tx, now)).await
     }
 }

@@ -2,17 +2,21 @@
 //! readers, so writes never contend with each other for the file lock.
 //!
 //! Table families live in their own modules as plain functions over a
-//! `rusqlite::Connection`, so one transaction can span families (purging an
-//! athlete, applying a page). Async callers go through [`Store::read`] and
-//! [`Store::write`], which run the closure on the blocking thread pool.
+//! `rusqlite::Connection`, so one transaction can span families. The rest of
+//! the service reaches storage only through the named use-case methods on
+//! [`Store`] (connect an athlete, apply an event, store a listing, claim a
+//! job, ...), each one transaction run off the async threads; they are the
+//! seam a second backend implements.
 
 pub mod activities;
 pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
+mod events;
 pub mod inbox;
 pub mod jobs;
+pub mod lifecycle;
 pub mod oauth_states;
 pub mod service_state;
 pub mod strava_tokens;
@@ -87,6 +91,8 @@ impl Store {
     }
 
     /// Runs read-only work on a reader connection, off the async threads.
+    /// The use-case methods are built on it; outside `store` only tests and
+    /// tools reach for it, to seed or inspect rows.
     pub async fn read<T, F>(&self, f: F) -> DbResult<T>
     where
         T: Send + 'static,
@@ -146,11 +152,6 @@ fn configure_writer(conn: &mut Connection) -> rusqlite::Result<()> {
 
 fn migrations() -> Migrations<'static> {
     Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations directory is well-formed")
-}
-
-/// Current time as epoch seconds.
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::DbResult;
+use super::{DbResult, Store};
 
 /// Records a fresh state valid until `expires_at`, dropping expired ones.
 pub fn create(conn: &Connection, state: &str, expires_at: i64, now: i64) -> DbResult<()> {
@@ -25,6 +25,24 @@ pub fn consume(conn: &Connection, state: &str, now: i64) -> DbResult<bool> {
         )
         .optional()?;
     Ok(expires_at.is_some_and(|t| t > now))
+}
+
+impl Store {
+    /// Records a fresh OAuth state valid until `expires_at`.
+    pub async fn create_oauth_state(
+        &self,
+        state: String,
+        expires_at: i64,
+        now: i64,
+    ) -> DbResult<()> {
+        self.write(move |tx| create(tx, &state, expires_at, now))
+            .await
+    }
+
+    /// Uses a state up: true only the first time, and only before it expires.
+    pub async fn consume_oauth_state(&self, state: String, now: i64) -> DbResult<bool> {
+        self.write(move |tx| consume(tx, &state, now)).await
+    }
 }
 
 #[cfg(test)]

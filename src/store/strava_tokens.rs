@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now, DbResult};
+use super::{DbResult, Store};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredTokens {
@@ -39,7 +39,7 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<Option<StoredTokens>>
 }
 
 /// Stores (or replaces) an athlete's tokens.
-pub fn put(conn: &Connection, athlete_id: i64, tokens: &StoredTokens) -> DbResult<()> {
+pub fn put(conn: &Connection, athlete_id: i64, tokens: &StoredTokens, at: i64) -> DbResult<()> {
     conn.execute(
         "INSERT INTO strava_tokens (athlete_id, access_token, refresh_token, expires_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -51,8 +51,22 @@ pub fn put(conn: &Connection, athlete_id: i64, tokens: &StoredTokens) -> DbResul
             tokens.access_token,
             tokens.refresh_token,
             tokens.expires_at,
-            now()
+            at
         ],
     )?;
     Ok(())
+}
+
+impl Store {
+    /// Stores a refreshed set of tokens (the rotated refresh token is
+    /// committed before the access token is used).
+    pub async fn save_tokens(
+        &self,
+        athlete_id: i64,
+        tokens: StoredTokens,
+        now: i64,
+    ) -> DbResult<()> {
+        self.write(move |tx| put(tx, athlete_id, &tokens, now))
+            .await
+    }
 }

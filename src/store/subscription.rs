@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 
 use super::api_tokens::random_token;
-use super::{service_state, DbResult};
+use super::{service_state, DbResult, Store};
 
 const PATH_SECRET: &str = "webhook_path_secret";
 const SUBSCRIPTION_ID: &str = "webhook_subscription_id";
@@ -27,4 +27,23 @@ pub fn set_id(conn: &Connection, id: i64) -> DbResult<()> {
 
 pub fn clear_id(conn: &Connection) -> DbResult<()> {
     service_state::delete(conn, SUBSCRIPTION_ID)
+}
+
+impl Store {
+    /// The callback path secret, created on first use.
+    pub async fn path_secret(&self) -> DbResult<String> {
+        self.write(|tx| path_secret(tx)).await
+    }
+
+    pub async fn subscription_id(&self) -> DbResult<Option<i64>> {
+        self.read(id).await
+    }
+
+    pub async fn set_subscription_id(&self, subscription_id: i64) -> DbResult<()> {
+        self.write(move |tx| set_id(tx, subscription_id)).await
+    }
+
+    pub async fn clear_subscription_id(&self) -> DbResult<()> {
+        self.write(|tx| clear_id(tx)).await
+    }
 }

@@ -7,7 +7,13 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::DbResult;
+use serde_json::value::RawValue;
+
+use super::activities::{self, Upserted};
+use super::athletes::{self, Athlete};
+use super::{budget, jobs, DbResult, Store};
+use crate::model::job::Task;
+use crate::model::Purpose;
 
 /// Where an athlete's history backfill stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -77,20 +83,21 @@ pub struct AthleteOverview {
 }
 
 /// Every athlete with their sync state, oldest connection first.
-pub fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
+fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
     let mut stmt = conn.prepare(
         "SELECT a.id, a.status, a.scope, a.connected_at,
                 (SELECT COUNT(*) FROM activities x WHERE x.athlete_id = a.id),
                 COALESCE(s.backfill_pages, 0), COALESCE(s.backfill_complete, 0),
-                s.last_gap_fill_at, s.last_webhook_at, s.last_reconcile_at,
-                (SELECT COUNT(*) FROM jobs j WHERE j.athlete_id = a.id AND j.status = 'queued'),
-                (SELECT COUNT(*) FROM jobs j WHERE j.athlete_id = a.id AND j.status = 'failed')
+                s.last_gap_fill_at, s.last_webhook_at, s.last_reconcile_at
          FROM athletes a LEFT JOIN sync_state s ON s.athlete_id = a.id
          ORDER BY a.connected_at, a.id",
     )?;
+    let jobs = jobs::queued_and_failed_by_athlete(conn)?;
     let rows = stmt.query_map([], |r| {
+        let id = r.get(0)?;
+        let (queued_jobs, failed_jobs) = jobs.get(&id).copied().unwrap_or_default();
         Ok(AthleteOverview {
-            id: r.get(0)?,
+            id,
             status: r.get(1)?,
             scope: r.get(2)?,
             connected_at: r.get(3)?,
@@ -100,8 +107,8 @@ pub fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
             last_gap_fill_at: r.get(7)?,
             last_webhook_at: r.get(8)?,
             last_reconcile_at: r.get(9)?,
-            queued_jobs: r.get(10)?,
-            failed_jobs: r.get(11)?,
+            queued_jobs,
+            failed_jobs,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -163,16 +170,14 @@ pub fn gap_fill_order(conn: &Connection, limit: u32) -> DbResult<Vec<i64>> {
 
 /// Connected athletes with a complete backfill whose reconciliation is in
 /// progress, or whose last one started before `before` (or never), longest
-/// ago first, unless a step is already queued or running. Until the backfill
-/// is complete it would list the same history anyway.
-pub fn due_for_reconcile(conn: &Connection, before: i64) -> DbResult<Vec<i64>> {
+/// ago first. Until the backfill is complete it would list the same history
+/// anyway.
+fn due_for_reconcile(conn: &Connection, before: i64) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a JOIN sync_state s ON s.athlete_id = a.id
          WHERE a.status = 'connected' AND s.backfill_complete = 1
            AND (s.reconcile_cursor IS NOT NULL OR s.last_reconcile_at IS NULL
                 OR s.last_reconcile_at < ?1)
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.athlete_id = a.id
-                           AND j.kind = 'reconcile' AND j.status IN ('queued', 'running'))
          ORDER BY s.last_reconcile_at IS NOT NULL, s.last_reconcile_at, a.id",
     )?;
     let ids = stmt
@@ -294,9 +299,253 @@ pub fn backfills_in_progress(conn: &Connection) -> DbResult<i64> {
     )?)
 }
 
+/// Where a catch-up listing starts from: the athlete's newest stored start,
+/// their last check, when they connected, and whether they see private
+/// activities too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpStart {
+    pub newest_start: Option<i64>,
+    pub last_check: Option<i64>,
+    pub connected_at: Option<i64>,
+    pub read_all: bool,
+}
+
+/// What a manual refresh request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRequest {
+    /// Queued as job `job_id`, at `position` in the queue.
+    Queued { job_id: i64, position: i64 },
+    /// The cooldown has this many seconds left.
+    CoolingDown(i64),
+    /// The athlete must connect again first.
+    NotConnected,
+}
+
+/// An athlete's sync state as `GET /api/sync` shows it.
+#[derive(Debug, Clone)]
+pub struct SyncOverview {
+    pub athlete: Option<Athlete>,
+    pub state: SyncState,
+    pub stored: i64,
+    pub queued: Vec<(String, i64)>,
+    pub last_webhook_at: Option<i64>,
+}
+
+/// What a backfill's pace is estimated from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillPace {
+    pub profile_json: Option<String>,
+    /// Backfill calls since the time asked about.
+    pub recent_calls: i64,
+    pub in_progress: i64,
+}
+
+impl Store {
+    /// Queues a gap-fill for up to `limit` connected athletes, the one
+    /// checked longest ago first. Returns how many are now queued.
+    pub async fn plan_gap_fill_pass(&self, limit: u32, now: i64) -> DbResult<usize> {
+        self.write(move |tx| {
+            let order = gap_fill_order(tx, limit)?;
+            for &athlete_id in &order {
+                jobs::enqueue(tx, athlete_id, Task::GapFill, now, now)?;
+            }
+            Ok(order.len())
+        })
+        .await
+    }
+
+    /// Queues a reconciliation for every athlete due (last pass started
+    /// before `before`) with none queued or running. Returns how many.
+    pub async fn plan_reconciliation(&self, before: i64, now: i64) -> DbResult<usize> {
+        self.write(move |tx| {
+            let mut queued = 0;
+            for athlete_id in due_for_reconcile(tx, before)? {
+                if !jobs::has_open(tx, athlete_id, Task::Reconcile.kind())? {
+                    jobs::enqueue(tx, athlete_id, Task::Reconcile, now, now)?;
+                    queued += 1;
+                }
+            }
+            Ok(queued)
+        })
+        .await
+    }
+
+    /// Queues detail fetches for up to `limit` summary-only activities that
+    /// started after `since`, newest first, but only while no other work is
+    /// due. Returns how many activities were picked.
+    pub async fn plan_enrichment(&self, since: i64, limit: u32, now: i64) -> DbResult<usize> {
+        self.write(move |tx| {
+            let enrich = Task::Enrich(Default::default());
+            if jobs::due_besides(tx, enrich.kind(), now)? > 0 {
+                return Ok(0);
+            }
+            let picks = activities::summary_only_since(tx, since, limit)?;
+            for &(activity_id, athlete_id) in &picks {
+                let task = Task::Enrich(crate::model::job::Enrich {
+                    activity_ids: vec![activity_id],
+                });
+                jobs::enqueue(tx, athlete_id, task, now, now)?;
+            }
+            Ok(picks.len())
+        })
+        .await
+    }
+
+    pub async fn catch_up_start(&self, athlete_id: i64) -> DbResult<CatchUpStart> {
+        self.read(move |c| {
+            let athlete = athletes::get(c, athlete_id)?;
+            Ok(CatchUpStart {
+                newest_start: activities::newest_start(c, athlete_id)?,
+                last_check: get(c, athlete_id)?.last_gap_fill_at,
+                connected_at: athlete.as_ref().map(|a| a.connected_at),
+                read_all: athlete.is_some_and(|a| a.reads_all()),
+            })
+        })
+        .await
+    }
+
+    /// Records that a catch-up listing of the athlete ended at `now`.
+    pub async fn finish_catch_up(&self, athlete_id: i64, now: i64) -> DbResult<()> {
+        self.write(move |tx| set_last_gap_fill(tx, athlete_id, now))
+            .await
+    }
+
+    /// Where the athlete's history backfill stands.
+    pub async fn backfill_cursor(&self, athlete_id: i64) -> DbResult<Backfill> {
+        self.read(move |c| Ok(backfill(c, athlete_id)?.unwrap_or_default()))
+            .await
+    }
+
+    /// Stores a history page and, when given, the cursor past it, in one
+    /// transaction: a restart never refetches a finished page.
+    pub async fn store_history_page(
+        &self,
+        athlete_id: i64,
+        page: Vec<Box<RawValue>>,
+        next: Option<Backfill>,
+        now: i64,
+    ) -> DbResult<Upserted> {
+        self.write(move |tx| {
+            let upserted = activities::upsert_listed(tx, athlete_id, page, now)?;
+            if let Some(next) = next {
+                set_backfill(tx, athlete_id, &next)?;
+            }
+            Ok(upserted)
+        })
+        .await
+    }
+
+    /// The athlete's reconciliation pass in progress (or one starting at
+    /// `now`), and whether they see private activities too.
+    pub async fn reconcile_step_start(
+        &self,
+        athlete_id: i64,
+        now: i64,
+    ) -> DbResult<(ReconcilePass, bool)> {
+        self.write(move |tx| {
+            let pass = reconcile_pass(tx, athlete_id, now)?;
+            let read_all = athletes::get(tx, athlete_id)?.is_some_and(|a| a.reads_all());
+            Ok((pass, read_all))
+        })
+        .await
+    }
+
+    /// Stores one page of a reconciliation walk, marks what it listed as seen
+    /// at `mark`, moves the pass on and, after the last page, sweeps what
+    /// the walk did not see. Returns what the page changed and how many
+    /// activities the sweep removed.
+    pub async fn store_reconcile_page(
+        &self,
+        athlete_id: i64,
+        page: Vec<Box<RawValue>>,
+        listed: Vec<i64>,
+        pass: ReconcilePass,
+        finished: bool,
+        now: i64,
+    ) -> DbResult<(Upserted, usize)> {
+        let mark = pass.started_at + 1;
+        self.write(move |tx| {
+            let changed = activities::upsert_listed(tx, athlete_id, page, now)?;
+            activities::mark_seen(tx, athlete_id, &listed, mark)?;
+            let next = ReconcilePass {
+                page: pass.page + 1,
+                ..pass
+            };
+            save_reconcile_pass(tx, athlete_id, next, finished)?;
+            let removed = if finished {
+                activities::sweep_unseen(tx, athlete_id, mark, pass.started_at)?
+            } else {
+                0
+            };
+            Ok((changed, removed))
+        })
+        .await
+    }
+
+    /// Queues a manual refresh unless the athlete needs to connect again or
+    /// the cooldown has not passed.
+    pub async fn request_refresh(
+        &self,
+        athlete_id: i64,
+        cooldown_secs: i64,
+        now: i64,
+    ) -> DbResult<RefreshRequest> {
+        self.write(move |tx| {
+            let connected = athletes::get(tx, athlete_id)?
+                .is_some_and(|a| a.status == athletes::Status::Connected);
+            if !connected {
+                return Ok(RefreshRequest::NotConnected);
+            }
+            if let Err(wait) = claim_manual_refresh(tx, athlete_id, now, cooldown_secs)? {
+                return Ok(RefreshRequest::CoolingDown(wait));
+            }
+            let job_id = jobs::enqueue(tx, athlete_id, Task::Refresh, now, now)?;
+            let position = jobs::queue_position(tx, job_id)?.unwrap_or(1);
+            Ok(RefreshRequest::Queued { job_id, position })
+        })
+        .await
+    }
+
+    pub async fn sync_overview(&self, athlete_id: i64) -> DbResult<SyncOverview> {
+        self.read(move |c| {
+            Ok(SyncOverview {
+                athlete: athletes::get(c, athlete_id)?,
+                state: get(c, athlete_id)?,
+                stored: activities::count_for(c, athlete_id)?,
+                queued: jobs::queued_by_kind(c, athlete_id)?,
+                last_webhook_at: last_webhook_at(c, athlete_id)?,
+            })
+        })
+        .await
+    }
+
+    /// What the athlete's backfill pace is estimated from, counting
+    /// backfill calls since `since`.
+    pub async fn backfill_pace(&self, athlete_id: i64, since: i64) -> DbResult<BackfillPace> {
+        self.read(move |c| {
+            let recent_calls = budget::calls_by_purpose_since(c, since)?
+                .into_iter()
+                .find(|(purpose, _)| purpose == Purpose::Backfill.as_str())
+                .map_or(0, |(_, n)| n);
+            Ok(BackfillPace {
+                profile_json: athletes::profile_json(c, athlete_id)?,
+                recent_calls,
+                in_progress: backfills_in_progress(c)?,
+            })
+        })
+        .await
+    }
+
+    /// Every athlete with their sync state, for `/admin/athletes`.
+    pub async fn athletes_overview(&self) -> DbResult<Vec<AthleteOverview>> {
+        self.read(overview).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::job::Task;
     use crate::store::{athletes, jobs, Store};
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -310,6 +559,7 @@ mod tests {
             conn,
             &serde_json::json!({"id": id}),
             "read,activity:read_all",
+            0,
         )
         .unwrap();
     }
@@ -324,7 +574,7 @@ mod tests {
                 }
                 set_last_gap_fill(tx, 1, 500)?;
                 set_last_gap_fill(tx, 2, 100)?;
-                athletes::set_status(tx, 4, athletes::Status::NeedsReauth)?;
+                athletes::set_status(tx, 4, athletes::Status::NeedsReauth, 0)?;
                 assert_eq!(gap_fill_order(tx, 10)?, vec![3, 2, 1]);
                 assert_eq!(gap_fill_order(tx, 2)?, vec![3, 2]);
                 Ok(())
@@ -386,13 +636,13 @@ mod tests {
                 for id in 1..=3 {
                     connect(tx, id);
                 }
-                let backfill = jobs::enqueue(tx, 1, jobs::JobKind::Backfill, None, 0)?;
-                let first = jobs::enqueue(tx, 2, jobs::JobKind::Refresh, None, 0)?;
-                let second = jobs::enqueue(tx, 3, jobs::JobKind::Refresh, None, 0)?;
+                let backfill = jobs::enqueue(tx, 1, Task::Backfill, 0, 0)?;
+                let first = jobs::enqueue(tx, 2, Task::Refresh, 0, 0)?;
+                let second = jobs::enqueue(tx, 3, Task::Refresh, 0, 0)?;
                 assert_eq!(jobs::queue_position(tx, first)?, Some(1));
                 assert_eq!(jobs::queue_position(tx, second)?, Some(2));
                 assert_eq!(jobs::queue_position(tx, backfill)?, Some(3));
-                assert_eq!(jobs::due_besides(tx, jobs::JobKind::Refresh, 0)?, 1);
+                assert_eq!(jobs::due_besides(tx, Task::Refresh.kind(), 0)?, 1);
                 Ok(())
             })
             .unwrap();

@@ -15,7 +15,10 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::config::Settings;
+use crate::model::clock::Clock;
 
 /// Strava's fault body: `{"message": ..., "errors": [{resource, field, code}]}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,12 +124,18 @@ pub struct StravaOAuth {
     http: reqwest::Client,
     deauthorize_url: String,
     scopes: String,
+    /// Turns Strava's `expires_in` into an expiry when `expires_at` is missing.
+    clock: Arc<dyn Clock>,
 }
 
 impl StravaOAuth {
     /// Builds the client from settings; `http` must not follow redirects (a
     /// token endpoint that redirects is not to be trusted with secrets).
-    pub fn new(settings: &Settings, http: reqwest::Client) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &Settings,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let client_id = settings
             .strava_client_id
             .clone()
@@ -152,6 +161,7 @@ impl StravaOAuth {
             http,
             deauthorize_url: format!("{base}/deauthorize"),
             scopes: settings.strava_scopes.clone(),
+            clock,
         })
     }
 
@@ -174,7 +184,12 @@ impl StravaOAuth {
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .request_async(&self.http)
             .await;
-        grant(answer, OAuthError::InvalidCode, "RequestToken")
+        grant(
+            answer,
+            OAuthError::InvalidCode,
+            "RequestToken",
+            self.clock.epoch(),
+        )
     }
 
     /// Refreshes an athlete's tokens; the answer may carry a new refresh token
@@ -185,7 +200,12 @@ impl StravaOAuth {
             .exchange_refresh_token(&RefreshToken::new(refresh_token.to_string()))
             .request_async(&self.http)
             .await;
-        grant(answer, OAuthError::RefreshRefused, "RefreshToken")
+        grant(
+            answer,
+            OAuthError::RefreshRefused,
+            "RefreshToken",
+            self.clock.epoch(),
+        )
     }
 
     /// Revokes the application's access for the athlete behind the token.
@@ -216,6 +236,7 @@ fn grant<RE: std::error::Error + 'static>(
     answer: Result<StravaTokenResponse, RequestTokenError<RE, StravaFault>>,
     specific: fn(StravaFault) -> OAuthError,
     resource: &str,
+    now: i64,
 ) -> Result<TokenGrant, OAuthError> {
     let token = match answer {
         Ok(token) => token,
@@ -235,11 +256,7 @@ fn grant<RE: std::error::Error + 'static>(
     let extra = token.extra_fields();
     let expires_at = extra
         .expires_at
-        .or_else(|| {
-            token
-                .expires_in()
-                .map(|d| chrono::Utc::now().timestamp() + d.as_secs() as i64)
-        })
+        .or_else(|| token.expires_in().map(|d| now + d.as_secs() as i64))
         .ok_or_else(|| OAuthError::Malformed("no expires_at".into()))?;
     Ok(TokenGrant {
         access_token: token.access_token().secret().clone(),
@@ -262,7 +279,12 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        let oauth = StravaOAuth::new(&settings, reqwest::Client::new()).unwrap();
+        let oauth = StravaOAuth::new(
+            &settings,
+            reqwest::Client::new(),
+            Arc::new(crate::model::clock::SystemClock),
+        )
+        .unwrap();
         let url = reqwest::Url::parse(&oauth.authorize_url("abc".into())).unwrap();
         assert_eq!(
             url.as_str().split('?').next(),

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use super::error::StravaError;
 use super::oauth::{OAuthError, StravaOAuth, TokenGrant};
 use crate::model::clock::Clock;
-use crate::store::athletes::{self, Status};
-use crate::store::strava_tokens::{self, StoredTokens};
+use crate::store::athletes::Status;
+use crate::store::strava_tokens::StoredTokens;
 use crate::store::Store;
 
 /// Refresh when the access token expires within this many seconds.
@@ -70,16 +70,7 @@ impl Tokens {
 
     /// The stored token if it is good for a while yet, else the stored set.
     async fn check(&self, athlete_id: i64) -> Result<Fresh, StravaError> {
-        let (athlete, tokens) = self
-            .store
-            .read(move |c| {
-                Ok((
-                    athletes::get(c, athlete_id)?,
-                    strava_tokens::get(c, athlete_id)?,
-                ))
-            })
-            .await?;
-        let (Some(athlete), Some(tokens)) = (athlete, tokens) else {
+        let Some((athlete, tokens)) = self.store.athlete_tokens(athlete_id).await? else {
             return Err(StravaError::NotConnected);
         };
         if athlete.status == Status::NeedsReauth {
@@ -99,7 +90,7 @@ impl Tokens {
             Ok(grant) => {
                 let tokens = StoredTokens::from(&grant);
                 self.store
-                    .write(move |tx| strava_tokens::put(tx, athlete_id, &tokens))
+                    .save_tokens(athlete_id, tokens, self.clock.epoch())
                     .await?;
                 tracing::info!(athlete_id, "refreshed Strava tokens");
                 Ok(grant.access_token)
@@ -107,7 +98,7 @@ impl Tokens {
             Err(OAuthError::RefreshRefused(fault)) => {
                 tracing::warn!(athlete_id, %fault, "refresh refused; the athlete must re-authorize");
                 self.store
-                    .write(move |tx| athletes::set_status(tx, athlete_id, Status::NeedsReauth))
+                    .mark_needs_reauth(athlete_id, self.clock.epoch())
                     .await?;
                 Err(StravaError::NeedsReauth)
             }

@@ -8,28 +8,27 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::runner::{JobError, Step};
+use super::outcome::{JobError, Step};
 use super::source::ActivitySource;
-use crate::store::jobs::{Counts, Job, JobKind};
-use crate::store::sync_state::{self, Backfill};
-use crate::store::{activities, Store};
-use crate::strava::client::{ListQuery, StravaError, MAX_PER_PAGE};
+use crate::model::job::{Counts, Task};
+use crate::store::sync_state::Backfill;
+use crate::store::Store;
+use crate::strava::client::{ListQuery, MAX_PER_PAGE};
+use crate::strava::error::StravaError;
 
-/// Fetches one page of history for the job's athlete: the newest page for
-/// [`JobKind::FirstPage`], the page below the cursor for
-/// [`JobKind::Backfill`]. The backfill ends at the first empty page (Strava
-/// has no total; a short page may only mean hidden activities).
+/// Fetches one page of history for the athlete: the newest page for
+/// [`Task::FirstPage`], the page below the cursor for [`Task::Backfill`].
+/// The backfill ends at the first empty page (Strava has no total; a short
+/// page may only mean hidden activities).
 pub async fn page<S: ActivitySource>(
     client: &S,
     store: &Store,
-    job: &Job,
+    athlete_id: i64,
+    task: &Task,
+    now: i64,
 ) -> Result<Step, JobError> {
-    let athlete_id = job.athlete_id;
-    let first = job.kind == JobKind::FirstPage;
-    let cursor = store
-        .read(move |c| sync_state::backfill(c, athlete_id))
-        .await?
-        .unwrap_or_default();
+    let first = *task == Task::FirstPage;
+    let cursor = store.backfill_cursor(athlete_id).await?;
     if !first && cursor.complete {
         return Ok(Step::Done(Counts::default()));
     }
@@ -39,27 +38,20 @@ pub async fn page<S: ActivitySource>(
         ..ListQuery::default()
     };
     let page = client
-        .list_activities(athlete_id, job.kind.purpose(), &query)
+        .list_activities(athlete_id, task.purpose(), &query)
         .await?;
     let oldest = oldest_start(&page)?;
     let fetched = page.len() as i64;
-    let complete = page.is_empty();
+    // The first page starts the cursor of a fresh athlete; after a reconnect
+    // the backfill keeps its place.
+    let next = (!first || cursor.pages == 0).then(|| Backfill {
+        before: oldest.or(cursor.before),
+        pages: cursor.pages + 1,
+        complete: fetched == 0,
+    });
+    // Strava's list can lag a delete event: what it removed stays gone.
     let upserted = store
-        .write(move |tx| {
-            // Strava's list can lag a delete event: what it removed stays gone.
-            let upserted = activities::upsert_listed(tx, athlete_id, page)?;
-            // The first page starts the cursor of a fresh athlete; after a
-            // reconnect the backfill keeps its place.
-            if !first || cursor.pages == 0 {
-                let next = Backfill {
-                    before: oldest.or(cursor.before),
-                    pages: cursor.pages + 1,
-                    complete,
-                };
-                sync_state::set_backfill(tx, athlete_id, &next)?;
-            }
-            Ok(upserted)
-        })
+        .store_history_page(athlete_id, page, next, now)
         .await?;
     let counts = Counts {
         fetched,
@@ -96,7 +88,7 @@ fn oldest_start(page: &[Box<RawValue>]) -> Result<Option<i64>, StravaError> {
 mod tests {
     use super::*;
     use crate::model::Purpose;
-    use crate::store::{activity_edits, athletes};
+    use crate::store::{activities, activity_edits, athletes};
 
     /// A Strava whose list is one fixed page.
     struct OnePage(Vec<Box<RawValue>>);
@@ -127,7 +119,7 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         store
             .write(|tx| {
-                athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all")?;
+                athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all", 0)?;
                 activity_edits::delete(tx, 1, 10, 500)?;
                 Ok(())
             })
@@ -137,20 +129,7 @@ mod tests {
             raw(r#"{"id":10,"athlete":{"id":1},"start_date":"2024-05-02T10:00:00Z"}"#),
             raw(r#"{"id":11,"athlete":{"id":1},"start_date":"2024-05-01T10:00:00Z"}"#),
         ]);
-        let job = Job {
-            id: 1,
-            athlete_id: 1,
-            kind: JobKind::FirstPage,
-            status: "running".into(),
-            payload_json: None,
-            attempts: 1,
-            fetched: 0,
-            new: 0,
-            updated: 0,
-            error: None,
-            created_at: 0,
-        };
-        let step = page(&strava, &store, &job).await.unwrap();
+        let step = page(&strava, &store, 1, &Task::FirstPage, 0).await.unwrap();
         assert!(matches!(step, Step::Done(c) if c.fetched == 2 && c.new == 1));
         let stored = store
             .read(|c| activities::stored_ids(c, 1, &[10, 11]))

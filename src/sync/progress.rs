@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::Purpose;
-use crate::store::sync_state::{self, SyncState};
-use crate::store::{athletes, budget, DbResult, Store};
+use crate::store::sync_state::SyncState;
+use crate::store::{DbResult, Store};
 
 use crate::strava::client::MAX_PER_PAGE;
 
@@ -33,22 +33,9 @@ pub async fn backfill(
     daily_limit: u32,
     now: i64,
 ) -> DbResult<Backfill> {
-    let (created, recent_calls, in_progress) = store
-        .read(move |c| {
-            let created = athletes::profile_json(c, athlete_id)?
-                .as_deref()
-                .and_then(account_created);
-            let backfill_calls = budget::calls_by_purpose_since(c, now - DAY)?
-                .into_iter()
-                .find(|(purpose, _)| purpose == Purpose::Backfill.as_str())
-                .map_or(0, |(_, n)| n);
-            Ok((
-                created,
-                backfill_calls,
-                sync_state::backfills_in_progress(c)?,
-            ))
-        })
-        .await?;
+    let pace = store.backfill_pace(athlete_id, now - DAY).await?;
+    let created = pace.profile_json.as_deref().and_then(account_created);
+    let (recent_calls, in_progress) = (pace.recent_calls, pace.in_progress);
     let estimated_completion = if state.backfill_complete {
         None
     } else {

@@ -12,14 +12,13 @@
 //! Strava lists. Every athlete is due once a day; a walk finishing within the
 //! next day keeps the 48 hours whenever the budget allows.
 
+use crate::model::job::Counts;
 use crate::model::Purpose;
-use crate::store::jobs::Counts;
-use crate::store::{activities, jobs, sync_state, DbResult, Store};
+use crate::store::{DbResult, Store};
 use crate::strava::client::{ListQuery, MAX_PER_PAGE};
 
-use super::gap_fill::{is_last_page, sees_all};
-use super::runner::{JobError, Step};
-use super::source::{activity_id, ActivitySource};
+use super::outcome::{JobError, Step};
+use super::source::{activity_id, is_last_page, ActivitySource};
 
 /// How often each athlete's list is compared with the local copy.
 pub const RECONCILE_EVERY_SECS: i64 = 86_400;
@@ -27,13 +26,7 @@ pub const RECONCILE_EVERY_SECS: i64 = 86_400;
 /// Queues a reconciliation for every athlete who is due. Returns how many.
 pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
     store
-        .write(move |tx| {
-            let due = sync_state::due_for_reconcile(tx, now - RECONCILE_EVERY_SECS)?;
-            for &athlete_id in &due {
-                jobs::enqueue(tx, athlete_id, jobs::JobKind::Reconcile, None, 0)?;
-            }
-            Ok(due.len())
-        })
+        .plan_reconciliation(now - RECONCILE_EVERY_SECS, now)
         .await
 }
 
@@ -44,21 +37,15 @@ pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
 /// What the walk lists is marked one second past the pass start (`now` when
 /// the pass began, on the runner's clock), so an activity seen by anything
 /// else in the very second the pass began, and deleted before the walk came
-/// to it, is still swept. Other paths stamp `last_seen_at` with the store's
-/// wall clock: in production the same clock.
+/// to it, is still swept. Other paths stamp `last_seen_at` with the same
+/// clock.
 pub async fn step<S: ActivitySource>(
     store: &Store,
     source: &S,
     athlete_id: i64,
     now: i64,
 ) -> Result<Step, JobError> {
-    let (pass, read_all) = store
-        .write(move |tx| {
-            let pass = sync_state::reconcile_pass(tx, athlete_id, now)?;
-            let read_all = sees_all(tx, athlete_id)?;
-            Ok((pass, read_all))
-        })
-        .await?;
+    let (pass, read_all) = store.reconcile_step_start(athlete_id, now).await?;
     let query = ListQuery {
         before: Some(pass.started_at),
         page: Some(pass.page),
@@ -71,23 +58,8 @@ pub async fn step<S: ActivitySource>(
     let finished = is_last_page(page.len(), read_all);
     let fetched = page.len() as i64;
     let listed: Vec<i64> = page.iter().filter_map(|r| activity_id(r)).collect();
-    let mark = pass.started_at + 1;
     let (changed, removed) = store
-        .write(move |tx| {
-            let changed = activities::upsert_listed(tx, athlete_id, page)?;
-            activities::mark_seen(tx, athlete_id, &listed, mark)?;
-            let next = sync_state::ReconcilePass {
-                page: pass.page + 1,
-                ..pass
-            };
-            sync_state::save_reconcile_pass(tx, athlete_id, next, finished)?;
-            let removed = if finished {
-                activities::sweep_unseen(tx, athlete_id, mark, pass.started_at)?
-            } else {
-                0
-            };
-            Ok((changed, removed))
-        })
+        .store_reconcile_page(athlete_id, page, listed, pass, finished, now)
         .await?;
     if removed > 0 {
         tracing::info!(

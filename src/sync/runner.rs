@@ -16,12 +16,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{dispatch, JobQueue};
+use super::outcome::{JobError, Step};
+use super::{dispatch, queue::JobQueue};
+use crate::model::job::Counts;
 use crate::model::Purpose;
-use crate::store::jobs::{self, Counts, Job};
+use crate::store::jobs::{Job, Outcome};
 use crate::store::{DbError, Store};
 use crate::strava::budget::Budget;
-use crate::strava::client::{StravaClient, StravaError};
+use crate::strava::client::StravaClient;
+use crate::strava::error::StravaError;
 
 /// Background jobs running at once; interactive jobs do not count.
 const BACKGROUND_SLOTS: usize = 4;
@@ -34,23 +37,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: i64 = 5;
 /// First retry delay of a transiently failed job; doubles per attempt.
 const RETRY_BASE_SECS: i64 = 30;
-
-/// How a run of a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Finished.
-    Done(Counts),
-    /// Progress made and more to do: back to the queue, due now.
-    More(Counts),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error(transparent)]
-    Strava(#[from] StravaError),
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
 
 pub struct JobRunner {
     store: Store,
@@ -80,7 +66,7 @@ impl JobRunner {
     /// its step; one that does not is requeued at the next start, resuming
     /// from its last committed step.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tasks: TaskTracker) {
-        match self.store.write(|tx| jobs::requeue_interrupted(tx)).await {
+        match self.store.requeue_interrupted_jobs().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "requeued jobs interrupted by a restart"),
             Err(e) => tracing::error!(error = %e, "could not requeue interrupted jobs"),
@@ -129,12 +115,9 @@ impl JobRunner {
             Purpose::Interactive
         };
         let now = self.budget.clock().epoch();
-        let job = self
-            .store
-            .write(move |tx| jobs::claim(tx, now, max.rank()))
-            .await?;
+        let job = self.store.claim_job(now, max.rank()).await?;
         Ok(job.map(|job| {
-            let slot = (job.kind.purpose() != Purpose::Interactive)
+            let slot = (job.task.purpose() != Purpose::Interactive)
                 .then_some(slot)
                 .flatten();
             (job, slot)
@@ -146,14 +129,12 @@ impl JobRunner {
     async fn idle(&self, shutdown: &CancellationToken) {
         let (_, budget_change) = self.budget.servable();
         let now = self.budget.clock().epoch();
-        let queue = self
-            .store
-            .read(move |c| Ok((jobs::next_due_after(c, now)?, jobs::queued_count(c)?)))
-            .await;
-        let next_due = match queue {
-            Ok((next_due, queued)) => {
-                metrics::gauge!("jobs_queued").set(queued as f64);
-                next_due.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        let next_due = match self.store.queue_state(now).await {
+            Ok(queue) => {
+                metrics::gauge!("jobs_queued").set(queue.queued as f64);
+                queue
+                    .next_due
+                    .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not read the job queue");
@@ -178,34 +159,42 @@ impl JobRunner {
     }
 
     async fn run_one(&self, job: Job) {
-        let result = self.execute(&job).await;
         let now = self.budget.clock().epoch();
-        let (id, attempts) = (job.id, job.attempts);
-        let recorded = self
-            .store
-            .write(move |tx| match result {
-                Ok(Step::Done(counts)) => jobs::finish(tx, id, counts, now),
-                Ok(Step::More(counts)) => jobs::requeue(tx, id, counts, now, None),
-                Err(e) => {
-                    let message = e.to_string();
-                    match disposition(&e, attempts) {
-                        Disposition::Retry(delay) => {
-                            jobs::requeue(tx, id, Counts::default(), now + delay, Some(&message))
-                        }
-                        Disposition::Fail => jobs::fail(tx, id, &message, now),
-                    }
-                }
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!(job = id, error = %e, "could not record a job's outcome");
+        let result =
+            dispatch::run(&self.store, &*self.client, job.athlete_id, &job.task, now).await;
+        let now = self.budget.clock().epoch();
+        let outcome = match result {
+            Ok(Step::Done(counts)) => Outcome::Done(counts),
+            Ok(Step::More(counts)) => Outcome::Requeue {
+                counts,
+                not_before: now,
+                error: None,
+            },
+            Err(e) => match disposition(&e, job.attempts) {
+                Disposition::Retry(delay) => Outcome::Requeue {
+                    counts: Counts::default(),
+                    not_before: now + delay,
+                    error: Some(e.to_string()),
+                },
+                Disposition::Fail => Outcome::Failed(e.to_string()),
+            },
+        };
+        if let Err(e) = self.store.record_job(job.id, outcome, now).await {
+            tracing::error!(job = job.id, error = %e, "could not record a job's outcome");
         }
     }
 
-    /// Runs one step of the job ([`dispatch::run`] has one arm per kind).
-    async fn execute(&self, job: &Job) -> Result<Step, JobError> {
-        let now = self.budget.clock().epoch();
-        dispatch::run(&self.store, &*self.client, job, now).await
+    /// Runs every job that can run now, one at a time, until none is left
+    /// that the budget and the queue allow; returns how many ran. For tests
+    /// and simulations that must know the queue has settled, without
+    /// sleeping.
+    pub async fn run_until_idle(&self) -> Result<usize, DbError> {
+        let mut ran = 0;
+        while let Some((job, _slot)) = self.claim().await? {
+            self.run_one(job).await;
+            ran += 1;
+        }
+        Ok(ran)
     }
 }
 

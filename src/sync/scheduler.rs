@@ -3,62 +3,81 @@
 //! of deletion reconciliation and detail enrichment. Queuing costs no call;
 //! the job runner spends the budget on what is queued, by priority.
 
+use std::sync::Arc;
+
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::AppState;
+use crate::model::clock::Clock;
 use crate::store::Store;
 
+use super::queue::JobQueue;
 use super::{enrich, gap_fill, reconcile};
 
 /// How often reconciliation and enrichment are planned.
 pub const PLAN_SCHEDULE: &str = "0 */5 * * * *";
 
-/// Queues reconciliations that are due and, when nothing more urgent waits,
-/// detail fetches. Errors are logged: the next round tries again.
-pub async fn plan(store: &Store, now: i64) {
-    if let Err(e) = reconcile::plan(store, now).await {
-        tracing::error!(error = %e, "planning reconciliation failed");
+/// What the planning needs: where to queue, and on which clock.
+#[derive(Clone)]
+pub struct Planner {
+    pub store: Store,
+    pub queue: Arc<JobQueue>,
+    pub clock: Arc<dyn Clock>,
+    /// The budget's daily ceiling, which bounds a gap-fill pass.
+    pub daily_limit: u32,
+}
+
+impl Planner {
+    /// Queues the daily gap-fill pass and wakes the runner. Returns how many
+    /// athletes are queued.
+    pub async fn gap_fill_pass(&self) -> crate::store::DbResult<usize> {
+        let queued = gap_fill::start_pass(&self.store, self.daily_limit, self.clock.epoch()).await;
+        self.queue.wake();
+        queued
     }
-    if let Err(e) = enrich::plan(store, now).await {
-        tracing::error!(error = %e, "planning enrichment failed");
+
+    /// Queues reconciliations that are due and, when nothing more urgent
+    /// waits, detail fetches; then wakes the runner. Errors are logged: the
+    /// next round tries again.
+    pub async fn plan(&self) {
+        let now = self.clock.epoch();
+        if let Err(e) = reconcile::plan(&self.store, now).await {
+            tracing::error!(error = %e, "planning reconciliation failed");
+        }
+        if let Err(e) = enrich::plan(&self.store, now).await {
+            tracing::error!(error = %e, "planning enrichment failed");
+        }
+        self.queue.wake();
     }
 }
 
-/// Starts the schedule (an invalid `SYNC_SCHEDULE` stops the service
-/// here); it stops when `shutdown` is cancelled.
+/// Starts the schedule: the gap-fill pass at `sync_schedule` (an invalid one
+/// stops the service here) and planning every few minutes; it stops when
+/// `shutdown` is cancelled.
 pub async fn start(
-    state: &AppState,
+    planner: Planner,
+    sync_schedule: &str,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
     let mut scheduler = JobScheduler::new().await?;
-    let (store, queue) = (state.store.clone(), state.jobs.clone());
-    let daily_limit = state.settings.strava_rate_limit_daily;
+    let daily = planner.clone();
     scheduler
-        .add(Job::new_async(
-            state.settings.sync_schedule.as_str(),
-            move |_, _| {
-                let (store, queue) = (store.clone(), queue.clone());
-                Box::pin(async move {
-                    match gap_fill::start_pass(&store, daily_limit).await {
-                        Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
-                        Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
-                    }
-                    queue.wake();
-                })
-            },
-        )?)
+        .add(Job::new_async(sync_schedule, move |_, _| {
+            let planner = daily.clone();
+            Box::pin(async move {
+                match planner.gap_fill_pass().await {
+                    Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
+                    Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
+                }
+            })
+        })?)
         .await?;
-    let (store, queue, clock) = (state.store.clone(), state.jobs.clone(), state.clock.clone());
     scheduler
         .add(Job::new_async(PLAN_SCHEDULE, move |_, _| {
-            let (store, queue, now) = (store.clone(), queue.clone(), clock.epoch());
-            Box::pin(async move {
-                plan(&store, now).await;
-                queue.wake();
-            })
+            let planner = planner.clone();
+            Box::pin(async move { planner.plan().await })
         })?)
         .await?;
     scheduler.start().await?;

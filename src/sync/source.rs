@@ -9,10 +9,12 @@ use std::future::Future;
 
 use serde_json::value::RawValue;
 
+use crate::model::job::Counts;
 use crate::model::Purpose;
-use crate::store::jobs::Counts;
-use crate::store::{activities, DbError, Store};
-use crate::strava::client::{ListQuery, StravaClient, StravaError, MAX_PER_PAGE};
+use crate::store::activities::Upserted;
+use crate::store::{DbError, Store};
+use crate::strava::client::{ListQuery, StravaClient, MAX_PER_PAGE};
+use crate::strava::error::StravaError;
 
 /// Reads from Strava on behalf of one athlete, spending one budget permit of
 /// the given purpose per call.
@@ -63,7 +65,7 @@ pub fn after(after: i64, page: u32) -> ListQuery {
 }
 
 /// Adds a stored batch to a job's counts.
-fn add(counts: &mut Counts, fetched: usize, changed: activities::Upserted) {
+fn add(counts: &mut Counts, fetched: usize, changed: Upserted) {
     counts.fetched += fetched as i64;
     counts.new += i64::from(changed.new);
     counts.updated += i64::from(changed.updated);
@@ -76,11 +78,10 @@ pub async fn store_page(
     athlete_id: i64,
     page: Vec<Box<RawValue>>,
     counts: &mut Counts,
+    now: i64,
 ) -> Result<(), DbError> {
     let fetched = page.len();
-    let changed = store
-        .write(move |tx| activities::upsert_listed(tx, athlete_id, page))
-        .await?;
+    let changed = store.store_listing(athlete_id, page, now).await?;
     add(counts, fetched, changed);
     Ok(())
 }
@@ -93,21 +94,22 @@ pub async fn store_detail(
     athlete_id: i64,
     detail: Box<RawValue>,
     counts: &mut Counts,
+    now: i64,
 ) -> Result<(), DbError> {
     let changed = store
-        .write(move |tx| {
-            let deleted = match activity_id(&detail) {
-                Some(id) => activities::resurrection_blocked(tx, id)?,
-                None => false,
-            };
-            if deleted {
-                return Ok(activities::Upserted::default());
-            }
-            activities::upsert_detail(tx, athlete_id, &detail)
-        })
+        .store_announced_detail(athlete_id, detail, now)
         .await?;
     add(counts, 1, changed);
     Ok(())
+}
+
+/// An empty page ends a listing. A short page does too when the athlete
+/// granted `activity:read_all`: Strava then fills every page but the last, and
+/// not asking for the empty page halves what a gap-fill costs. Without it
+/// Strava leaves private activities out of a page, so only an empty page is
+/// proof of the end.
+pub fn is_last_page(len: usize, read_all: bool) -> bool {
+    len == 0 || (read_all && len < MAX_PER_PAGE as usize)
 }
 
 /// The `id` of a listed activity, if readable.
@@ -123,13 +125,22 @@ pub fn activity_id(raw: &RawValue) -> Option<i64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn short_pages_end_the_list_only_with_read_all() {
+        assert!(is_last_page(0, false));
+        assert!(is_last_page(0, true));
+        assert!(is_last_page(199, true));
+        assert!(!is_last_page(199, false));
+        assert!(!is_last_page(200, true));
+    }
+
     #[tokio::test]
     async fn a_detail_fetched_across_a_delete_is_not_stored() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         store
             .write(|tx| {
-                crate::store::athletes::upsert(tx, &serde_json::json!({"id": 1}), "read")?;
+                crate::store::athletes::upsert(tx, &serde_json::json!({"id": 1}), "read", 0)?;
                 // The delete event was applied while the fetch was out.
                 crate::store::activity_edits::delete(tx, 1, 10, 500)?;
                 Ok(())
@@ -143,14 +154,14 @@ mod tests {
             .unwrap()
         };
         let mut counts = Counts::default();
-        store_detail(&store, 1, detail(10), &mut counts)
+        store_detail(&store, 1, detail(10), &mut counts, 0)
             .await
             .unwrap();
-        store_detail(&store, 1, detail(11), &mut counts)
+        store_detail(&store, 1, detail(11), &mut counts, 0)
             .await
             .unwrap();
         let stored = store
-            .read(|c| activities::stored_ids(c, 1, &[10, 11]))
+            .read(|c| crate::store::activities::stored_ids(c, 1, &[10, 11]))
             .await
             .unwrap();
         assert_eq!(stored, [11], "the deleted activity stays deleted");

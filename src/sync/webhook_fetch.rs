@@ -1,4 +1,7 @@
-//! Fetching activities announced by webhook create events.
+//! Fetching activities announced by webhook create events
+//! ([`Task::WebhookFetch`]): the webhook worker merges every announced id
+//! into the athlete's one queued fetch, so a burst of creates can be served
+//! by one list call instead of one call each.
 //!
 //! A create event carries only the id, so each new activity costs a call. When
 //! several of one athlete's creates are waiting, one listing (after the oldest
@@ -10,13 +13,13 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::job::{Counts, Fetch, Task};
 use crate::model::Purpose;
-use crate::store::jobs::Counts;
-use crate::store::{activities, DbResult, Store};
-use crate::strava::client::{StravaError, MAX_PER_PAGE};
-use crate::webhook::fetch::{self, FetchPayload};
+use crate::store::{DbResult, Store};
+use crate::strava::client::MAX_PER_PAGE;
+use crate::strava::error::StravaError;
 
-use super::runner::JobError;
+use super::outcome::JobError;
 use super::source::{self, activity_id, store_detail, store_page, ActivitySource};
 
 /// How far before the oldest create event a shared listing starts: an
@@ -32,24 +35,11 @@ pub async fn run<S: ActivitySource>(
     store: &Store,
     source: &S,
     athlete_id: i64,
-    payload: FetchPayload,
+    payload: &Fetch,
     now: i64,
 ) -> Result<Counts, JobError> {
-    let wanted = payload.activity_ids.clone();
     let (pending, oldest_event) = store
-        .read(move |c| {
-            let stored: BTreeSet<i64> = activities::stored_ids(c, athlete_id, &wanted)?
-                .into_iter()
-                .collect();
-            let mut pending = Vec::new();
-            for id in wanted {
-                if !stored.contains(&id) && !activities::resurrection_blocked(c, id)? {
-                    pending.push(id);
-                }
-            }
-            let oldest = activities::oldest_create_event(c, &pending)?;
-            Ok((pending, oldest))
-        })
+        .unfetched_announced(athlete_id, payload.activity_ids.clone())
         .await?;
     let mut counts = Counts::default();
     let mut missing: BTreeSet<i64> = pending.iter().copied().collect();
@@ -66,7 +56,7 @@ pub async fn run<S: ActivitySource>(
                     missing.remove(&id);
                 }
             }
-            store_page(store, athlete_id, items, &mut counts).await?;
+            store_page(store, athlete_id, items, &mut counts, now).await?;
             if last || missing.is_empty() {
                 break;
             }
@@ -85,14 +75,14 @@ pub async fn run<S: ActivitySource>(
     };
     for id in by_id {
         match source.get_activity(athlete_id, Purpose::Webhook, id).await {
-            Ok(detail) => store_detail(store, athlete_id, detail, &mut counts).await?,
+            Ok(detail) => store_detail(store, athlete_id, detail, &mut counts, now).await?,
             Err(StravaError::NotFound) => {
                 not_yet.insert(id);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    retry_later(store, athlete_id, &payload, not_yet, now).await?;
+    retry_later(store, athlete_id, payload, not_yet, now).await?;
     Ok(counts)
 }
 
@@ -101,11 +91,11 @@ pub async fn run<S: ActivitySource>(
 async fn retry_later(
     store: &Store,
     athlete_id: i64,
-    payload: &FetchPayload,
+    payload: &Fetch,
     ids: BTreeSet<i64>,
     now: i64,
 ) -> DbResult<()> {
-    let mut retry = FetchPayload::default();
+    let mut retry = Fetch::default();
     let mut delay = FIRST_RETRY_SECS;
     for id in ids {
         let tried = payload.attempts.get(&id).copied().unwrap_or(0) + 1;
@@ -125,6 +115,7 @@ async fn retry_later(
         return Ok(());
     }
     store
-        .write(move |tx| fetch::merge(tx, athlete_id, &retry, now + delay).map(|_| ()))
+        .enqueue(athlete_id, Task::WebhookFetch(retry), now + delay, now)
         .await
+        .map(|_| ())
 }

@@ -1,19 +1,18 @@
 //! Strava webhooks behind the HTTP callback: the state the callback and the
-//! worker share, the worker that applies inbox events, the queueing of
-//! fetches for created activities, and the push-subscription commands.
+//! worker share, the worker that applies inbox events, and the
+//! push-subscription commands.
 //!
 //! Flow: the callback validates an event and commits it to the inbox
 //! (`store::inbox`) before answering 200, then wakes the worker; the worker
 //! applies events in `event_time` order per object, without calling Strava
 //! except through the `WebhookFetch` jobs it queues for creates.
 
-pub mod fetch;
 pub mod subscription;
 pub mod worker;
 
 use tokio::sync::Notify;
 
-use crate::store::{self, DbResult, Store};
+use crate::store::{DbResult, Store};
 
 /// What the callback, the admin routes and the worker share.
 pub struct Webhooks {
@@ -26,9 +25,7 @@ pub struct Webhooks {
 impl Webhooks {
     /// Loads the path secret, creating it on first start.
     pub async fn load(store: &Store) -> DbResult<Self> {
-        let path_secret = store
-            .write(|tx| store::subscription::path_secret(tx))
-            .await?;
+        let path_secret = store.path_secret().await?;
         Ok(Self {
             path_secret,
             wake: Notify::new(),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::callback_url;
 use crate::config::{Requirement, Settings};
-use crate::store::{subscription, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum Action {
@@ -28,21 +28,21 @@ pub async fn run(settings: &Settings, action: Action) -> anyhow::Result<String> 
     settings.require(&[Requirement::StravaApp, Requirement::Webhooks])?;
     let path = settings.database_path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
-    let secret = store.write(|tx| subscription::path_secret(tx)).await?;
+    let secret = store.path_secret().await?;
     let api = Api::new(settings)?;
     let callback = callback_url(&settings.public_url, &secret);
     match action {
         Action::Create => {
             let created = api.create(settings, &callback).await?;
             let id = subscription_id(&created)?;
-            store.write(move |tx| subscription::set_id(tx, id)).await?;
+            store.set_subscription_id(id).await?;
             Ok(format!(
                 "created subscription {id}\ncallback_url: {callback}\n{}",
                 serde_json::to_string_pretty(&created)?
             ))
         }
         Action::Show => {
-            let stored = store.read(subscription::id).await?;
+            let stored = store.subscription_id().await?;
             let listed = api.list().await?;
             Ok(format!(
                 "callback_url: {callback}\nstored subscription id: {}\nat Strava: {}",
@@ -51,7 +51,7 @@ pub async fn run(settings: &Settings, action: Action) -> anyhow::Result<String> 
             ))
         }
         Action::Delete => {
-            let stored = store.read(subscription::id).await?;
+            let stored = store.subscription_id().await?;
             let id = match stored {
                 Some(id) => id,
                 None => match api.list().await?.as_array().and_then(|a| a.first()) {
@@ -60,7 +60,7 @@ pub async fn run(settings: &Settings, action: Action) -> anyhow::Result<String> 
                 },
             };
             api.delete(id).await?;
-            store.write(|tx| subscription::clear_id(tx)).await?;
+            store.clear_subscription_id().await?;
             Ok(format!("deleted subscription {id}"))
         }
     }

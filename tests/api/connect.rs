@@ -438,11 +438,7 @@ async fn a_refused_refresh_means_re_authorization_and_no_further_calls() {
     let job = app
         .state()
         .jobs
-        .push(
-            athlete as i64,
-            strava_sync::store::jobs::JobKind::Backfill,
-            None,
-        )
+        .push(athlete as i64, strava_sync::model::job::Task::Backfill)
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -53,7 +53,7 @@ impl TestApp {
         let app = Application::build(settings).await.expect("app builds");
         let port = app.port();
         let shutdown = app.shutdown_handle();
-        let store = app.state().store.clone();
+        let store = app.services().store.clone();
         tokio::spawn(app.run());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
@@ -82,6 +82,11 @@ impl TestApp {
     }
 }
 
+/// Wall-clock epoch seconds, for tests whose app runs on the system clock.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
 /// The text of a file in `fixtures/`.
 pub fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -103,8 +108,8 @@ impl TestApp {
         let profile: serde_json::Value = serde_json::from_str(&fixture(profile_fixture)).unwrap();
         self.store
             .write(move |tx| {
-                let id = athletes::upsert(tx, &profile, "read,activity:read_all")?;
-                Ok((id, api_tokens::issue(tx, id)?))
+                let id = athletes::upsert(tx, &profile, "read,activity:read_all", now())?;
+                Ok((id, api_tokens::issue(tx, id, now())?))
             })
             .await
             .unwrap()
@@ -113,7 +118,7 @@ impl TestApp {
     /// Stores SummaryActivity records for an athlete, one transaction per page.
     pub async fn seed_summaries(&self, athlete_id: i64, page: Vec<Box<RawValue>>) {
         self.store
-            .write(move |tx| activities::upsert_summaries(tx, athlete_id, &page))
+            .write(move |tx| activities::upsert_summaries(tx, athlete_id, &page, now()))
             .await
             .unwrap();
     }
@@ -121,7 +126,7 @@ impl TestApp {
     /// Stores one DetailedActivity for an athlete.
     pub async fn seed_detail(&self, athlete_id: i64, detail: Box<RawValue>) {
         self.store
-            .write(move |tx| activities::upsert_detail(tx, athlete_id, &detail))
+            .write(move |tx| activities::upsert_detail(tx, athlete_id, &detail, now()))
             .await
             .unwrap();
     }

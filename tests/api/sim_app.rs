@@ -10,7 +10,7 @@ use actix_web::web;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use strava_sync::http::AppState;
+use strava_sync::http::Services;
 use strava_sync::model::clock::Clock;
 use strava_sync::simulator::{SimConfig, SimHandle, Simulator};
 use strava_sync::startup::{Application, ShutdownHandle};
@@ -73,7 +73,7 @@ impl Clock for SharedClock {
 /// A running service instance.
 struct Running {
     address: String,
-    state: web::Data<AppState>,
+    state: web::Data<Services>,
     shutdown: ShutdownHandle,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -125,7 +125,7 @@ impl SimApp {
             .without_schedule();
         let running = Running {
             address: format!("http://127.0.0.1:{}", app.port()),
-            state: app.state(),
+            state: app.services(),
             shutdown: app.shutdown_handle(),
             task: tokio::spawn(app.run()),
         };
@@ -145,7 +145,7 @@ impl SimApp {
         self.running = Some(self.launch().await);
     }
 
-    pub fn state(&self) -> &web::Data<AppState> {
+    pub fn state(&self) -> &web::Data<Services> {
         &self.running().state
     }
 

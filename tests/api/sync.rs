@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use strava_sync::model::job::Task;
 use strava_sync::simulator::{NewActivity, SimConfig};
 use strava_sync::store::{activities, athletes, subscription};
 use strava_sync::sync::{enrich, reconcile};
-use strava_sync::webhook::fetch;
 
 use crate::helpers::ADMIN_TOKEN;
 use crate::sim_app::SimApp;
@@ -233,16 +233,13 @@ async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
     let ids = ids.to_vec();
     let state = app.state().clone();
     let now = state.clock.epoch();
-    state
-        .store
-        .write(move |tx| {
-            for id in ids {
-                fetch::queue(tx, athlete as i64, id as i64, now)?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+    for id in ids {
+        state
+            .store
+            .enqueue(athlete as i64, Task::fetch(id as i64), now, now)
+            .await
+            .unwrap();
+    }
     state.jobs.wake();
 }
 
@@ -483,7 +480,7 @@ async fn an_athlete_needing_reauthorization_is_shown_refused_a_refresh_and_skipp
     let (token_a, _) = (app.connect(a).await, app.connect(b).await);
     app.state()
         .store
-        .write(move |tx| athletes::set_status(tx, a as i64, athletes::Status::NeedsReauth))
+        .write(move |tx| athletes::set_status(tx, a as i64, athletes::Status::NeedsReauth, 0))
         .await
         .unwrap();
 

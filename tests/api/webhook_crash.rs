@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use strava_sync::model::job::Fetch;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simulator};
 use strava_sync::store::{subscription, Store};
-use strava_sync::webhook::fetch::FetchPayload;
 
 use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
@@ -208,7 +208,9 @@ fn queued_fetches(store: &Store) -> BTreeSet<i64> {
             let payloads = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
             let mut ids = BTreeSet::new();
             for json in payloads {
-                ids.extend(FetchPayload::parse(json?.as_deref())?.activity_ids);
+                ids.extend(
+                    serde_json::from_str::<Fetch>(json?.as_deref().unwrap_or("{}"))?.activity_ids,
+                );
             }
             Ok(ids)
         })

@@ -60,8 +60,8 @@ pub async fn seed_from(sim: &Simulator, store: &Store) -> (u64, Vec<Value>) {
         .collect();
     store
         .write(move |tx| {
-            let id = athletes::upsert(tx, &profile, "read,activity:read_all")?;
-            activities::upsert_summaries(tx, id, &page)?;
+            let id = athletes::upsert(tx, &profile, "read,activity:read_all", 0)?;
+            activities::upsert_summaries(tx, id, &page, 0)?;
             Ok(())
         })
         .await

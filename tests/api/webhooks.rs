@@ -7,13 +7,11 @@
 //! event is applied once either way).
 
 use serde_json::{json, Value};
-use strava_sync::store::{
-    self, activities, api_tokens, athletes, inbox, jobs, subscription, Store,
-};
-use strava_sync::webhook::fetch::FetchPayload;
+use strava_sync::model::job::{Fetch, Task};
+use strava_sync::store::{activities, api_tokens, athletes, inbox, jobs, subscription, Store};
 use strava_sync::webhook::worker;
 
-use crate::helpers::{TestApp, ADMIN_TOKEN};
+use crate::helpers::{now, TestApp, ADMIN_TOKEN};
 
 const ATHLETE: i64 = 134_815;
 /// Past 2^34, as real activity ids are now.
@@ -68,7 +66,7 @@ impl Hook {
 
     /// Applies everything due now.
     async fn drain(&self) {
-        worker::drain(&self.app.store, store::now()).await.unwrap();
+        worker::drain(&self.app.store, now()).await.unwrap();
     }
 
     async fn count(&self, table: &str) -> i64 {
@@ -113,7 +111,7 @@ impl Hook {
             .unwrap()
     }
 
-    async fn fetch_jobs(&self) -> Vec<(i64, FetchPayload)> {
+    async fn fetch_jobs(&self) -> Vec<(i64, Fetch)> {
         self.app
             .store
             .read(|c| {
@@ -127,7 +125,10 @@ impl Hook {
                 let mut out = Vec::new();
                 for row in rows {
                     let (athlete, json) = row?;
-                    out.push((athlete, FetchPayload::parse(json.as_deref())?));
+                    out.push((
+                        athlete,
+                        serde_json::from_str(json.as_deref().unwrap_or("{}"))?,
+                    ));
                 }
                 Ok(out)
             })
@@ -163,7 +164,7 @@ impl Hook {
             .store
             .write(move |tx| {
                 for event in &events {
-                    assert!(inbox::insert(tx, event, store::now())?);
+                    assert!(inbox::insert(tx, event, now())?);
                 }
                 Ok(())
             })
@@ -243,7 +244,7 @@ pub fn summary(id: i64, athlete: i64) -> String {
 
 pub async fn seed_athlete(store: &Store, athlete: i64) {
     store
-        .write(move |tx| athletes::upsert(tx, &json!({"id": athlete}), "read,activity:read_all"))
+        .write(move |tx| athletes::upsert(tx, &json!({"id": athlete}), "read,activity:read_all", 0))
         .await
         .unwrap();
 }
@@ -255,7 +256,7 @@ pub async fn seed_activities(store: &Store, athlete: i64, ids: Vec<i64>) {
                 .iter()
                 .map(|id| serde_json::value::RawValue::from_string(summary(*id, athlete)).unwrap())
                 .collect();
-            activities::upsert_summaries(tx, athlete, &page)?;
+            activities::upsert_summaries(tx, athlete, &page, 0)?;
             Ok(())
         })
         .await
@@ -460,14 +461,14 @@ async fn creates_share_one_fetch_job_and_duplicates_apply_once() {
         hook.fetch_jobs().await,
         [(
             ATHLETE,
-            FetchPayload {
+            Fetch {
                 activity_ids: new_ids.to_vec(),
-                ..FetchPayload::default()
+                ..Fetch::default()
             }
         )]
     );
     let job_purpose: i64 = hook.scalar("SELECT priority FROM jobs").await;
-    assert_eq!(job_purpose, jobs::JobKind::WebhookFetch.purpose().rank());
+    assert_eq!(job_purpose, Task::fetch(ACTIVITY).purpose().rank());
     assert_eq!(hook.count("webhook_events").await, 4);
     assert_eq!(hook.inbox().await, ["done"; 4]);
     // A second delivery of a create whose fetch is still queued adds nothing.
@@ -581,8 +582,8 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
                          expires_at, updated_at) VALUES (?1, 'a', 'r', 0, 0)",
                     [athlete],
                 )?;
-                api_tokens::issue(tx, athlete)?;
-                jobs::enqueue(tx, athlete, jobs::JobKind::Backfill, None, 0)?;
+                api_tokens::issue(tx, athlete, 0)?;
+                jobs::enqueue(tx, athlete, Task::Backfill, 0, 0)?;
                 tx.execute(
                     "INSERT INTO strava_calls (at, endpoint, athlete_id, purpose, status)
                      VALUES (0, 'GET /athlete', ?1, 'interactive', 200)",
@@ -835,7 +836,7 @@ async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
     // Make applying the update fail inside SQLite.
     hook.refuse_updates("1").await;
     hook.rename(ACTIVITY, T0, "x").await;
-    let start = store::now();
+    let start = now();
     let mut clock = start;
     for _ in 0..worker::MAX_ATTEMPTS {
         worker::drain(&hook.app.store, clock).await.unwrap();
@@ -895,7 +896,7 @@ async fn a_pending_retry_holds_back_later_events_of_the_same_activity() {
         .await;
     hook.rename(ACTIVITY, T0, "first").await;
     hook.rename(ACTIVITY, T0 + 1, "second").await;
-    let now = store::now();
+    let now = now();
     worker::drain(&hook.app.store, now).await.unwrap();
     assert_eq!(
         hook.inbox().await,
