@@ -136,6 +136,9 @@ pub struct Simulator {
     clock: SimClock,
     state: Mutex<State>,
     outbox: mpsc::UnboundedSender<webhook::Outgoing>,
+    /// Events emitted whose delivery (with its retries) has not ended, so a
+    /// test can wait for deliveries to settle instead of sleeping.
+    in_flight: tokio::sync::watch::Sender<usize>,
     /// For the subscription handshake and webhook deliveries; no pooling, so
     /// it works from any runtime.
     http: reqwest::Client,
@@ -184,6 +187,7 @@ impl Simulator {
             clock,
             state: Mutex::new(state),
             outbox,
+            in_flight: tokio::sync::watch::Sender::new(0),
             http,
         });
 

@@ -144,8 +144,17 @@ pub enum DeliveryOutcome {
 impl Simulator {
     /// Queues an event for delivery to the subscription's callback.
     pub(crate) fn emit(&self, event: Event, push: Push) {
+        self.in_flight.send_modify(|n| *n += 1);
         // The receiver lives as long as the server; a send fails only at shutdown.
         let _ = self.outbox.send(Outgoing { event, push });
+    }
+
+    /// Resolves once every event emitted so far has been delivered, given
+    /// up on after its last attempt, or lost.
+    pub async fn deliveries_settled(&self) {
+        let mut in_flight = self.in_flight.subscribe();
+        // The sender lives as long as the simulator does.
+        let _ = in_flight.wait_for(|n| *n == 0).await;
     }
 
     fn log_delivery(&self, event: Value, attempt: u32, outcome: DeliveryOutcome) {
@@ -191,6 +200,7 @@ pub(crate) async fn deliver(
                 _ = stop.cancelled() => {}
                 _ = deliver_one(&sim, outgoing) => {}
             }
+            sim.in_flight.send_modify(|n| *n -= 1);
         });
     }
 }

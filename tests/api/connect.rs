@@ -441,7 +441,7 @@ async fn a_refused_refresh_means_re_authorization_and_no_further_calls() {
         .push(athlete as i64, strava_sync::model::job::Task::Backfill)
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.run_jobs_until_idle().await, 0, "no job may run");
     let status = app
         .state()
         .store

@@ -15,6 +15,7 @@ use strava_sync::model::clock::Clock;
 use strava_sync::simulator::{SimConfig, SimHandle, Simulator};
 use strava_sync::startup::{Application, ShutdownHandle};
 use strava_sync::store::budget as ledger;
+use strava_sync::sync::runner::JobRunner;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -74,6 +75,7 @@ impl Clock for SharedClock {
 struct Running {
     address: String,
     state: web::Data<Services>,
+    runner: Arc<JobRunner>,
     shutdown: ShutdownHandle,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -126,6 +128,7 @@ impl SimApp {
         let running = Running {
             address: format!("http://127.0.0.1:{}", app.port()),
             state: app.services(),
+            runner: app.runner(),
             shutdown: app.shutdown_handle(),
             task: tokio::spawn(app.run()),
         };
@@ -143,6 +146,12 @@ impl SimApp {
         old.shutdown.shutdown();
         old.task.await.unwrap().unwrap();
         self.running = Some(self.launch().await);
+    }
+
+    /// Runs every job the queue and the budget allow now, until none is
+    /// left that may run: what is still queued afterwards is waiting.
+    pub async fn run_jobs_until_idle(&self) -> usize {
+        self.running().runner.run_until_idle().await.unwrap()
     }
 
     pub fn state(&self) -> &web::Data<Services> {

@@ -131,7 +131,7 @@ async fn a_3000_activity_backfill_spans_windows_without_429_and_resumes_after_a_
         status["backfill"]["pages_done"].as_i64().unwrap() >= 5
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.run_jobs_until_idle().await;
     let status = sync_status(&app, &token).await;
     assert_eq!(status["backfill"]["complete"], false);
     assert!(

@@ -315,8 +315,8 @@ async fn one_event_to(failing_posts: usize) -> (SimHandle, Callback) {
 #[tokio::test]
 async fn a_failing_callback_gets_three_attempts_in_all() {
     let (sim, callback) = one_event_to(usize::MAX).await;
-    eventually("three attempts", || sim.deliveries().len() == 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.deliveries_settled().await;
+    assert_eq!(sim.deliveries().len(), 3);
     assert_eq!(callback.received().len(), 3, "no fourth attempt");
     let attempts: Vec<u32> = sim.deliveries().iter().map(|d| d.attempt).collect();
     assert_eq!(attempts, vec![1, 2, 3]);
