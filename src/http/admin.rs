@@ -10,7 +10,6 @@ use super::auth::AdminAuth;
 use super::error::ApiError;
 use super::Services;
 use crate::model::Purpose;
-use crate::store::budget;
 use crate::strava::budget::WindowKind;
 
 /// Both windows (our count and Strava's last report, limits, resets), calls
@@ -20,10 +19,7 @@ use crate::strava::budget::WindowKind;
 async fn show_budget(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     let snapshot = state.budget.snapshot();
     let midnight = WindowKind::Day.start_of(state.clock.epoch());
-    let counted = state
-        .store
-        .read(move |c| budget::calls_by_purpose_since(c, midnight))
-        .await?;
+    let counted = state.store.calls_by_purpose(midnight).await?;
     let mut today: BTreeMap<&str, i64> = Purpose::ALL.iter().map(|p| (p.as_str(), 0)).collect();
     for (purpose, n) in &counted {
         if let Some(slot) = today.get_mut(purpose.as_str()) {

@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{service_state, DbResult};
+use super::{service_state, DbResult, Store};
 use crate::strava::budget::{Window, WindowKind};
 
 const PAUSED_KEY: &str = "budget.paused";
@@ -128,4 +128,11 @@ pub fn paused(conn: &Connection) -> DbResult<bool> {
 
 pub fn set_paused(conn: &Connection, paused: bool) -> DbResult<()> {
     service_state::set(conn, PAUSED_KEY, &paused.to_string())
+}
+
+impl Store {
+    /// Calls the ledger holds since `since`, by purpose.
+    pub async fn calls_by_purpose(&self, since: i64) -> DbResult<Vec<(String, i64)>> {
+        self.read(move |c| calls_by_purpose_since(c, since)).await
+    }
 }

@@ -6,6 +6,7 @@ mod connect;
 mod demo;
 mod helpers;
 mod hostile_input;
+mod layout;
 mod operations;
 mod read_api;
 mod sim_app;
