@@ -1,11 +1,11 @@
 //! The shared budget's persistence: one row per window instance, so a restart
 //! in the middle of a window resumes its count, and the ledger of every call
-//! made to Strava. The pause switch lives in `service_state`.
+//! made to Strava. The pause switch lives in `service_state`. Windows are
+//! named by the caller's key (`15min`, `day`): the store knows no budget types.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{service_state, DbResult};
-use crate::strava::budget::{Window, WindowKind};
 
 const PAUSED_KEY: &str = "budget.paused";
 
@@ -23,15 +23,25 @@ pub struct CallRow<'a> {
     pub duration_ms: i64,
 }
 
+/// The counters of one window instance, as `budget_windows` stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRow {
+    pub start: i64,
+    pub used: u32,
+    pub reported_usage: Option<u32>,
+    pub reported_limit: Option<u32>,
+    pub exhausted: bool,
+}
+
 /// The stored counters of one window instance, if any call was counted in it.
-pub fn load_window(conn: &Connection, kind: WindowKind, start: i64) -> DbResult<Option<Window>> {
+pub fn load_window(conn: &Connection, window: &str, start: i64) -> DbResult<Option<WindowRow>> {
     Ok(conn
         .query_row(
             "SELECT used, reported_usage, reported_limit, exhausted FROM budget_windows
              WHERE window = ?1 AND window_start = ?2",
-            params![kind.as_str(), start],
+            params![window, start],
             |r| {
-                Ok(Window {
+                Ok(WindowRow {
                     start,
                     used: r.get(0)?,
                     reported_usage: r.get(1)?,
@@ -45,13 +55,13 @@ pub fn load_window(conn: &Connection, kind: WindowKind, start: i64) -> DbResult<
 
 /// The limit Strava last reported for this kind of window: limits outlive the
 /// window they were reported in.
-pub fn latest_reported_limit(conn: &Connection, kind: WindowKind) -> DbResult<Option<u32>> {
+pub fn latest_reported_limit(conn: &Connection, window: &str) -> DbResult<Option<u32>> {
     Ok(conn
         .query_row(
             "SELECT reported_limit FROM budget_windows
              WHERE window = ?1 AND reported_limit IS NOT NULL
              ORDER BY window_start DESC LIMIT 1",
-            [kind.as_str()],
+            [window],
             |r| r.get(0),
         )
         .optional()?)
@@ -59,7 +69,7 @@ pub fn latest_reported_limit(conn: &Connection, kind: WindowKind) -> DbResult<Op
 
 /// Stores a window's counters. Counts and the exhausted flag only ever grow
 /// within a window, so concurrent saves cannot lower them.
-pub fn save_window(conn: &Connection, kind: WindowKind, w: &Window) -> DbResult<()> {
+pub fn save_window(conn: &Connection, window: &str, w: &WindowRow) -> DbResult<()> {
     conn.execute(
         "INSERT INTO budget_windows
              (window, window_start, used, reported_usage, reported_limit, exhausted)
@@ -70,7 +80,7 @@ pub fn save_window(conn: &Connection, kind: WindowKind, w: &Window) -> DbResult<
              reported_limit = COALESCE(excluded.reported_limit, reported_limit),
              exhausted = MAX(exhausted, excluded.exhausted)",
         params![
-            kind.as_str(),
+            window,
             w.start,
             w.used,
             w.reported_usage,
