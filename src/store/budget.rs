@@ -1,11 +1,11 @@
 //! The shared budget's persistence: one row per window instance, so a restart
 //! in the middle of a window resumes its count, and the ledger of every call
-//! made to Strava. The pause switch lives in `service_state`.
+//! made to Strava. The pause switch lives in `service_state`. Windows are
+//! named by the caller's key (`15min`, `day`): the store knows no budget types.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{service_state, DbResult, Store};
-use crate::strava::budget::{Window, WindowKind};
 
 const PAUSED_KEY: &str = "budget.paused";
 
@@ -23,15 +23,25 @@ pub struct CallRow<'a> {
     pub duration_ms: i64,
 }
 
+/// The counters of one window instance, as `budget_windows` stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRow {
+    pub start: i64,
+    pub used: u32,
+    pub reported_usage: Option<u32>,
+    pub reported_limit: Option<u32>,
+    pub exhausted: bool,
+}
+
 /// The stored counters of one window instance, if any call was counted in it.
-pub fn load_window(conn: &Connection, kind: WindowKind, start: i64) -> DbResult<Option<Window>> {
+pub fn load_window(conn: &Connection, window: &str, start: i64) -> DbResult<Option<WindowRow>> {
     Ok(conn
         .query_row(
             "SELECT used, reported_usage, reported_limit, exhausted FROM budget_windows
              WHERE window = ?1 AND window_start = ?2",
-            params![kind.as_str(), start],
+            params![window, start],
             |r| {
-                Ok(Window {
+                Ok(WindowRow {
                     start,
                     used: r.get(0)?,
                     reported_usage: r.get(1)?,
@@ -45,13 +55,13 @@ pub fn load_window(conn: &Connection, kind: WindowKind, start: i64) -> DbResult<
 
 /// The limit Strava last reported for this kind of window: limits outlive the
 /// window they were reported in.
-pub fn latest_reported_limit(conn: &Connection, kind: WindowKind) -> DbResult<Option<u32>> {
+pub fn latest_reported_limit(conn: &Connection, window: &str) -> DbResult<Option<u32>> {
     Ok(conn
         .query_row(
             "SELECT reported_limit FROM budget_windows
              WHERE window = ?1 AND reported_limit IS NOT NULL
              ORDER BY window_start DESC LIMIT 1",
-            [kind.as_str()],
+            [window],
             |r| r.get(0),
         )
         .optional()?)
@@ -59,7 +69,7 @@ pub fn latest_reported_limit(conn: &Connection, kind: WindowKind) -> DbResult<Op
 
 /// Stores a window's counters. Counts and the exhausted flag only ever grow
 /// within a window, so concurrent saves cannot lower them.
-pub fn save_window(conn: &Connection, kind: WindowKind, w: &Window) -> DbResult<()> {
+pub fn save_window(conn: &Connection, window: &str, w: &WindowRow) -> DbResult<()> {
     conn.execute(
         "INSERT INTO budget_windows
              (window, window_start, used, reported_usage, reported_limit, exhausted)
@@ -70,7 +80,7 @@ pub fn save_window(conn: &Connection, kind: WindowKind, w: &Window) -> DbResult<
              reported_limit = COALESCE(excluded.reported_limit, reported_limit),
              exhausted = MAX(exhausted, excluded.exhausted)",
         params![
-            kind.as_str(),
+            window,
             w.start,
             w.used,
             w.reported_usage,
@@ -130,7 +140,62 @@ pub fn set_paused(conn: &Connection, paused: bool) -> DbResult<()> {
     service_state::set(conn, PAUSED_KEY, &paused.to_string())
 }
 
+/// One window instance as stored: its counters, if any call was counted in
+/// it, and the limit Strava last reported for its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWindow {
+    pub row: Option<WindowRow>,
+    pub latest_reported_limit: Option<u32>,
+}
+
 impl Store {
+    /// Drops window rows that started before `prune_before`, then loads the
+    /// windows asked for (key, start) and the pause switch.
+    pub async fn load_budget(
+        &self,
+        windows: Vec<(&'static str, i64)>,
+        prune_before: i64,
+    ) -> DbResult<(Vec<StoredWindow>, bool)> {
+        self.write(move |tx| {
+            prune_windows(tx, prune_before)?;
+            let loaded = windows
+                .into_iter()
+                .map(|(key, start)| {
+                    Ok(StoredWindow {
+                        row: load_window(tx, key, start)?,
+                        latest_reported_limit: latest_reported_limit(tx, key)?,
+                    })
+                })
+                .collect::<DbResult<_>>()?;
+            Ok((loaded, paused(tx)?))
+        })
+        .await
+    }
+
+    /// Saves the windows' counters and, when a call was made, its ledger row,
+    /// in one transaction.
+    pub async fn save_budget(
+        &self,
+        windows: Vec<(&'static str, WindowRow)>,
+        call: Option<CallRow<'static>>,
+    ) -> DbResult<()> {
+        self.write(move |tx| {
+            for (key, row) in &windows {
+                save_window(tx, key, row)?;
+            }
+            if let Some(call) = &call {
+                insert_call(tx, call)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops (or restarts) background use of the budget; survives restarts.
+    pub async fn set_budget_paused(&self, paused: bool) -> DbResult<()> {
+        self.write(move |tx| set_paused(tx, paused)).await
+    }
+
     /// Calls the ledger holds since `since`, by purpose.
     pub async fn calls_by_purpose(&self, since: i64) -> DbResult<Vec<(String, i64)>> {
         self.read(move |c| calls_by_purpose_since(c, since)).await

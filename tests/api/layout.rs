@@ -96,7 +96,10 @@ fn no_module_imports_one_above_it() {
 
 #[test]
 fn storage_is_reached_only_through_store() {
-    assert_eq!(files_containing("rusqlite", &["store"]), Vec::<PathBuf>::new());
+    assert_eq!(
+        files_containing("rusqlite", &["store"]),
+        Vec::<PathBuf>::new()
+    );
     // The closures of `Store::read`/`write` hand out a connection.
     for closure in [".read(move |", ".write(move |", ".read(|", ".write(|"] {
         assert_eq!(
