@@ -5,17 +5,8 @@ use strava_sync::model::Purpose;
 use strava_sync::simulator::{Faults, Limits, SimConfig, SimSettings};
 use strava_sync::strava::client::StravaError;
 
-use crate::helpers::{TestApp, ADMIN_TOKEN};
+use crate::helpers::{eventually, TestApp, WAIT};
 use crate::sim_app::SimApp;
-
-async fn admin_post(url: String, token: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn admin_budget_shows_both_windows_with_their_limits_and_resets() {
@@ -24,7 +15,7 @@ async fn admin_budget_shows_both_windows_with_their_limits_and_resets() {
         ("STRAVA_RATE_LIMIT_DAILY", "400"),
     ])
     .await;
-    let res = app.get_as(ADMIN_TOKEN, "/admin/budget").await;
+    let res = app.admin_budget().await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     let windows = body["windows"].as_array().unwrap();
@@ -49,30 +40,15 @@ async fn admin_budget_shows_both_windows_with_their_limits_and_resets() {
 #[tokio::test]
 async fn pause_blocks_background_purposes_until_resume() {
     let app = TestApp::spawn().await;
-    let res = admin_post(app.url("/admin/pause"), ADMIN_TOKEN).await;
+    let res = app.admin_pause().await;
     assert_eq!(res.status(), 200);
-    let body: Value = app
-        .get_as(ADMIN_TOKEN, "/admin/budget")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.admin_budget().await.json().await.unwrap();
     assert_eq!(body["paused"], true);
     assert_eq!(body["throttled"], true);
     assert_eq!(body["blocked"]["backfill"]["reason"], "paused");
     assert!(body["blocked"].get("interactive").is_none());
-    assert_eq!(
-        admin_post(app.url("/admin/resume"), ADMIN_TOKEN)
-            .await
-            .status(),
-        200
-    );
-    let body: Value = app
-        .get_as(ADMIN_TOKEN, "/admin/budget")
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(app.admin_resume().await.status(), 200);
+    let body: Value = app.admin_budget().await.json().await.unwrap();
     assert_eq!(body["paused"], false);
     assert!(body["blocked"].as_object().unwrap().is_empty());
 }
@@ -85,26 +61,12 @@ async fn admin_routes_need_the_admin_token() {
         assert_eq!(app.get_as("wrong", path).await.status(), 401, "{path}");
     }
     for path in ["/admin/pause", "/admin/resume"] {
-        assert_eq!(
-            admin_post(app.url(path), "wrong").await.status(),
-            401,
-            "{path}"
-        );
+        assert_eq!(app.post_as("wrong", path).await.status(), 401, "{path}");
     }
-    let body: Value = app
-        .get_as(ADMIN_TOKEN, "/admin/budget")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.admin_budget().await.json().await.unwrap();
     assert_eq!(body["paused"], false, "a refused pause changed nothing");
     let hidden = TestApp::spawn_with(&[("ADMIN_TOKEN", "")]).await;
-    assert_eq!(
-        admin_post(hidden.url("/admin/pause"), ADMIN_TOKEN)
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(hidden.admin_pause().await.status(), 404);
 }
 
 /// One athlete with a long history, Strava and the service both limited to
@@ -125,7 +87,7 @@ async fn limited(activities: usize, per_quarter: u32) -> SimApp {
 
 /// What keeps backfill from calling now, if anything.
 async fn backfill_blocked(app: &SimApp) -> Option<String> {
-    blocked_in(&app.admin("/admin/budget").await)
+    blocked_in(&app.budget().await)
 }
 
 fn blocked_in(budget: &Value) -> Option<String> {
@@ -139,8 +101,8 @@ fn blocked_in(budget: &Value) -> Option<String> {
 /// Backfill is held back and every call counted today has been answered
 /// (the ledger row is written when the answer arrives, after the permit).
 async fn settled(app: &SimApp) -> bool {
-    let budget = app.admin("/admin/budget").await;
-    let answered: i64 = app.admin("/admin/budget").await["calls_today_by_purpose"]
+    let budget = app.budget().await;
+    let answered: i64 = app.budget().await["calls_today_by_purpose"]
         .as_object()
         .unwrap()
         .values()
@@ -155,9 +117,13 @@ async fn settled(app: &SimApp) -> bool {
 async fn backfill_to_the_end(app: &SimApp, athlete: u64) -> u32 {
     let mut windows = 1;
     loop {
-        app.wait_until("backfill completes or waits for the budget", || async {
-            app.athlete(athlete).await["backfill_complete"] == true || settled(app).await
-        })
+        eventually(
+            "backfill completes or waits for the budget",
+            WAIT,
+            || async {
+                app.athlete(athlete).await["backfill_complete"] == true || settled(app).await
+            },
+        )
         .await;
         if app.athlete(athlete).await["backfill_complete"] == true {
             return windows;
@@ -198,13 +164,12 @@ async fn a_restart_mid_window_resumes_the_count_and_the_cursor() {
     let mut app = limited(1500, 10).await;
     let athlete = app.sim.athlete_ids()[0];
     app.connect(athlete).await;
-    app.wait_until("backfill waits for the next window", || settled(&app))
-        .await;
+    eventually("backfill waits for the next window", WAIT, || settled(&app)).await;
     let before = app.api_calls().len();
     // Backfill stops at 70% of the window: the first page and 6 pages.
     assert_eq!(before, 7);
     app.restart().await;
-    let budget = app.admin("/admin/budget").await;
+    let budget = app.budget().await;
     assert_eq!(budget["windows"][0]["used"], 7, "the count survived");
     assert_eq!(backfill_blocked(&app).await.as_deref(), Some("full"));
     assert_eq!(app.api_calls().len(), before);
@@ -225,19 +190,21 @@ async fn usage_reported_for_other_clients_holds_our_calls_back() {
     let athlete = app.sim.athlete_ids()[0];
     app.sim.add_other_client_calls(6);
     app.connect(athlete).await;
-    app.wait_until("backfill waits for the next window", || async {
+    eventually("backfill waits for the next window", WAIT, || async {
         backfill_blocked(&app).await.is_some()
     })
     .await;
     // The first page's answer said 7 were used: backfill's share was gone.
-    let budget = app.admin("/admin/budget").await;
+    let budget = app.budget().await;
     assert_eq!(budget["windows"][0]["used"], 7);
     assert_eq!(budget["windows"][0]["reported_usage"], 7);
     assert_eq!(budget["windows"][0]["reported_limit"], 10);
     assert_eq!(app.api_calls().len(), 1);
     app.advance(app.secs_to_next_quarter() + 1);
-    app.wait_until("backfill resumes", || async { app.api_calls().len() > 1 })
-        .await;
+    eventually("backfill resumes", WAIT, || async {
+        app.api_calls().len() > 1
+    })
+    .await;
     assert_eq!(status_count(&app, 429), 0);
 }
 
@@ -247,11 +214,11 @@ async fn after_a_429_nothing_is_sent_until_the_window_resets() {
     let athlete = app.sim.athlete_ids()[0];
     app.sim.add_other_client_calls(10);
     app.connect(athlete).await;
-    app.wait_until("the budget locks the window", || async {
-        app.admin("/admin/budget").await["windows"][0]["exhausted"] == true
+    eventually("the budget locks the window", WAIT, || async {
+        app.budget().await["windows"][0]["exhausted"] == true
     })
     .await;
-    let budget = app.admin("/admin/budget").await;
+    let budget = app.budget().await;
     let reason = &budget["blocked"]["interactive"]["reason"];
     assert_eq!(reason, &serde_json::json!({"rate_limited": "15min"}));
     assert_eq!(
@@ -280,13 +247,13 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
         panic!("two athletes")
     };
     app.connect(long).await;
-    app.wait_until("backfill waits for the next window", || async {
+    eventually("backfill waits for the next window", WAIT, || async {
         settled(&app).await && app.athlete(long).await["activities"] == 1400
     })
     .await;
     // Same window, no time moved: the newcomer's first page goes at once.
     app.connect(newcomer).await;
-    app.wait_until("the newcomer's first page is stored", || async {
+    eventually("the newcomer's first page is stored", WAIT, || async {
         app.athlete(newcomer).await["activities"] == 200
     })
     .await;
@@ -301,7 +268,7 @@ async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
     let app = limited(10, 100).await;
     let athlete = app.sim.athlete_ids()[0];
     app.connect(athlete).await;
-    app.wait_until("the backfill completes", || async {
+    eventually("the backfill completes", WAIT, || async {
         app.athlete(athlete).await["backfill_complete"] == true
     })
     .await;
@@ -349,20 +316,12 @@ async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
 
     let calls = app.api_calls().len() as i64;
     assert_eq!(app.ledger_count().await, calls);
-    let budget = app.admin("/admin/budget").await;
+    let budget = app.budget().await;
     assert_eq!(
         budget["windows"][1]["used"], calls,
         "every attempt took a permit"
     );
-    let metrics = reqwest::Client::new()
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await.text().await.unwrap();
     assert!(
         metrics.contains(
             r#"strava_calls_total{endpoint="GET /athlete",status="503",purpose="interactive"}"#
@@ -385,21 +344,21 @@ async fn failures_are_retried_each_with_a_permit_until_the_circuit_opens() {
 async fn while_paused_only_interactive_work_reaches_strava() {
     let app = limited(500, 100).await;
     let athlete = app.sim.athlete_ids()[0];
-    let pause = admin_post(app.url("/admin/pause"), ADMIN_TOKEN).await;
+    let pause = app.admin_pause().await;
     assert_eq!(pause.status(), 200);
     app.connect(athlete).await;
-    app.wait_until("the first page is stored", || async {
+    eventually("the first page is stored", WAIT, || async {
         app.athlete(athlete).await["activities"] == 200
     })
     .await;
-    let budget = app.admin("/admin/budget").await;
+    let budget = app.budget().await;
     assert_eq!(budget["paused"], true);
     assert_eq!(budget["blocked"]["backfill"]["reason"], "paused");
     assert_eq!(app.api_calls().len(), 1, "the backfill waits");
 
-    let resume = admin_post(app.url("/admin/resume"), ADMIN_TOKEN).await;
+    let resume = app.admin_resume().await;
     assert_eq!(resume.status(), 200);
-    app.wait_until("the backfill completes", || async {
+    eventually("the backfill completes", WAIT, || async {
         app.athlete(athlete).await["backfill_complete"] == true
     })
     .await;

@@ -8,20 +8,12 @@ use strava_sync::model::Purpose;
 use strava_sync::simulator::{OAuthMode, SimConfig};
 use strava_sync::strava::client::StravaError;
 
-use crate::helpers::TestApp;
+use crate::helpers::{eventually, TestApp, WAIT};
 use crate::sim_app::SimApp;
-
-/// A browser that does not follow redirects, so each hop can be checked.
-pub fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 /// `GET /auth/strava` and the query of the Strava URL it redirects to.
 pub async fn start_connect(app: &TestApp) -> HashMap<String, String> {
-    let res = browser().get(app.url("/auth/strava")).send().await.unwrap();
+    let res = app.connect_start().await;
     assert_eq!(res.status(), 302);
     let location = res.headers()["location"].to_str().unwrap();
     reqwest::Url::parse(location)
@@ -29,14 +21,6 @@ pub async fn start_connect(app: &TestApp) -> HashMap<String, String> {
         .query_pairs()
         .into_owned()
         .collect()
-}
-
-async fn callback(app: &TestApp, query: &str) -> reqwest::Response {
-    browser()
-        .get(app.url(&format!("/auth/strava/callback?{query}")))
-        .send()
-        .await
-        .unwrap()
 }
 
 async fn fault(res: reqwest::Response) -> (u16, Value) {
@@ -50,7 +34,7 @@ async fn connect_redirects_to_strava_with_a_fresh_state_each_time() {
         ("STRAVA_OAUTH_URL", "https://oauth.example/oauth"),
     ])
     .await;
-    let res = browser().get(app.url("/auth/strava")).send().await.unwrap();
+    let res = app.connect_start().await;
     assert_eq!(res.status(), 302);
     let location = res.headers()["location"].to_str().unwrap().to_string();
     assert!(
@@ -79,7 +63,7 @@ async fn a_forged_missing_or_malformed_state_is_refused() {
         "state=&code=abc".to_string(),
         format!("state={}&code=abc", "a".repeat(5000)),
     ] {
-        let (status, body) = fault(callback(&app, &query).await).await;
+        let (status, body) = fault(app.connect_callback(&query).await).await;
         assert_eq!(status, 400, "{query}");
         assert_eq!(body["errors"][0]["field"], "state", "{query}");
     }
@@ -90,10 +74,10 @@ async fn denial_is_forbidden_and_its_state_cannot_be_reused() {
     let app = TestApp::spawn().await;
     let state = &start_connect(&app).await["state"];
     let denied = format!("state={state}&error=access_denied");
-    let (status, body) = fault(callback(&app, &denied).await).await;
+    let (status, body) = fault(app.connect_callback(&denied).await).await;
     assert_eq!(status, 403);
     assert_eq!(body["errors"][0]["code"], "access_denied");
-    let (status, body) = fault(callback(&app, &denied).await).await;
+    let (status, body) = fault(app.connect_callback(&denied).await).await;
     assert_eq!(status, 400, "a used state is refused: {body}");
 }
 
@@ -102,8 +86,11 @@ async fn an_unexpected_error_from_strava_is_a_bad_request_that_echoes_nothing() 
     let app = TestApp::spawn().await;
     let state = &start_connect(&app).await["state"];
     let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
-    let (status, body) =
-        fault(callback(&app, &format!("state={state}&error={hostile}")).await).await;
+    let (status, body) = fault(
+        app.connect_callback(&format!("state={state}&error={hostile}"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["field"], "error");
     assert!(!body.to_string().contains("script"), "{body}");
@@ -113,8 +100,11 @@ async fn an_unexpected_error_from_strava_is_a_bad_request_that_echoes_nothing() 
 async fn a_missing_code_is_a_bad_request() {
     let app = TestApp::spawn().await;
     let state = &start_connect(&app).await["state"];
-    let (status, body) =
-        fault(callback(&app, &format!("state={state}&scope=read,activity:read")).await).await;
+    let (status, body) = fault(
+        app.connect_callback(&format!("state={state}&scope=read,activity:read"))
+            .await,
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["field"], "code");
 }
@@ -122,20 +112,9 @@ async fn a_missing_code_is_a_bad_request() {
 #[tokio::test]
 async fn disconnect_needs_an_api_token() {
     let app = TestApp::spawn().await;
-    let res = app
-        .client
-        .post(app.url("/auth/disconnect"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.post("/auth/disconnect").await;
     assert_eq!(res.status(), 401);
-    let res = app
-        .client
-        .post(app.url("/auth/disconnect"))
-        .bearer_auth("not-a-token")
-        .send()
-        .await
-        .unwrap();
+    let res = app.disconnect("not-a-token").await;
     assert_eq!(res.status(), 401);
     let res = app
         .client
@@ -157,7 +136,7 @@ fn athletes_with(activities: usize) -> SimConfig {
 
 /// Waits until the athlete's history is complete locally.
 async fn backfilled(app: &SimApp, athlete: u64) -> Value {
-    app.wait_until("the backfill completes", || async {
+    eventually("the backfill completes", WAIT, || async {
         app.athlete(athlete).await["backfill_complete"] == true
     })
     .await;
@@ -179,12 +158,9 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
     let synced = backfilled(&app, athlete).await;
     // The issued token reads the stored copy, newest first, as Strava sent it.
     let token = body["token"].as_str().unwrap();
-    let listed: Vec<Value> = reqwest::Client::new()
-        .get(app.url("/api/v3/athlete/activities?per_page=200&page=2"))
-        .bearer_auth(token)
-        .send()
+    let listed: Vec<Value> = app
+        .list_activities(token, "per_page=200&page=2")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -194,7 +170,7 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
     assert_eq!(synced["activities"], 250);
     // First page (200, interactive), then the backfill: 50 more, then empty.
     assert_eq!(app.sim.calls().to("GET /api/v3/athlete/activities"), 3);
-    let budget = app.admin("/admin/budget").await;
+    let budget = app.budget().await;
     assert_eq!(budget["calls_today_by_purpose"]["interactive"], 1);
     assert_eq!(budget["calls_today_by_purpose"]["backfill"], 2);
     assert_eq!(budget["windows"][0]["used"], 3);
@@ -286,7 +262,7 @@ async fn a_callback_replayed_or_with_a_forged_state_or_bad_code_stores_nothing_m
         "one exchange refused"
     );
 
-    let athletes = app.admin("/admin/athletes").await;
+    let athletes = app.athletes().await;
     assert_eq!(athletes["athletes"].as_array().unwrap().len(), 1);
     assert!(app.athlete(second).await.is_null());
 }
@@ -301,7 +277,7 @@ async fn a_state_older_than_ten_minutes_is_refused() {
         (status, &body["errors"][0]["field"]),
         (400, &Value::from("state"))
     );
-    assert!(app.admin("/admin/athletes").await["athletes"]
+    assert!(app.athletes().await["athletes"]
         .as_array()
         .unwrap()
         .is_empty());
@@ -330,7 +306,7 @@ async fn a_denial_or_a_narrow_scope_is_forbidden_and_nothing_is_stored_or_synced
         "{body}"
     );
 
-    assert!(app.admin("/admin/athletes").await["athletes"]
+    assert!(app.athletes().await["athletes"]
         .as_array()
         .unwrap()
         .is_empty());
@@ -344,13 +320,7 @@ async fn disconnect_deauthorizes_at_strava_and_purges_the_athlete() {
     let athlete = app.sim.athlete_ids()[0];
     let token = app.connect(athlete).await;
     backfilled(&app, athlete).await;
-    let disconnect = || {
-        reqwest::Client::new()
-            .post(app.url("/auth/disconnect"))
-            .bearer_auth(&token)
-            .send()
-    };
-    let res = disconnect().await.unwrap();
+    let res = app.disconnect(&token).await;
     assert_eq!(res.status(), 200);
     assert!(!app.sim.is_connected(athlete), "access revoked at Strava");
     assert!(app.athlete(athlete).await.is_null());
@@ -370,7 +340,7 @@ async fn disconnect_deauthorizes_at_strava_and_purges_the_athlete() {
         .unwrap();
     assert_eq!(counts, [0; 4]);
     assert_eq!(
-        disconnect().await.unwrap().status(),
+        app.disconnect(&token).await.status(),
         401,
         "the API token is revoked"
     );

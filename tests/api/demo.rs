@@ -10,7 +10,11 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 use tokio::time::{timeout, Instant};
 
+use crate::helpers::{eventually, within, ApiClient};
+
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a read may take to show what the demo has done.
+const READ_PATIENCE: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn demo_serves_synced_activities_and_live_renames() {
@@ -46,25 +50,21 @@ async fn demo_serves_synced_activities_and_live_renames() {
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     assert_eq!(tokens.len(), 2);
 
-    let http = reqwest::Client::new();
-    let get = |path: String, token: String| {
-        let http = http.clone();
-        async move { http.get(path).bearer_auth(token).send().await.unwrap() }
-    };
+    // The demo prints the read API's base, `/api/v3` included; only athlete
+    // routes are called, so no admin token.
+    let address = base
+        .strip_suffix("/api/v3")
+        .expect("the base ends in /api/v3");
+    let api = ApiClient::new(address, "");
 
     // The first page is fetched at connect: activities are there within seconds.
     let (_, token) = tokens[0].clone();
-    let listed = poll(|| async {
-        let res = get(
-            format!("{base}/athlete/activities?per_page=5"),
-            token.clone(),
-        )
-        .await;
+    let listed = eventually("activities are listed", READ_PATIENCE, || async {
+        let res = api.list_activities(&token, "per_page=5").await;
         let page: Vec<Value> = res.json().await.ok()?;
         (!page.is_empty()).then_some(page)
     })
-    .await
-    .expect("activities are listed");
+    .await;
     assert!(listed.len() <= 5);
 
     // A live rename reaches the local copy through its webhook event.
@@ -79,8 +79,8 @@ async fn demo_serves_synced_activities_and_live_renames() {
             .unwrap()
             .1
             .clone();
-        let seen = poll(|| async {
-            let res = get(format!("{base}/activities/{id}"), token.clone()).await;
+        let seen = within(READ_PATIENCE, || async {
+            let res = api.get_activity(&token, id).await;
             let activity: Value = res.json().await.ok()?;
             (activity["name"] == name.as_str()).then_some(())
         })
@@ -123,20 +123,4 @@ fn parse_rename(line: &str) -> Option<(u64, u64, String)> {
         athlete.parse().ok()?,
         name.trim_matches('"').to_string(),
     ))
-}
-
-/// Retries `check` for up to 20 seconds.
-async fn poll<T, F, Fut>(check: F) -> Option<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < until {
-        if let Some(found) = check().await {
-            return Some(found);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
 }

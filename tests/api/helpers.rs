@@ -1,22 +1,339 @@
-//! Spawns the real application on a loopback port with a fresh database file.
+//! Spawns the real application on a loopback port with a fresh database file,
+//! calls its routes (one helper per endpoint, shared by every kind of test
+//! app), and waits for background work.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::ops::Deref;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use strava_sync::config::Settings;
 use strava_sync::startup::{Application, ShutdownHandle};
 use strava_sync::store::{activities, api_tokens, athletes, Store};
+use tokio::time::Instant;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-pub struct TestApp {
+/// How long a test waits for background work (a backfill page, an applied
+/// event, a started server): generous, because a loaded 2-core CI machine is
+/// slow, while a check that passes returns at once.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// What a polled check says: `true`, `Some(value)` or `Ok(value)` once its
+/// condition holds. `Err` says what was seen instead, for the timeout message.
+pub trait Outcome {
+    type Value;
+    fn into_result(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    fn into_result(self) -> Result<(), Option<String>> {
+        if self {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn into_result(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T> Outcome for Result<T, String> {
+    type Value = T;
+    fn into_result(self) -> Result<T, Option<String>> {
+        self.map_err(Some)
+    }
+}
+
+/// Runs `check` until it holds, and returns what it found; fails the test
+/// naming `what` (and what the last check saw, if it says) once `timeout` of
+/// real time has passed.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    check: F,
+) -> <Fut::Output as Outcome>::Value
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Outcome,
+{
+    match poll(timeout, check).await {
+        Ok(value) => value,
+        Err(Some(last)) => panic!("timed out after {timeout:?} waiting for: {what} ({last})"),
+        Err(None) => panic!("timed out after {timeout:?} waiting for: {what}"),
+    }
+}
+
+/// As [`eventually`], for a condition that may never hold: `None` once
+/// `timeout` has passed.
+pub async fn within<F, Fut>(timeout: Duration, check: F) -> Option<<Fut::Output as Outcome>::Value>
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Outcome,
+{
+    poll(timeout, check).await.ok()
+}
+
+/// The one polling loop. Checks at once, then at intervals that start short
+/// (a condition about to hold costs little latency) and grow to 100 ms (a
+/// long wait does not take the CPU from the work it waits for); checks once
+/// more at the deadline.
+async fn poll<F, Fut>(
+    timeout: Duration,
+    mut check: F,
+) -> Result<<Fut::Output as Outcome>::Value, Option<String>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Outcome,
+{
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(10);
+    loop {
+        let last = match check().await.into_result() {
+            Ok(value) => return Ok(value),
+            Err(last) => last,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+        interval = (interval * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A running service as a client sees it: its address, a client, and one
+/// helper per route the tests call, grouped as `src/http` groups them. Each
+/// returns the response, for the test to check its status, headers and
+/// body. Tests that send what no client should (wrong methods, hostile
+/// headers, oversized bodies) build their requests from `client` and `url`.
+pub struct ApiClient {
     pub address: String,
+    /// Never follows redirects, so each hop of the OAuth dance can be checked.
     pub client: reqwest::Client,
+    /// What the admin helpers present as the admin token.
+    pub admin_token: String,
+}
+
+impl ApiClient {
+    pub fn new(address: impl Into<String>, admin_token: impl Into<String>) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            address: address.into(),
+            client,
+            admin_token: admin_token.into(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// `path` with `?query` appended unless `query` is empty.
+    fn with_query(path: &str, query: &str) -> String {
+        if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        }
+    }
+
+    // Any route, for tests that go through several.
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    // The read API (`src/http/read_api.rs`), with an athlete's API token.
+
+    /// `GET /api/v3/athlete`.
+    pub async fn get_athlete(&self, token: &str) -> reqwest::Response {
+        self.get_as(token, "/api/v3/athlete").await
+    }
+
+    /// `GET /api/v3/athlete/activities`, `query` as written (without `?`).
+    pub async fn list_activities(&self, token: &str, query: &str) -> reqwest::Response {
+        let path = Self::with_query("/api/v3/athlete/activities", query);
+        self.get_as(token, &path).await
+    }
+
+    /// `GET /api/v3/activities/{id}`.
+    pub async fn get_activity(&self, token: &str, id: impl Display) -> reqwest::Response {
+        self.get_as(token, &format!("/api/v3/activities/{id}"))
+            .await
+    }
+
+    /// `GET /api/v3/athletes/{id}/stats`.
+    pub async fn get_stats(&self, token: &str, athlete_id: impl Display) -> reqwest::Response {
+        self.get_as(token, &format!("/api/v3/athletes/{athlete_id}/stats"))
+            .await
+    }
+
+    // The sync API (`src/http/sync_api.rs`).
+
+    /// `GET /api/sync`: the athlete's sync status.
+    pub async fn sync_status(&self, token: &str) -> reqwest::Response {
+        self.get_as(token, "/api/sync").await
+    }
+
+    /// `POST /api/sync`: a manual refresh.
+    pub async fn request_sync(&self, token: &str) -> reqwest::Response {
+        self.post_as(token, "/api/sync").await
+    }
+
+    /// `GET /api/sync/jobs/{id}`.
+    pub async fn sync_job(&self, token: &str, id: impl Display) -> reqwest::Response {
+        self.get_as(token, &format!("/api/sync/jobs/{id}")).await
+    }
+
+    // Connecting (`src/http/connect.rs`).
+
+    /// `GET /auth/strava`: the redirect to Strava's authorize page.
+    pub async fn connect_start(&self) -> reqwest::Response {
+        self.get("/auth/strava").await
+    }
+
+    /// `GET /auth/strava/callback?{query}`, as Strava's redirect back.
+    pub async fn connect_callback(&self, query: &str) -> reqwest::Response {
+        self.get(&Self::with_query("/auth/strava/callback", query))
+            .await
+    }
+
+    /// `POST /auth/disconnect`.
+    pub async fn disconnect(&self, token: &str) -> reqwest::Response {
+        self.post_as(token, "/auth/disconnect").await
+    }
+
+    // Operators (`src/http/admin.rs`, `sync_api.rs`), with the admin token.
+
+    /// `GET /admin/budget`.
+    pub async fn admin_budget(&self) -> reqwest::Response {
+        self.get_as(&self.admin_token, "/admin/budget").await
+    }
+
+    /// `GET /admin/athletes`.
+    pub async fn admin_athletes(&self) -> reqwest::Response {
+        self.get_as(&self.admin_token, "/admin/athletes").await
+    }
+
+    /// `POST /admin/sync/run`: a gap-fill pass now.
+    pub async fn admin_sync_run(&self) -> reqwest::Response {
+        self.post_as(&self.admin_token, "/admin/sync/run").await
+    }
+
+    /// `POST /admin/pause`.
+    pub async fn admin_pause(&self) -> reqwest::Response {
+        self.post_as(&self.admin_token, "/admin/pause").await
+    }
+
+    /// `POST /admin/resume`.
+    pub async fn admin_resume(&self) -> reqwest::Response {
+        self.post_as(&self.admin_token, "/admin/resume").await
+    }
+
+    // Webhooks (`src/http/webhook.rs`, `webhook_admin.rs`).
+
+    /// `GET /webhook/{secret}?{query}`: the subscription handshake.
+    pub async fn webhook_handshake(&self, secret: &str, query: &str) -> reqwest::Response {
+        self.get(&Self::with_query(&format!("/webhook/{secret}"), query))
+            .await
+    }
+
+    /// `POST /webhook/{secret}` with `body` as JSON, as Strava delivers an event.
+    pub async fn post_webhook(
+        &self,
+        secret: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/webhook/{secret}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /admin/webhooks`: the inbox overview.
+    pub async fn admin_webhooks(&self) -> reqwest::Response {
+        self.get_as(&self.admin_token, "/admin/webhooks").await
+    }
+
+    /// `POST /admin/webhooks/replay`.
+    pub async fn admin_webhooks_replay(&self) -> reqwest::Response {
+        self.post_as(&self.admin_token, "/admin/webhooks/replay")
+            .await
+    }
+
+    // Operations (`src/http/metrics.rs`, `health.rs`).
+
+    /// `GET /metrics`, with the admin token.
+    pub async fn metrics(&self) -> reqwest::Response {
+        self.get_as(&self.admin_token, "/metrics").await
+    }
+
+    /// `GET /healthz`.
+    pub async fn healthz(&self) -> reqwest::Response {
+        self.get("/healthz").await
+    }
+
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> reqwest::Response {
+        self.get("/readyz").await
+    }
+}
+
+pub struct TestApp {
+    /// The routes; `TestApp` derefs to it, so tests call `app.get_athlete(..)`.
+    pub api: ApiClient,
     /// The app's own store, for seeding and checking rows.
     pub store: Store,
     shutdown: ShutdownHandle,
     _dir: tempfile::TempDir,
+}
+
+impl Deref for TestApp {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 /// Settings for a test app; `overrides` win over the test defaults.
@@ -56,29 +373,13 @@ impl TestApp {
         let store = app.services().store.clone();
         tokio::spawn(app.run());
         TestApp {
-            address: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            // The admin token tests present, also to an app configured
+            // without one.
+            api: ApiClient::new(format!("http://127.0.0.1:{port}"), ADMIN_TOKEN),
             store,
             shutdown,
             _dir: dir,
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.unwrap()
-    }
-
-    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
     }
 }
 

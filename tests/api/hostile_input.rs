@@ -73,12 +73,7 @@ async fn send(
 
 /// Whether background work is paused, as the operator sees it.
 async fn paused(app: &TestApp) -> bool {
-    let budget: Value = app
-        .get_as(ADMIN_TOKEN, "/admin/budget")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let budget: Value = app.admin_budget().await.json().await.unwrap();
     budget["paused"] == true
 }
 
@@ -112,7 +107,7 @@ async fn no_guarded_route_accepts_a_missing_malformed_or_forged_token() {
     }
     // Nothing any of them asked for happened.
     assert!(!paused(&app).await);
-    assert_eq!(app.get_as(&token, "/api/v3/athlete").await.status(), 200);
+    assert_eq!(app.get_athlete(&token).await.status(), 200);
 }
 
 #[tokio::test]
@@ -143,7 +138,7 @@ async fn every_post_route_refuses_a_body_declared_too_large_and_does_nothing() {
         assert_eq!(body["errors"][0]["code"], "too_large", "{path}: {body}");
     }
     // The athlete is still connected and nothing was queued or paused.
-    assert_eq!(app.get_as(&token, "/api/v3/athlete").await.status(), 200);
+    assert_eq!(app.get_athlete(&token).await.status(), 200);
     let jobs: i64 = app
         .store
         .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?))

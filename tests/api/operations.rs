@@ -1,17 +1,17 @@
 //! Health, readiness, metrics access and start-up configuration errors.
 
-use crate::helpers::{TestApp, ADMIN_TOKEN};
+use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn healthz_and_readyz_answer() {
     let app = TestApp::spawn().await;
-    let health = app.get("/healthz").await;
+    let health = app.healthz().await;
     assert_eq!(health.status(), 200);
     assert_eq!(
         health.json::<serde_json::Value>().await.unwrap(),
         serde_json::json!({"status": "ok"})
     );
-    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.readyz().await.status(), 200);
 }
 
 #[tokio::test]
@@ -20,19 +20,14 @@ async fn metrics_need_the_admin_token() {
     assert_eq!(app.get("/metrics").await.status(), 401);
     assert_eq!(app.get_as("wrong", "/metrics").await.status(), 401);
     // One request has been observed by now, so the latency histogram exists.
-    let body = app
-        .get_as(ADMIN_TOKEN, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let body = app.metrics().await.text().await.unwrap();
     assert!(body.contains("http_request_duration_seconds"), "{body}");
 }
 
 #[tokio::test]
 async fn metrics_are_absent_without_an_admin_token() {
     let app = TestApp::spawn_with(&[("ADMIN_TOKEN", "")]).await;
-    assert_eq!(app.get_as(ADMIN_TOKEN, "/metrics").await.status(), 404);
+    assert_eq!(app.metrics().await.status(), 404);
 }
 
 #[tokio::test]

@@ -65,9 +65,10 @@ fn generated(n: i64, newest: i64) -> Vec<Box<RawValue>> {
         .collect()
 }
 
-async fn ids(app: &TestApp, token: &str, path: &str) -> Vec<u64> {
-    let res = app.get_as(token, path).await;
-    assert_eq!(res.status(), 200, "{path}");
+/// The ids the list gives for `query`.
+async fn ids(app: &TestApp, token: &str, query: &str) -> Vec<u64> {
+    let res = app.list_activities(token, query).await;
+    assert_eq!(res.status(), 200, "{query}");
     let body: Vec<Value> = res.json().await.unwrap();
     body.iter().map(|a| a["id"].as_u64().unwrap()).collect()
 }
@@ -84,7 +85,7 @@ async fn assert_fault(res: reqwest::Response, status: u16, field: &str) {
 #[tokio::test]
 async fn list_serves_every_field_exactly_as_stored() {
     let (app, token, _) = seeded().await;
-    let res = app.get_as(&token, &format!("{LIST}?per_page=200")).await;
+    let res = app.list_activities(&token, "per_page=200").await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.headers()[header::CONTENT_TYPE].to_str().unwrap(),
@@ -132,23 +133,22 @@ async fn pages_follow_strava_semantics() {
 
     for (query, expected) in [
         ("", 0..30),
-        ("?per_page=1", 0..1),
-        ("?page=3&per_page=1", 2..3),
-        ("?per_page=200", 0..200),
-        ("?page=2&per_page=200", 200..205),
-        ("?page=7&per_page=30", 180..205),
-        ("?page=3&per_page=200", 205..205),
-        ("?page=8", 205..205),
-        ("?page=9223372036854775807&per_page=200", 205..205),
+        ("per_page=1", 0..1),
+        ("page=3&per_page=1", 2..3),
+        ("per_page=200", 0..200),
+        ("page=2&per_page=200", 200..205),
+        ("page=7&per_page=30", 180..205),
+        ("page=3&per_page=200", 205..205),
+        ("page=8", 205..205),
+        ("page=9223372036854775807&per_page=200", 205..205),
     ] {
-        let path = format!("{LIST}{query}");
         assert_eq!(
-            ids(&app, &token, &path).await,
+            ids(&app, &token, query).await,
             newest_first[expected],
             "{query}"
         );
     }
-    let past_the_end = app.get_as(&token, &format!("{LIST}?page=8")).await;
+    let past_the_end = app.list_activities(&token, "page=8").await;
     assert_eq!(past_the_end.text().await.unwrap(), "[]");
 }
 
@@ -170,25 +170,24 @@ async fn before_and_after_are_exclusive_bounds() {
         ("before=-1".to_string(), &all[..0]),
         ("after=-1".to_string(), all),
     ] {
-        let path = format!("{LIST}?{query}");
-        assert_eq!(ids(&app, &token, &path).await, expected, "{query}");
+        assert_eq!(ids(&app, &token, &query).await, expected, "{query}");
     }
 }
 
 #[tokio::test]
 async fn an_activity_is_its_detail_once_fetched_else_its_summary() {
     let (app, token, _) = seeded().await;
-    let path = "/api/v3/activities/17179869201";
+    let id = 17179869201_u64;
     let summary = fixture_activities("activities.json")[2].get().to_string();
     assert_eq!(
-        app.get_as(&token, path).await.text().await.unwrap(),
+        app.get_activity(&token, id).await.text().await.unwrap(),
         summary
     );
 
     let detail = fixture("activity_detail.json").trim_end().to_string();
     let raw = RawValue::from_string(detail.clone()).unwrap();
     app.seed_detail(134815, raw).await;
-    let res = app.get_as(&token, path).await;
+    let res = app.get_activity(&token, id).await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.text().await.unwrap(),
@@ -196,27 +195,22 @@ async fn an_activity_is_its_detail_once_fetched_else_its_summary() {
         "the detail, byte for byte"
     );
     // The list keeps serving summaries.
-    let list = app.get_as(&token, LIST).await.text().await.unwrap();
+    let list = app.list_activities(&token, "").await.text().await.unwrap();
     assert!(list.contains(&summary) && !list.contains("segment_efforts"));
 
-    let huge = "/api/v3/activities/9007199254740993";
-    let body: Value = app.get_as(&token, huge).await.json().await.unwrap();
+    let huge = 9007199254740993_u64;
+    let body: Value = app.get_activity(&token, huge).await.json().await.unwrap();
     assert_eq!(body["id"], json!(9007199254740993_u64));
 }
 
 #[tokio::test]
 async fn the_athlete_is_their_profile_as_received() {
     let (app, token_a, token_b) = seeded().await;
-    let res = app.get_as(&token_a, "/api/v3/athlete").await;
+    let res = app.get_athlete(&token_a).await;
     assert_eq!(res.status(), 200);
     let expected: Value = serde_json::from_str(&fixture("athlete.json")).unwrap();
     assert_eq!(res.json::<Value>().await.unwrap(), expected);
-    let other: Value = app
-        .get_as(&token_b, "/api/v3/athlete")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let other: Value = app.get_athlete(&token_b).await.json().await.unwrap();
     assert_eq!(other["id"], 8806470);
 }
 
@@ -236,18 +230,11 @@ async fn another_athletes_records_are_not_found() {
         assert_eq!(body["message"], "Record Not Found", "{path}");
     }
     assert_eq!(
-        app.get_as(&token_b, "/api/v3/activities/17179869201")
-            .await
-            .status(),
+        app.get_activity(&token_b, 17179869201_u64).await.status(),
         404
     );
-    assert_eq!(ids(&app, &token_b, LIST).await, [17179869300]);
-    assert_eq!(
-        app.get_as(&token_b, "/api/v3/athletes/8806470/stats")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(ids(&app, &token_b, "").await, [17179869300]);
+    assert_eq!(app.get_stats(&token_b, 8806470).await.status(), 200);
 }
 
 #[tokio::test]
@@ -275,12 +262,12 @@ async fn malformed_list_parameters_are_refused_naming_them() {
         ("page=1'%20OR%20'1'='1", "page"),
         ("per_page=%00", "per_page"),
     ] {
-        let res = app.get_as(&token, &format!("{LIST}?{query}")).await;
+        let res = app.list_activities(&token, query).await;
         assert_fault(res, 400, field).await;
     }
     // Nothing was lost, and unknown parameters are ignored as Strava does.
     assert_eq!(
-        ids(&app, &token, &format!("{LIST}?per_page=200&foo=bar&_=1")).await,
+        ids(&app, &token, "per_page=200&foo=bar&_=1").await,
         FIXTURE_ORDER
     );
 }
@@ -299,12 +286,7 @@ async fn malformed_ids_are_refused() {
     ] {
         assert_fault(app.get_as(&token, path).await, 400, "id").await;
     }
-    assert_eq!(
-        ids(&app, &token, &format!("{LIST}?per_page=200"))
-            .await
-            .len(),
-        9
-    );
+    assert_eq!(ids(&app, &token, "per_page=200").await.len(), 9);
 }
 
 #[tokio::test]
@@ -353,7 +335,7 @@ async fn an_oversized_body_is_refused() {
 #[tokio::test]
 async fn a_matching_etag_answers_304() {
     let (app, token, _) = seeded().await;
-    let first = app.get_as(&token, LIST).await;
+    let first = app.list_activities(&token, "").await;
     let etag = first.headers()[header::ETAG].to_str().unwrap().to_string();
     assert!(
         etag.starts_with('"') && etag.ends_with('"'),
@@ -459,7 +441,7 @@ async fn stats_equal_the_hand_computed_totals() {
     app.seed_summaries(134815, vec![raw(&copy_of(0, 30_000_000_000, start))])
         .await;
 
-    let res = app.get_as(&token, "/api/v3/athletes/134815/stats").await;
+    let res = app.get_stats(&token, 134815).await;
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     let stats: Value = serde_json::from_str(&text).unwrap();
@@ -559,11 +541,11 @@ async fn each_token_is_rate_limited_on_its_own() {
     // one of the next requests must be refused unless each took a second
     // (a generous bound for a loaded machine).
     for _ in 0..5 {
-        assert_eq!(app.get_as(&token_a, "/api/v3/athlete").await.status(), 200);
+        assert_eq!(app.get_athlete(&token_a).await.status(), 200);
     }
     let mut refused = None;
     for _ in 0..50 {
-        let res = app.get_as(&token_a, "/api/v3/athlete").await;
+        let res = app.get_athlete(&token_a).await;
         if res.status() == 429 {
             refused = Some(res);
             break;
@@ -578,7 +560,7 @@ async fn each_token_is_rate_limited_on_its_own() {
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert_fault(refused, 429, "rate limit").await;
     // Another athlete's token has its own allowance.
-    assert_eq!(app.get_as(&token_b, "/api/v3/athlete").await.status(), 200);
+    assert_eq!(app.get_athlete(&token_b).await.status(), 200);
 }
 
 #[tokio::test]

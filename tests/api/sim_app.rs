@@ -2,6 +2,7 @@
 //! plus an offset the test moves forward, so budget windows and token expiry
 //! arrive without sleeping. Athletes connect through the real OAuth flow.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use strava_sync::sync::runner::JobRunner;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{test_settings, ADMIN_TOKEN};
+use crate::helpers::{test_settings, ApiClient, ADMIN_TOKEN};
 
 /// The service's clock in these tests: the simulator's time (real time plus
 /// the same offset), waking sleepers whenever the offset moves.
@@ -73,7 +74,7 @@ impl Clock for SharedClock {
 
 /// A running service instance.
 struct Running {
-    address: String,
+    api: ApiClient,
     state: web::Data<Services>,
     runner: Arc<JobRunner>,
     shutdown: ShutdownHandle,
@@ -126,7 +127,7 @@ impl SimApp {
             .expect("app builds")
             .without_schedule();
         let running = Running {
-            address: format!("http://127.0.0.1:{}", app.port()),
+            api: ApiClient::new(format!("http://127.0.0.1:{}", app.port()), ADMIN_TOKEN),
             state: app.services(),
             runner: app.runner(),
             shutdown: app.shutdown_handle(),
@@ -143,6 +144,9 @@ impl SimApp {
     /// the same database.
     pub async fn restart(&mut self) {
         let old = self.running.take().expect("the service is running");
+        // Its client's idle keep-alive connection would hold up the
+        // graceful stop until the server timed it out.
+        drop(old.api);
         old.shutdown.shutdown();
         old.task.await.unwrap().unwrap();
         self.running = Some(self.launch().await);
@@ -156,10 +160,6 @@ impl SimApp {
 
     pub fn state(&self) -> &web::Data<Services> {
         &self.running().state
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.running().address, path)
     }
 
     /// Moves the simulator's and the service's clocks together.
@@ -178,24 +178,19 @@ impl SimApp {
     /// our `/auth/strava`, then Strava's authorize page (as `athlete_id`).
     /// Returns the path and query of our callback that Strava redirected to.
     pub async fn authorize(&self, athlete_id: u64) -> String {
-        let browser = crate::connect::browser();
-        let res = browser.get(self.url("/auth/strava")).send().await.unwrap();
+        let res = self.connect_start().await;
         assert_eq!(res.status(), 302);
         let authorize = res.headers()["location"].to_str().unwrap().to_string();
         self.sim.next_login(athlete_id).unwrap();
-        let res = browser.get(&authorize).send().await.unwrap();
+        let res = self.client.get(&authorize).send().await.unwrap();
         assert_eq!(res.status(), 302, "Strava's authorize redirects back");
         let back = reqwest::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
         format!("{}?{}", back.path(), back.query().unwrap_or(""))
     }
 
-    /// Follows Strava's redirect to our callback.
+    /// Follows Strava's redirect to our callback, wherever it points.
     pub async fn callback(&self, path: &str) -> reqwest::Response {
-        crate::connect::browser()
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
+        self.get(path).await
     }
 
     /// The whole flow; returns the callback's response.
@@ -212,20 +207,19 @@ impl SimApp {
         body["token"].as_str().unwrap().to_string()
     }
 
-    pub async fn admin(&self, path: &str) -> Value {
-        let res = reqwest::Client::new()
-            .get(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "{path}");
-        res.json().await.unwrap()
+    /// `/admin/budget` as JSON.
+    pub async fn budget(&self) -> Value {
+        ok_json(self.admin_budget().await, "/admin/budget").await
+    }
+
+    /// `/admin/athletes` as JSON.
+    pub async fn athletes(&self) -> Value {
+        ok_json(self.admin_athletes().await, "/admin/athletes").await
     }
 
     /// The athlete as `/admin/athletes` shows them.
     pub async fn athlete(&self, athlete_id: u64) -> Value {
-        let all = self.admin("/admin/athletes").await;
+        let all = self.athletes().await;
         all["athletes"]
             .as_array()
             .unwrap()
@@ -267,24 +261,19 @@ impl SimApp {
         }
         per_window.into_values().max().unwrap_or(0)
     }
+}
 
-    /// Polls `check` until it holds, failing after half a minute of real
-    /// time (generous: a loaded CI machine is slow, a passing check returns
-    /// at once).
-    pub async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("timed out waiting until {what}");
+/// The routes of the running instance (a restart moves them to a new port).
+impl Deref for SimApp {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.running().api
     }
+}
+
+async fn ok_json(res: reqwest::Response, path: &str) -> Value {
+    assert_eq!(res.status(), 200, "{path}");
+    res.json().await.unwrap()
 }
 
 impl Drop for SimApp {

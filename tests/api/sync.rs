@@ -2,15 +2,15 @@
 //! windows and restarts, the gap-fill pass, deletion reconciliation, webhook
 //! fetches, manual refresh, and reads that never call Strava.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strava_sync::model::job::Task;
 use strava_sync::simulator::{NewActivity, SimConfig};
-use strava_sync::store::{activities, athletes, subscription};
+use strava_sync::store::{athletes, subscription};
 use strava_sync::sync::{enrich, reconcile};
 
-use crate::helpers::ADMIN_TOKEN;
+use crate::helpers::{eventually, WAIT};
 use crate::sim_app::SimApp;
 
 fn config(activities_per_athlete: usize) -> SimConfig {
@@ -22,40 +22,42 @@ fn config(activities_per_athlete: usize) -> SimConfig {
 }
 
 async fn sync_status(app: &SimApp, token: &str) -> Value {
-    let res = reqwest::Client::new()
-        .get(app.url("/api/sync"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let res = app.sync_status(token).await;
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
 }
 
-async fn post(app: &SimApp, path: &str, token: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
+/// How many activities of the athlete are stored, as `/admin/athletes` counts.
 async fn stored(app: &SimApp, athlete_id: u64) -> i64 {
-    app.state()
-        .store
-        .read(move |c| activities::count_for(c, athlete_id as i64))
-        .await
+    app.athlete(athlete_id).await["activities"]
+        .as_i64()
         .unwrap()
 }
 
-async fn is_stored(app: &SimApp, athlete_id: u64, id: u64) -> bool {
+/// Whether the read API serves the activity to the token's athlete.
+async fn is_stored(app: &SimApp, token: &str, id: u64) -> bool {
+    let res = app.get_activity(token, id).await;
+    match res.status().as_u16() {
+        200 => true,
+        404 => false,
+        status => panic!("GET activity {id}: {status}"),
+    }
+}
+
+/// The athlete's jobs that have not finished (queued or running).
+async fn unfinished_jobs(app: &SimApp, athlete_id: u64) -> i64 {
     app.state()
         .store
-        .read(move |c| activities::get_json(c, athlete_id as i64, id as i64))
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM jobs
+                 WHERE athlete_id = ?1 AND status IN ('queued', 'running')",
+                [athlete_id as i64],
+                |r| r.get(0),
+            )?)
+        })
         .await
         .unwrap()
-        .is_some()
 }
 
 /// Calls the ledger recorded for `purpose` that Strava answered with 200.
@@ -73,23 +75,24 @@ async fn ledger_calls(app: &SimApp, purpose: &'static str) -> i64 {
         .unwrap()
 }
 
-/// Polls `done`; whenever a moment of real time passes without it, moves both
-/// clocks into the next quarter hour so a spent window reopens.
+/// Polls `done`; whenever a moment of real time (300 ms) passes without it,
+/// moves both clocks into the next quarter hour so a spent window reopens.
+/// A minute of real time is some 200 windows, far more than any test needs
+/// even on a loaded machine.
 async fn run_until<F, Fut>(app: &SimApp, what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..60 {
-        for _ in 0..10 {
-            if done().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut moved = Instant::now();
+    eventually(what, Duration::from_secs(60), || {
+        if moved.elapsed() >= Duration::from_millis(300) {
+            app.advance(app.secs_to_next_quarter() + 1);
+            moved = Instant::now();
         }
-        app.advance(app.secs_to_next_quarter() + 1);
-    }
-    panic!("never reached: {what}");
+        done()
+    })
+    .await;
 }
 
 /// Connects an athlete and waits for the whole history to be stored.
@@ -126,7 +129,7 @@ async fn a_3000_activity_backfill_spans_windows_without_429_and_resumes_after_a_
     let token = app.connect(athlete).await;
 
     // The first window runs out long before the history does.
-    app.wait_until("the first window is spent", || async {
+    eventually("the first window is spent", WAIT, || async {
         let status = sync_status(&app, &token).await;
         status["backfill"]["pages_done"].as_i64().unwrap() >= 5
     })
@@ -178,12 +181,17 @@ async fn gap_fill_finds_creates_without_webhooks_and_late_uploads_in_any_order()
     };
     let late = upload(&app, athlete, late);
 
-    let res = post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
+    let res = app.admin_sync_run().await;
     assert_eq!(res.status(), 202);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["athletes"], 1, "the one connected athlete is queued");
     run_until(&app, "both activities are stored", || async {
-        is_stored(&app, athlete, fresh).await && is_stored(&app, athlete, late).await
+        is_stored(&app, &token, fresh).await && is_stored(&app, &token, late).await
+    })
+    .await;
+    // The pass records its check in a transaction after the page's.
+    eventually("the gap-fill job has finished", WAIT, || async {
+        unfinished_jobs(&app, athlete).await == 0
     })
     .await;
     assert!(sync_status(&app, &token).await["last_gap_fill_at"].is_string());
@@ -195,12 +203,8 @@ async fn gap_fill_finds_creates_without_webhooks_and_late_uploads_in_any_order()
 #[tokio::test]
 async fn admin_sync_run_needs_the_admin_token() {
     let app = SimApp::start(config(1), &[]).await;
-    assert_eq!(post(&app, "/admin/sync/run", "wrong").await.status(), 401);
-    let res = reqwest::Client::new()
-        .post(app.url("/admin/sync/run"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(app.post_as("wrong", "/admin/sync/run").await.status(), 401);
+    let res = app.post("/admin/sync/run").await;
     assert_eq!(res.status(), 401);
 }
 
@@ -210,7 +214,7 @@ async fn reconciliation_removes_a_silently_deleted_activity() {
     let gone = app.sim.activities(athlete).unwrap()[120]["id"]
         .as_u64()
         .unwrap();
-    assert!(is_stored(&app, athlete, gone).await);
+    assert!(is_stored(&app, &token, gone).await);
     // Deleted on Strava with no event at all.
     app.sim.delete_activity(gone, None).unwrap();
 
@@ -219,7 +223,7 @@ async fn reconciliation_removes_a_silently_deleted_activity() {
     assert_eq!(reconcile::plan(&state.store, now).await.unwrap(), 1);
     state.jobs.wake();
     run_until(&app, "the deleted activity is gone", || async {
-        !is_stored(&app, athlete, gone).await
+        !is_stored(&app, &token, gone).await
     })
     .await;
     assert_eq!(stored(&app, athlete).await, 249);
@@ -245,13 +249,13 @@ async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
 
 #[tokio::test]
 async fn a_create_not_yet_readable_is_retried_until_it_is() {
-    let (app, athlete, _) = synced(5).await;
+    let (app, athlete, token) = synced(5).await;
     app.sim.update_settings(|s| s.detail_not_found_secs = 200);
     let new = upload(&app, athlete, NewActivity::default());
 
     announce(&app, athlete, &[new]).await;
     run_until(&app, "the announced activity is stored", || async {
-        is_stored(&app, athlete, new).await
+        is_stored(&app, &token, new).await
     })
     .await;
     let by_id: Vec<u16> = app
@@ -270,7 +274,7 @@ async fn a_create_not_yet_readable_is_retried_until_it_is() {
 
 #[tokio::test]
 async fn several_creates_of_one_athlete_share_one_listing() {
-    let (app, athlete, _) = synced(5).await;
+    let (app, athlete, token) = synced(5).await;
     let ids: Vec<u64> = (0..3)
         .map(|_| upload(&app, athlete, NewActivity::default()))
         .collect();
@@ -279,7 +283,7 @@ async fn several_creates_of_one_athlete_share_one_listing() {
     run_until(&app, "the three activities are stored", || async {
         let mut all = true;
         for &id in &ids {
-            all &= is_stored(&app, athlete, id).await;
+            all &= is_stored(&app, &token, id).await;
         }
         all
     })
@@ -289,7 +293,7 @@ async fn several_creates_of_one_athlete_share_one_listing() {
 
 #[tokio::test]
 async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
-    let (app, athlete, _) = synced(5).await;
+    let (app, athlete, token) = synced(5).await;
     let id = upload(&app, athlete, NewActivity::default());
     let state = app.state().clone();
     let now = state.clock.epoch();
@@ -306,24 +310,11 @@ async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
         .unwrap();
     let before = app.api_calls().len();
     announce(&app, athlete, &[id]).await;
-    app.wait_until("the fetch job has run", || async {
-        let state = app.state().clone();
-        let unfinished: i64 = state
-            .store
-            .read(move |c| {
-                Ok(c.query_row(
-                    "SELECT COUNT(*) FROM jobs
-                     WHERE athlete_id = ?1 AND status IN ('queued', 'running')",
-                    [athlete as i64],
-                    |r| r.get(0),
-                )?)
-            })
-            .await
-            .unwrap();
-        unfinished == 0
+    eventually("the fetch job has run", WAIT, || async {
+        unfinished_jobs(&app, athlete).await == 0
     })
     .await;
-    assert!(!is_stored(&app, athlete, id).await);
+    assert!(!is_stored(&app, &token, id).await);
     assert_eq!(app.api_calls().len(), before, "nothing was fetched");
 }
 
@@ -334,7 +325,7 @@ async fn manual_refresh_is_queued_runs_to_done_with_counts_and_has_a_cooldown() 
         upload(&app, athlete, NewActivity::default());
     }
 
-    let res = post(&app, "/api/sync", &token).await;
+    let res = app.request_sync(&token).await;
     assert_eq!(res.status(), 202);
     let queued: Value = res.json().await.unwrap();
     assert_eq!(queued["status"], "queued");
@@ -342,18 +333,17 @@ async fn manual_refresh_is_queued_runs_to_done_with_counts_and_has_a_cooldown() 
     assert!(queued["estimated_start"].is_string(), "{queued}");
     let job = queued["job_id"].as_i64().unwrap();
 
-    let path = format!("/api/sync/jobs/{job}");
     run_until(&app, "the refresh is done", || async {
-        let body: Value = app_get(&app, &path, &token).await.json().await.unwrap();
+        let body: Value = app.sync_job(&token, job).await.json().await.unwrap();
         body["status"] == "done"
     })
     .await;
-    let body: Value = app_get(&app, &path, &token).await.json().await.unwrap();
+    let body: Value = app.sync_job(&token, job).await.json().await.unwrap();
     assert_eq!(body["counts"]["new"], 2);
     assert_eq!(body["counts"]["updated"], 0);
     assert!(body["counts"]["fetched"].as_i64().unwrap() >= 2);
 
-    let again = post(&app, "/api/sync", &token).await;
+    let again = app.request_sync(&token).await;
     assert_eq!(again.status(), 429);
     let retry: u64 = again.headers()["retry-after"]
         .to_str()
@@ -365,15 +355,6 @@ async fn manual_refresh_is_queued_runs_to_done_with_counts_and_has_a_cooldown() 
     assert_eq!(fault["message"], "Rate Limit Exceeded");
 }
 
-async fn app_get(app: &SimApp, path: &str, token: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn sync_routes_refuse_missing_foreign_and_malformed_input() {
     let app = SimApp::start(config(3), &[]).await;
@@ -381,42 +362,27 @@ async fn sync_routes_refuse_missing_foreign_and_malformed_input() {
         panic!("two athletes")
     };
     let (token_a, token_b) = (app.connect(a).await, app.connect(b).await);
-    let job: Value = post(&app, "/api/sync", &token_a)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let path = format!("/api/sync/jobs/{}", job["job_id"]);
+    let job: Value = app.request_sync(&token_a).await.json().await.unwrap();
+    let job = &job["job_id"];
 
-    assert_eq!(app_get(&app, &path, &token_a).await.status(), 200);
-    assert_eq!(
-        app_get(&app, &path, &token_b).await.status(),
-        404,
-        "not yours"
-    );
-    assert_eq!(
-        app_get(&app, "/api/sync/jobs/999999", &token_a)
-            .await
-            .status(),
-        404
-    );
-    let res = app_get(&app, "/api/sync/jobs/abc", &token_a).await;
+    assert_eq!(app.sync_job(&token_a, job).await.status(), 200);
+    assert_eq!(app.sync_job(&token_b, job).await.status(), 404, "not yours");
+    assert_eq!(app.sync_job(&token_a, 999999).await.status(), 404);
+    let res = app.sync_job(&token_a, "abc").await;
     assert_eq!(res.status(), 400);
     let fault: Value = res.json().await.unwrap();
     assert!(fault["errors"].is_array());
-    let huge = format!("/api/sync/jobs/{}", "9".repeat(40));
-    assert_eq!(app_get(&app, &huge, &token_a).await.status(), 400);
+    let huge = "9".repeat(40);
+    assert_eq!(app.sync_job(&token_a, huge).await.status(), 400);
+    let path = format!("/api/sync/jobs/{job}");
     for path in ["/api/sync", &path] {
-        let res = reqwest::Client::new()
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap();
+        let res = app.get(path).await;
         assert_eq!(res.status(), 401, "{path} without a token");
-        assert_eq!(app_get(&app, path, "forged").await.status(), 401);
+        assert_eq!(app.get_as("forged", path).await.status(), 401);
     }
-    assert_eq!(post(&app, "/api/sync", "forged").await.status(), 401);
-    let res = reqwest::Client::new()
+    assert_eq!(app.request_sync("forged").await.status(), 401);
+    let res = app
+        .client
         .post(app.url("/api/sync"))
         .bearer_auth(&token_b)
         .body(vec![b'x'; 64 * 1024])
@@ -439,10 +405,10 @@ async fn sync_status_shows_connection_progress_and_queued_work() {
     assert_eq!(status["budget"]["paused"], false);
     assert!(status["budget"]["next_window_opens_at"].is_null());
 
-    post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    app.admin_pause().await;
     // A pass the budget could not serve yet, then another: still one job.
-    post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
-    post(&app, "/admin/sync/run", ADMIN_TOKEN).await;
+    app.admin_sync_run().await;
+    app.admin_sync_run().await;
     let status = sync_status(&app, &token).await;
     assert_eq!(status["queued"]["gap_fill"], 1);
     assert_eq!(status["budget"]["paused"], true);
@@ -453,7 +419,7 @@ async fn sync_status_shows_connection_progress_and_queued_work() {
 async fn a_thousand_reads_cost_no_strava_call() {
     let (app, athlete, token) = synced(50).await;
     // Nothing in the background may spend the budget while reads are counted.
-    post(&app, "/admin/pause", ADMIN_TOKEN).await;
+    app.admin_pause().await;
     let (ledger, strava) = (app.ledger_count().await, app.api_calls().len());
     let activity = app.sim.activities(athlete).unwrap()[7]["id"].clone();
     let paths = [
@@ -465,7 +431,7 @@ async fn a_thousand_reads_cost_no_strava_call() {
     ];
     for i in 0..1000 {
         let path = &paths[i % paths.len()];
-        assert_eq!(app_get(&app, path, &token).await.status(), 200, "{path}");
+        assert_eq!(app.get_as(&token, path).await.status(), 200, "{path}");
     }
     assert_eq!(app.ledger_count().await, ledger);
     assert_eq!(app.api_calls().len(), strava);
@@ -488,21 +454,17 @@ async fn an_athlete_needing_reauthorization_is_shown_refused_a_refresh_and_skipp
         sync_status(&app, &token_a).await["connection"],
         "needs_reauth"
     );
-    let res = post(&app, "/api/sync", &token_a).await;
+    let res = app.request_sync(&token_a).await;
     assert_eq!(res.status(), 403);
     let fault: Value = res.json().await.unwrap();
     assert_eq!(fault["errors"][0]["code"], "needs_reauth");
-    let pass: Value = post(&app, "/admin/sync/run", ADMIN_TOKEN)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let pass: Value = app.admin_sync_run().await.json().await.unwrap();
     assert_eq!(pass["athletes"], 1, "only the connected athlete is queued");
 }
 
 #[tokio::test]
 async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
-    let (app, athlete, _) = synced(5).await;
+    let (app, athlete, token) = synced(5).await;
     let secret = app
         .state()
         .store
@@ -518,15 +480,10 @@ async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
         "aspect_type": "create", "event_time": app.state().clock.epoch(), "object_id": new,
         "object_type": "activity", "owner_id": athlete, "subscription_id": 4242, "updates": {},
     });
-    let res = reqwest::Client::new()
-        .post(app.url(&format!("/webhook/{secret}")))
-        .json(&event)
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_webhook(&secret, event.to_string()).await;
     assert_eq!(res.status(), 200);
     run_until(&app, "the pushed activity is stored", || async {
-        is_stored(&app, athlete, new).await
+        is_stored(&app, &token, new).await
     })
     .await;
     assert_eq!(ledger_calls(&app, "webhook").await, 1);
@@ -548,15 +505,14 @@ async fn enrichment_fetches_details_of_recent_summaries_newest_first_when_idle()
     }
     announce(&app, athlete, &fresh).await;
     run_until(&app, "the fresh uploads are stored", || async {
-        is_stored(&app, athlete, fresh[0]).await && is_stored(&app, athlete, fresh[1]).await
+        is_stored(&app, &token, fresh[0]).await && is_stored(&app, &token, fresh[1]).await
     })
     .await;
     // A listing stored them: summaries only, so far.
     let detail = |id: u64| {
-        let path = format!("/api/v3/activities/{id}");
         let (app, token) = (&app, &token);
         async move {
-            let body: Value = app_get(app, &path, token).await.json().await.unwrap();
+            let body: Value = app.get_activity(token, id).await.json().await.unwrap();
             body["resource_state"].as_i64()
         }
     };

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -19,6 +19,7 @@ use strava_sync::model::job::Fetch;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simulator};
 use strava_sync::store::{subscription, Store};
 
+use crate::helpers::{eventually, ApiClient, WAIT};
 use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
 
@@ -40,10 +41,10 @@ fn free_port() -> u16 {
 /// The service binary on a loopback port.
 struct Server {
     child: Arc<Mutex<Child>>,
-    address: String,
-    /// Unique to this process, so an answer proves it came from our child
-    /// and not from another test's service that took the port.
-    admin_token: String,
+    /// Its routes. The admin token is unique to this process, so an answer
+    /// proves it came from our child and not from another test's service
+    /// that took the port.
+    api: ApiClient,
 }
 
 impl Server {
@@ -88,27 +89,27 @@ impl Server {
             .unwrap();
         let server = Server {
             child: Arc::new(Mutex::new(child)),
-            address: format!("http://127.0.0.1:{port}"),
-            admin_token,
+            api: ApiClient::new(format!("http://127.0.0.1:{port}"), admin_token),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::Client::new();
-        loop {
-            let ours = client
-                .get(format!("{}/admin/webhooks", server.address))
-                .bearer_auth(&server.admin_token)
+        // Until it listens the request fails, so it is sent by hand rather
+        // than with `admin_webhooks`, which expects an answer.
+        let up = eventually("the service to start", WAIT, || async {
+            let api = &server.api;
+            let ours = api
+                .client
+                .get(api.url("/admin/webhooks"))
+                .bearer_auth(&api.admin_token)
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200);
             if ours {
-                return Some(server);
+                return Some(true);
             }
-            if server.child.lock().unwrap().try_wait().unwrap().is_some() {
-                return None;
-            }
-            assert!(Instant::now() < deadline, "the service did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let exited = server.child.lock().unwrap().try_wait().unwrap().is_some();
+            exited.then_some(false)
+        })
+        .await;
+        up.then_some(server)
     }
 
     fn kill(&self) {
@@ -119,25 +120,15 @@ impl Server {
 
     /// Waits until the inbox has nothing pending.
     async fn drained(&self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let overview: Value = client
-                .get(format!("{}/admin/webhooks", self.address))
-                .bearer_auth(&self.admin_token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        eventually("the inbox to drain", Duration::from_secs(60), || async {
+            let overview: Value = self.api.admin_webhooks().await.json().await.unwrap();
             if overview["counts"]["pending"] == 0 {
                 assert_eq!(overview["counts"]["failed"], 0, "{overview}");
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "inbox not drained: {overview}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!("inbox not drained: {overview}"))
+        })
+        .await;
     }
 }
 
@@ -248,7 +239,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     let events: Vec<Value> = order.into_iter().map(|i| events[i].clone()).collect();
 
     let server = Server::start_on_a_free_port(&db, NOWHERE).await;
-    let url = format!("{}/webhook/{secret}", server.address);
+    let url = server.api.url(&format!("/webhook/{secret}"));
     let acks = AtomicUsize::new(0);
     let first = deliver(&url, &events, || {
         if acks.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER_ACKS {
@@ -291,7 +282,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     );
 
     // Strava retries what was not acknowledged; everything ends up applied once.
-    let url = format!("{}/webhook/{secret}", server.address);
+    let url = server.api.url(&format!("/webhook/{secret}"));
     let unacked: Vec<Value> = events
         .iter()
         .zip(&first)
@@ -357,7 +348,7 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
     let port = free_port();
     let server = Server::start(&db, port, &sim.api_url()).await;
 
-    cli("create", &db, &sim, &server.address).await;
+    cli("create", &db, &sim, &server.api.address).await;
     let calls_before = sim.calls().total;
 
     // Renames of 200 activities, deletes of 100, 50 creates, pushed one by
@@ -411,19 +402,14 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
     );
 
     // The simulator redelivers the rest; every event ends acknowledged and applied.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("the simulator to redeliver", WAIT, || async {
         let keys: BTreeSet<(String, i64)> = delivered(&sim).iter().map(key).collect();
         if keys.len() == emitted {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {emitted} delivered",
-            keys.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{} of {emitted} delivered", keys.len()))
+    })
+    .await;
     server.drained().await;
     let fetches = queued_fetches(&store);
     assert!(delivered(&sim).iter().all(|e| applied(&store, e, &fetches)));

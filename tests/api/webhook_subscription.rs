@@ -3,13 +3,11 @@
 //! then live events the simulator pushes after renames and deletes, applied
 //! with no API call, and a create that only queues a fetch.
 
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, SimHandle, Simulator};
 use strava_sync::store::{activities, athletes, subscription, Store};
 
-use crate::helpers::TestApp;
+use crate::helpers::{eventually, TestApp, WAIT};
 use crate::webhooks::{pause_background_work, scalar};
 
 /// Runs `strava-sync subscription <action>` against the simulator, for the
@@ -33,19 +31,6 @@ pub async fn cli(action: &str, db: &std::path::Path, sim: &SimHandle, public_url
     assert!(out.status.success(), "{action}: {stdout}{stderr}");
     assert!(!stdout.contains(sim.client_secret()) && !stderr.contains(sim.client_secret()));
     stdout
-}
-
-/// Polls `done` (a check on rows) until it holds; fails after 30 seconds.
-async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Connects the simulator's first athlete by seeding their profile and
@@ -155,7 +140,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
         .as_i64()
         .unwrap();
     let store = app.store.clone();
-    eventually("the events to be applied", || {
+    eventually("the events to be applied", WAIT, || {
         let store = store.clone();
         async move {
             let pending: i64 = scalar(

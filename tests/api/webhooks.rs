@@ -11,16 +11,17 @@ use strava_sync::model::job::{Fetch, Task};
 use strava_sync::store::{activities, api_tokens, athletes, inbox, jobs, subscription, Store};
 use strava_sync::webhook::worker;
 
-use crate::helpers::{now, TestApp, ADMIN_TOKEN};
+use crate::helpers::{now, TestApp};
 
 const ATHLETE: i64 = 134_815;
 /// Past 2^34, as real activity ids are now.
 const ACTIVITY: i64 = 17_179_869_185;
 const T0: i64 = 1_700_000_000;
 
-/// A test app with its webhook callback URL.
+/// A test app with its webhook path secret and callback URL.
 struct Hook {
     app: TestApp,
+    secret: String,
     callback: String,
 }
 
@@ -34,18 +35,15 @@ impl Hook {
             .unwrap();
         let callback = app.url(&format!("/webhook/{secret}"));
         pause_background_work(&app).await;
-        Hook { app, callback }
+        Hook {
+            app,
+            secret,
+            callback,
+        }
     }
 
     async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        self.app
-            .client
-            .post(&self.callback)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        self.app.post_webhook(&self.secret, body).await
     }
 
     async fn send(&self, event: &Value) -> Value {
@@ -171,28 +169,12 @@ impl Hook {
             .await
             .unwrap();
     }
-
-    async fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
-        self.app
-            .client
-            .request(method, self.app.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-    }
 }
 
 /// Stops the job runner from claiming background jobs, so the fetch jobs
 /// creates queue stay in the queue to be looked at.
 pub async fn pause_background_work(app: &TestApp) {
-    let res = app
-        .client
-        .post(app.url("/admin/pause"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = app.admin_pause().await;
     assert_eq!(res.status(), 200);
 }
 
@@ -271,7 +253,7 @@ async fn seeded() -> Hook {
 }
 
 fn handshake_query(token: &str) -> String {
-    format!("?hub.mode=subscribe&hub.challenge=15f7d1a91c1f40f8a748fd134752feb3&hub.verify_token={token}")
+    format!("hub.mode=subscribe&hub.challenge=15f7d1a91c1f40f8a748fd134752feb3&hub.verify_token={token}")
 }
 
 #[tokio::test]
@@ -279,15 +261,8 @@ async fn handshake_echoes_the_challenge_for_our_verify_token() {
     let hook = Hook::spawn().await;
     let res = hook
         .app
-        .client
-        .get(format!(
-            "{}{}",
-            hook.callback,
-            handshake_query("test-verify-token")
-        ))
-        .send()
-        .await
-        .unwrap();
+        .webhook_handshake(&hook.secret, &handshake_query("test-verify-token"))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.headers()["content-type"].to_str().unwrap(),
@@ -302,38 +277,38 @@ async fn handshake_echoes_the_challenge_for_our_verify_token() {
 #[tokio::test]
 async fn handshake_refuses_bad_tokens_and_incomplete_queries() {
     let hook = Hook::spawn().await;
-    let get = |url: String| {
-        let client = hook.app.client.clone();
-        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    let get = |secret: &str, query: String| {
+        let (app, secret) = (&hook.app, secret.to_string());
+        async move {
+            let res = app.webhook_handshake(&secret, &query).await;
+            res.status().as_u16()
+        }
     };
-    let cb = &hook.callback;
-    assert_eq!(get(format!("{cb}{}", handshake_query("wrong"))).await, 403);
-    assert_eq!(get(format!("{cb}{}", handshake_query(""))).await, 403);
-    assert_eq!(get(cb.clone()).await, 400);
+    let secret = &hook.secret;
+    assert_eq!(get(secret, handshake_query("wrong")).await, 403);
+    assert_eq!(get(secret, handshake_query("")).await, 403);
+    assert_eq!(get(secret, String::new()).await, 400);
     assert_eq!(
-        get(format!("{cb}?hub.mode=subscribe&hub.challenge=x")).await,
+        get(secret, "hub.mode=subscribe&hub.challenge=x".into()).await,
         400
     );
     assert_eq!(
-        get(format!(
-            "{cb}?hub.mode=unsubscribe&hub.challenge=x&hub.verify_token=test-verify-token"
-        ))
+        get(
+            secret,
+            "hub.mode=unsubscribe&hub.challenge=x&hub.verify_token=test-verify-token".into()
+        )
         .await,
         400
     );
     // The right token at the wrong path reveals nothing.
-    let wrong = hook.app.url(&format!(
-        "/webhook/nope{}",
-        handshake_query("test-verify-token")
-    ));
-    assert_eq!(get(wrong).await, 404);
+    assert_eq!(get("nope", handshake_query("test-verify-token")).await, 404);
 }
 
 #[tokio::test]
 async fn events_at_any_other_webhook_path_answer_404_and_store_nothing() {
     let hook = seeded().await;
     let body = activity_event("update", ACTIVITY, T0, json!({"title": "x"})).to_string();
-    let secret = hook.callback.rsplit('/').next().unwrap().to_string();
+    let secret = &hook.secret;
     for path in [
         "/webhook".to_string(),
         "/webhook/".to_string(),
@@ -856,12 +831,7 @@ async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
         401,
         "admin only"
     );
-    let overview: Value = hook
-        .admin(reqwest::Method::GET, "/admin/webhooks")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let overview: Value = hook.app.admin_webhooks().await.json().await.unwrap();
     assert_eq!(
         overview["counts"],
         json!({"pending": 0, "done": 0, "ignored": 0, "failed": 1})
@@ -876,12 +846,7 @@ async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
     );
 
     hook.exec("DROP TRIGGER refuse").await;
-    let replay: Value = hook
-        .admin(reqwest::Method::POST, "/admin/webhooks/replay")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let replay: Value = hook.app.admin_webhooks_replay().await.json().await.unwrap();
     assert_eq!(replay, json!({"replayed": 1}));
     hook.drain().await;
     assert_eq!(hook.inbox().await, ["done"]);
@@ -917,12 +882,7 @@ async fn webhook_metrics_are_exported() {
     let hook = seeded().await;
     hook.rename(ACTIVITY, T0, "x").await;
     hook.drain().await;
-    let body = hook
-        .admin(reqwest::Method::GET, "/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let body = hook.app.metrics().await.text().await.unwrap();
     for name in [
         "webhook_events_total{kind=\"activity_update\",outcome=\"accepted\"}",
         "webhook_events_total{kind=\"activity_update\",outcome=\"applied\"}",

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig};
 
 use super::*;
+use crate::helpers::{eventually, WAIT};
 
 const VERIFY_TOKEN: &str = "let-me-in";
 
@@ -104,18 +105,6 @@ async fn subscribe(sim: &SimHandle, callback: &str, verify_token: &str) -> reqwe
         .send()
         .await
         .unwrap()
-}
-
-/// Polls until `done` holds; fails after 30 seconds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// A simulator with a subscription to a fresh callback, retries 50 ms apart.
@@ -270,7 +259,10 @@ async fn events_are_posted_in_stravas_shape() {
         .unwrap();
     sim.delete_activity(id, Some(Push::default())).unwrap();
     sim.deauthorize(athlete, Some(Push::default())).unwrap();
-    eventually("four events", || callback.received().len() == 4).await;
+    eventually("four events", WAIT, || async {
+        callback.received().len() == 4
+    })
+    .await;
 
     let mut events = callback.received();
     events.sort_by_key(|e| {
@@ -330,8 +322,11 @@ async fn a_failing_callback_gets_three_attempts_in_all() {
 #[tokio::test]
 async fn a_retry_after_a_failure_delivers_once() {
     let (sim, callback) = one_event_to(1).await;
-    eventually("the retry", || callback.received().len() == 2).await;
-    eventually("the log", || sim.deliveries().len() == 2).await;
+    eventually("the retry", WAIT, || async {
+        callback.received().len() == 2
+    })
+    .await;
+    eventually("the log", WAIT, || async { sim.deliveries().len() == 2 }).await;
     let outcomes: Vec<Value> = sim
         .deliveries()
         .iter()
@@ -362,7 +357,10 @@ async fn lost_twice_delayed_and_string_ids_per_event() {
     let created = sim
         .create_activity(athlete, NewActivity::default(), Some(twice))
         .unwrap();
-    eventually("the duplicate", || callback.received().len() == 2).await;
+    eventually("the duplicate", WAIT, || async {
+        callback.received().len() == 2
+    })
+    .await;
     for event in callback.received() {
         assert_eq!(event["object_id"], created["id"]);
         assert_eq!(event["subscription_id"], subscription_id.to_string());
@@ -377,7 +375,10 @@ async fn lost_twice_delayed_and_string_ids_per_event() {
     sim.update_settings(|s| s.subscription_id_as_string_probability = 1.0);
     sim.create_activity(athlete, NewActivity::default(), Some(Push::default()))
         .unwrap();
-    eventually("the third event", || callback.received().len() == 3).await;
+    eventually("the third event", WAIT, || async {
+        callback.received().len() == 3
+    })
+    .await;
     assert!(callback.received()[2]["subscription_id"].is_string());
 }
 
@@ -399,14 +400,20 @@ async fn without_read_all_privacy_switches_arrive_as_delete_and_create() {
     };
     sim.update_activity(id, hide, Some(Push::default()))
         .unwrap();
-    eventually("the delete", || callback.received().len() == 1).await;
+    eventually("the delete", WAIT, || async {
+        callback.received().len() == 1
+    })
+    .await;
     let show = ActivityUpdate {
         private: Some(false),
         ..ActivityUpdate::default()
     };
     sim.update_activity(id, show, Some(Push::default()))
         .unwrap();
-    eventually("the create", || callback.received().len() == 2).await;
+    eventually("the create", WAIT, || async {
+        callback.received().len() == 2
+    })
+    .await;
     let aspects: Vec<Value> = callback
         .received()
         .iter()
@@ -424,7 +431,7 @@ async fn events_without_a_subscription_are_recorded_undeliverable() {
         Some(Push::default()),
     )
     .unwrap();
-    eventually("the record", || sim.deliveries().len() == 1).await;
+    eventually("the record", WAIT, || async { sim.deliveries().len() == 1 }).await;
     assert_eq!(
         serde_json::to_value(sim.deliveries()[0].outcome).unwrap(),
         "no_subscription"
