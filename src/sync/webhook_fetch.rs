@@ -10,6 +10,11 @@
 //! means "not yet", so the id is retried with backoff a few times and after
 //! that left to the daily gap-fill. Activities a newer delete event removed
 //! are never brought back.
+//!
+//! Update events for an activity not stored yet are not kept: the fetch that
+//! stores it returns its current state, renames included. The one gap is a
+//! fetch already in flight when the rename happens; it stores the older title
+//! until the activity's next refresh.
 
 use std::collections::BTreeSet;
 
