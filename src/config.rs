@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::model::Purpose;
+
 /// The file read when present in the working directory.
 pub const CONFIG_FILE: &str = "strava-sync.toml";
 
@@ -59,6 +61,12 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// Requests per second per API token; 0 turns rate limiting off.
     pub api_rate_limit: u32,
+    /// Each background purpose's guaranteed share of the day, in percent.
+    pub budget_shares: BTreeMap<Purpose, u32>,
+    /// Athlete tiers and their weights, in the order given.
+    pub tiers: Vec<(String, u32)>,
+    /// The tier of athletes no operator has placed.
+    pub default_tier: String,
     pub log_format: LogFormat,
 }
 
@@ -98,6 +106,12 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("APP_REDIRECT_URL", None),
     ("CORS_ALLOWED_ORIGINS", None),
     ("API_RATE_LIMIT", Some("20")),
+    (
+        "BUDGET_SHARES",
+        Some("webhook=55,gap_fill=15,backfill=15,reconcile=10,enrichment=5"),
+    ),
+    ("TIERS", Some("standard=1")),
+    ("DEFAULT_TIER", None),
     ("LOG_FORMAT", Some("pretty")),
 ];
 
@@ -156,6 +170,7 @@ impl Settings {
             values: &values,
             problems: &mut problems,
         };
+        let tiers = p.tiers("TIERS");
         let settings = Settings {
             database_path: PathBuf::from(p.text("DATABASE_PATH")),
             host: p.text("HOST"),
@@ -183,6 +198,20 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             api_rate_limit: p.number("API_RATE_LIMIT"),
+            budget_shares: p.shares("BUDGET_SHARES"),
+            tiers: tiers.clone(),
+            default_tier: match p.optional("DEFAULT_TIER") {
+                None => tiers
+                    .first()
+                    .map(|(name, _)| name.clone())
+                    .unwrap_or_default(),
+                Some(name) if tiers.iter().any(|(t, _)| *t == name) => name,
+                Some(name) => {
+                    p.problems
+                        .push(format!("DEFAULT_TIER `{name}` is not one of TIERS"));
+                    name
+                }
+            },
             log_format: match p.text("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "pretty" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
@@ -280,6 +309,67 @@ impl Parser<'_> {
             ));
         }
         raw
+    }
+
+    /// `name=number` pairs separated by commas, each name once.
+    fn pairs(&mut self, key: &str) -> Vec<(String, u32)> {
+        let raw = self.text(key);
+        let mut out: Vec<(String, u32)> = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let parsed = item.split_once('=').and_then(|(name, n)| {
+                let name = name.trim();
+                let valid = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                Some((name.to_string(), n.trim().parse::<u32>().ok()?)).filter(|_| valid)
+            });
+            match parsed {
+                Some((name, _)) if out.iter().any(|(n, _)| *n == name) => {
+                    self.problems.push(format!("{key} names `{name}` twice"));
+                }
+                Some(pair) => out.push(pair),
+                None => self.problems.push(format!(
+                    "{key} must be `name=number` pairs separated by commas, not `{item}`"
+                )),
+            }
+        }
+        out
+    }
+
+    /// `BUDGET_SHARES`: background purposes and their percentages, at most
+    /// 100 in all; purposes not named get none guaranteed.
+    fn shares(&mut self, key: &str) -> BTreeMap<Purpose, u32> {
+        let mut shares = BTreeMap::new();
+        for (name, percent) in self.pairs(key) {
+            match Purpose::parse(&name).filter(|p| Purpose::BACKGROUND.contains(p)) {
+                Some(purpose) => {
+                    shares.insert(purpose, percent);
+                }
+                None => self.problems.push(format!(
+                    "{key}: `{name}` is not one of webhook, gap_fill, backfill, reconcile, enrichment"
+                )),
+            }
+        }
+        if shares.values().sum::<u32>() > 100 {
+            self.problems
+                .push(format!("{key} must add up to at most 100 percent"));
+        }
+        shares
+    }
+
+    /// `TIERS`: at least one tier, each weighing at least 1.
+    fn tiers(&mut self, key: &str) -> Vec<(String, u32)> {
+        let tiers = self.pairs(key);
+        if tiers.is_empty() {
+            self.problems
+                .push(format!("{key} must name at least one tier"));
+        }
+        if tiers.iter().any(|(_, weight)| *weight == 0) {
+            self.problems
+                .push(format!("{key}: every tier must weigh at least 1"));
+        }
+        tiers
     }
 
     fn schedule(&mut self, key: &str) -> String {

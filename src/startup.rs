@@ -20,6 +20,7 @@ use crate::strava::budget::{Budget, Limits};
 use crate::strava::client::{self, StravaClient};
 use crate::strava::oauth::StravaOAuth;
 use crate::strava::tokens::Tokens;
+use crate::sync::attention::Attention;
 use crate::sync::queue::JobQueue;
 use crate::sync::runner::JobRunner;
 use crate::sync::scheduler::{self, Planner};
@@ -42,6 +43,8 @@ pub struct Application {
     runner: Arc<JobRunner>,
     /// Whether `run` starts the cron schedule (see [`Application::without_schedule`]).
     schedule: bool,
+    /// Whether `run` starts the job runner (see [`Application::with_jobs_run_by_hand`]).
+    run_jobs: bool,
 }
 
 /// Stops a running [`Application`] from elsewhere (signals, tests, the demo).
@@ -87,7 +90,17 @@ impl Application {
             quarter: settings.strava_rate_limit_15min,
             day: settings.strava_rate_limit_daily,
         };
-        let budget = Budget::load(store.clone(), clock.clone(), limits).await?;
+        let budget = Budget::load(
+            store.clone(),
+            clock.clone(),
+            limits,
+            settings.budget_shares.clone(),
+        )
+        .await?;
+        store
+            .set_tiers(settings.tiers.clone(), settings.default_tier.clone())
+            .await?;
+        let attention = Arc::new(Attention::new(store.clone(), clock.clone()));
         let tokens = Arc::new(Tokens::new(store.clone(), oauth.clone(), clock.clone()));
         let strava = Arc::new(StravaClient::new(
             http_client,
@@ -96,15 +109,23 @@ impl Application {
             tokens,
         ));
         let jobs = Arc::new(JobQueue::new(store.clone(), clock.clone()));
-        let runner = JobRunner::new(store.clone(), strava.clone(), budget.clone(), jobs.clone());
+        let runner = JobRunner::new(
+            store.clone(),
+            attention.clone(),
+            strava.clone(),
+            budget.clone(),
+            jobs.clone(),
+        );
         let planner = Planner {
             store: store.clone(),
             queue: jobs.clone(),
+            attention: attention.clone(),
             clock: clock.clone(),
             daily_limit: settings.strava_rate_limit_daily,
         };
         let services = web::Data::new(Services {
             store,
+            attention,
             clock,
             budget,
             strava,
@@ -143,6 +164,7 @@ impl Application {
             tasks: TaskTracker::new(),
             runner,
             schedule: true,
+            run_jobs: true,
         })
     }
 
@@ -151,6 +173,14 @@ impl Application {
     /// that count Strava calls start those passes themselves instead.
     pub fn without_schedule(mut self) -> Self {
         self.schedule = false;
+        self
+    }
+
+    /// Runs without the job runner's loop: tests that check in which order
+    /// queued work is served run it themselves, one job at a time, with
+    /// [`JobRunner::run_until_idle`].
+    pub fn with_jobs_run_by_hand(mut self) -> Self {
+        self.run_jobs = false;
         self
     }
 
@@ -193,6 +223,7 @@ impl Application {
             tasks,
             runner,
             schedule,
+            run_jobs,
             ..
         } = self;
         if schedule {
@@ -205,7 +236,9 @@ impl Application {
             jobs: services.jobs.clone(),
         };
         tasks.spawn(worker::run(worker, shutdown.clone()));
-        tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
+        if run_jobs {
+            tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
+        }
         let handle: ServerHandle = server.handle();
         let server_task = tokio::spawn(server);
         tokio::select! {

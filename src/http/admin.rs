@@ -1,14 +1,16 @@
-//! Operator routes (admin token): the budget, the pause switch, and every
-//! athlete's sync state.
+//! Operator routes (admin token): the budget, the pause switch, every
+//! athlete's sync state and tier.
 
 use std::collections::BTreeMap;
 
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{get, patch, post, web, HttpResponse};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::AdminAuth;
 use super::error::ApiError;
 use super::Services;
+use crate::config::Settings;
 use crate::model::Purpose;
 use crate::strava::budget::WindowKind;
 
@@ -59,9 +61,44 @@ async fn athletes(_: AdminAuth, state: web::Data<Services>) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(json!({ "athletes": athletes })))
 }
 
+/// `PATCH /admin/athletes/{id}`: what may change about an athlete.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AthletePatch {
+    tier: String,
+}
+
+/// Places an athlete in one of the configured `TIERS`: their fetches and
+/// checks weigh by its weight from the next claim on.
+#[patch("/admin/athletes/{id}")]
+async fn set_tier(
+    _: AdminAuth,
+    state: web::Data<Services>,
+    settings: web::Data<Settings>,
+    id: web::Path<i64>,
+    patch: web::Json<AthletePatch>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, tier) = (id.into_inner(), patch.into_inner().tier);
+    if !settings.tiers.iter().any(|(name, _)| *name == tier) {
+        let known: Vec<&str> = settings.tiers.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(ApiError::bad_parameter(
+            "Athlete",
+            "tier",
+            format!("unknown tier `{tier}`; TIERS has {}", known.join(", ")),
+        ));
+    }
+    if !state.store.set_tier(id, tier.clone()).await? {
+        return Err(ApiError::NotFound {
+            resource: "Athlete",
+        });
+    }
+    Ok(HttpResponse::Ok().json(json!({"athlete_id": id, "tier": tier})))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(show_budget)
         .service(pause)
         .service(resume)
-        .service(athletes);
+        .service(athletes)
+        .service(set_tier);
 }

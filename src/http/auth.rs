@@ -91,6 +91,7 @@ impl FromRequest for AthleteAuth {
             if let Some(limiter) = &access.rate_limiter {
                 limiter.check(&key)?;
             }
+            services.attention.record(athlete_id);
             Ok(AthleteAuth { athlete_id })
         })
     }

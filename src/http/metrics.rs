@@ -5,12 +5,23 @@ use actix_web::{get, web, HttpResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::auth::AdminAuth;
+use super::error::ApiError;
+use super::Services;
 
+/// Renders every metric; athletes by tier and status are counted now, so
+/// the gauge is never stale.
 #[get("/metrics")]
-async fn scrape(_: AdminAuth, metrics: web::Data<PrometheusHandle>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn scrape(
+    _: AdminAuth,
+    state: web::Data<Services>,
+    metrics: web::Data<PrometheusHandle>,
+) -> Result<HttpResponse, ApiError> {
+    for (tier, status, n) in state.store.athletes_by_tier().await? {
+        ::metrics::gauge!("athletes", "tier" => tier, "status" => status).set(n as f64);
+    }
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(metrics.render())
+        .body(metrics.render()))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -28,6 +28,7 @@ use crate::store::Store;
 use crate::strava::budget::Budget;
 use crate::strava::client::StravaClient;
 use crate::strava::oauth::StravaOAuth;
+use crate::sync::attention::Attention;
 use crate::sync::queue::JobQueue;
 use crate::webhook::Webhooks;
 use error::ApiError;
@@ -40,6 +41,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// registered as their own app data.
 pub struct Services {
     pub store: Store,
+    /// Notes which athletes are looking (every use of their API token).
+    pub attention: Arc<Attention>,
     /// The service's notion of now (the budget's clock).
     pub clock: Arc<dyn Clock>,
     /// The shared Strava budget (snapshot, pause/resume).

@@ -109,13 +109,14 @@ async fn status(
     let athlete = overview.athlete.ok_or(ApiError::Unauthorized)?;
     let (sync, queued, last_webhook) = (overview.state, overview.queued, overview.last_webhook_at);
     let now = state.clock.epoch();
-    let daily_limit = settings.strava_rate_limit_daily;
+    let share = settings.budget_shares.get(&Purpose::Backfill).copied();
+    let guaranteed = f64::from(settings.strava_rate_limit_daily) * f64::from(share.unwrap_or(0));
     let backfill = progress::backfill(
         &state.store,
         athlete_id,
         &sync,
         overview.stored,
-        daily_limit,
+        guaranteed / 100.0,
         now,
     )
     .await?;
@@ -135,12 +136,58 @@ async fn status(
         "last_reconcile_at": to_time(sync.last_reconcile_at),
         "reconcile_in_progress": sync.reconcile_cursor.is_some(),
         "queued": queued.into_iter().map(|(kind, n)| (kind, json!(n))).collect::<serde_json::Map<_, _>>(),
+        "pending": pending(&state, &settings, athlete_id).await?,
         "budget": {
             "paused": budget.paused,
             "blocked": budget.blocked,
             "next_window_opens_at": next_window_opens_at,
         },
     })))
+}
+
+/// Announced activities not fetched yet, each with when it was announced and
+/// when it should be readable here: once the budget serves its fetch's
+/// purpose again, after the fetches worth more than it, at the pace that
+/// purpose is given (a quarter hour's calls for athletes who are looking,
+/// the webhook share of the day for the others).
+async fn pending(
+    state: &Services,
+    settings: &Settings,
+    athlete_id: i64,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let now = state.clock.epoch();
+    let since = state.attention.since();
+    let Some(fetch) = state.store.pending_fetch(athlete_id, now, since).await? else {
+        return Ok(Vec::new());
+    };
+    let (purpose, calls, per_secs) = if fetch.looking {
+        (Purpose::Attention, settings.strava_rate_limit_15min, 900)
+    } else {
+        let share = settings.budget_shares.get(&Purpose::Webhook).copied();
+        let per_day = settings.strava_rate_limit_daily * share.unwrap_or(0) / 100;
+        (Purpose::Webhook, per_day, 86_400)
+    };
+    let secs_per_call = per_secs / i64::from(calls.max(1));
+    let opens = state
+        .budget
+        .snapshot()
+        .blocked
+        .get(purpose.as_str())
+        .and_then(|b| b.until)
+        .map_or(now, |t| t.timestamp());
+    let start = now.max(fetch.not_before).max(opens);
+    let eta = to_time(Some(start + (fetch.ahead + 1) * secs_per_call));
+    Ok(fetch
+        .activities
+        .into_iter()
+        .map(|(id, announced_at)| {
+            json!({
+                "id": id,
+                "announced_at": to_time(Some(announced_at)),
+                "estimated_available_at": eta,
+            })
+        })
+        .collect())
 }
 
 /// When a queued job of `purpose` at `position` should start: once the
@@ -162,7 +209,9 @@ async fn run_gap_fill(
     settings: web::Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.epoch();
-    let queued = gap_fill::start_pass(&state.store, settings.strava_rate_limit_daily, now).await?;
+    let since = state.attention.since();
+    let queued =
+        gap_fill::start_pass(&state.store, settings.strava_rate_limit_daily, since, now).await?;
     state.jobs.wake();
     Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
 }

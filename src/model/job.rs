@@ -5,7 +5,7 @@
 //! athlete merges into the queued one by its variant's rule
 //! ([`Task::merge`]), stated here once for every kind.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +37,14 @@ pub enum Task {
 pub struct Fetch {
     /// Activities announced by create events, oldest first, no repeats.
     pub activity_ids: Vec<i64>,
-    /// Tries so far of ids that answered 404 ("not readable yet").
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attempts: BTreeMap<i64, u32>,
+    /// Listings so far that did not show some of them ("not readable yet",
+    /// or never to be: forged ids), counted per athlete.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The payload of [`Task::Enrich`].
@@ -54,7 +59,7 @@ impl Task {
     pub fn fetch(activity_id: i64) -> Self {
         Task::WebhookFetch(Fetch {
             activity_ids: vec![activity_id],
-            attempts: BTreeMap::new(),
+            retries: 0,
         })
     }
 
@@ -85,16 +90,13 @@ impl Task {
 
     /// Folds a task of the same kind into this queued one. Kinds without a
     /// payload are the same work however often asked for; a fetch or an
-    /// enrichment takes the union of the ids (a fetch keeps each id's
-    /// highest try count, so a retry never resets its backoff).
+    /// enrichment takes the union of the ids (a fetch keeps the higher retry
+    /// count, so new ids never reset the athlete's backoff).
     pub fn merge(&mut self, newer: Task) {
         match (self, newer) {
             (Task::WebhookFetch(queued), Task::WebhookFetch(newer)) => {
                 union(&mut queued.activity_ids, newer.activity_ids);
-                for (id, tries) in newer.attempts {
-                    let slot = queued.attempts.entry(id).or_default();
-                    *slot = (*slot).max(tries);
-                }
+                queued.retries = queued.retries.max(newer.retries);
             }
             (Task::Enrich(queued), Task::Enrich(newer)) => {
                 union(&mut queued.activity_ids, newer.activity_ids)
@@ -107,10 +109,7 @@ impl Task {
     /// nothing is left to do, so the job is dropped and costs no call.
     pub fn without_activity(mut self, activity_id: i64) -> Option<Task> {
         let ids = match &mut self {
-            Task::WebhookFetch(fetch) => {
-                fetch.attempts.remove(&activity_id);
-                &mut fetch.activity_ids
-            }
+            Task::WebhookFetch(fetch) => &mut fetch.activity_ids,
             Task::Enrich(enrich) => &mut enrich.activity_ids,
             _ => return Some(self),
         };
@@ -162,7 +161,7 @@ mod tests {
     fn a_task_round_trips_through_its_stored_form() {
         let fetch = Task::WebhookFetch(Fetch {
             activity_ids: vec![17_179_869_185, 3],
-            attempts: [(3, 2)].into(),
+            retries: 2,
         });
         for task in [fetch, Task::Backfill, Task::fetch(9)] {
             let payload = task.payload_json().unwrap();
@@ -178,20 +177,20 @@ mod tests {
     }
 
     #[test]
-    fn merging_takes_the_union_and_the_highest_tries() {
+    fn merging_takes_the_union_and_the_highest_retries() {
         let mut queued = Task::WebhookFetch(Fetch {
             activity_ids: vec![1, 2],
-            attempts: [(2, 3)].into(),
+            retries: 3,
         });
         queued.merge(Task::WebhookFetch(Fetch {
             activity_ids: vec![2, 3],
-            attempts: [(2, 1), (3, 1)].into(),
+            retries: 1,
         }));
         assert_eq!(
             queued,
             Task::WebhookFetch(Fetch {
                 activity_ids: vec![1, 2, 3],
-                attempts: [(2, 3), (3, 1)].into(),
+                retries: 3,
             })
         );
         let mut enrich = Task::Enrich(Enrich {
@@ -212,10 +211,14 @@ mod tests {
     fn removing_the_last_activity_drops_the_task() {
         let task = Task::WebhookFetch(Fetch {
             activity_ids: vec![1, 2],
-            attempts: [(1, 1)].into(),
+            retries: 1,
         });
         let left = task.without_activity(1).unwrap();
-        assert_eq!(left, Task::fetch(2));
+        let two = Task::WebhookFetch(Fetch {
+            activity_ids: vec![2],
+            retries: 1,
+        });
+        assert_eq!(left, two);
         assert_eq!(left.without_activity(2), None);
         assert_eq!(Task::GapFill.without_activity(2), Some(Task::GapFill));
     }

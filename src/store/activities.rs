@@ -313,19 +313,20 @@ pub fn mark_seen(conn: &Connection, athlete_id: i64, ids: &[i64], at: i64) -> Db
     Ok(())
 }
 
-/// Deletes the athlete's activities that started before `started_before` and
-/// were last seen before `seen_before`: what a complete listing of Strava
-/// begun at `seen_before` no longer showed. Returns how many went.
+/// Deletes the athlete's activities that started in `started` (exclusive
+/// bounds, as Strava's `after` and `before`) and were last seen before
+/// `seen_before`: what a complete listing of that span begun at `seen_before`
+/// no longer showed. Returns how many went.
 pub fn sweep_unseen(
     conn: &Connection,
     athlete_id: i64,
     seen_before: i64,
-    started_before: i64,
+    started: (i64, i64),
 ) -> DbResult<usize> {
     Ok(conn.execute(
         "DELETE FROM activities
-         WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time < ?3",
-        params![athlete_id, seen_before, started_before],
+         WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time > ?3 AND start_time < ?4",
+        params![athlete_id, seen_before, started.0, started.1],
     )?)
 }
 
@@ -400,24 +401,6 @@ impl Store {
     ) -> DbResult<Upserted> {
         self.write(move |tx| upsert_listed(tx, athlete_id, page, now))
             .await
-    }
-
-    /// Stores a detailed record fetched for a create event, unless a delete
-    /// applied while the call was out removed the activity.
-    pub async fn store_announced_detail(
-        &self,
-        athlete_id: i64,
-        detail: Box<RawValue>,
-        now: i64,
-    ) -> DbResult<Upserted> {
-        self.write(move |tx| {
-            let keys: Keys = serde_json::from_str(detail.get())?;
-            if !lifecycle::may_store(tx, keys.id, Applying::Nothing)? {
-                return Ok(Upserted::default());
-            }
-            upsert_detail(tx, athlete_id, &detail, now)
-        })
-        .await
     }
 
     /// Stores an enrichment's detailed record for an activity still stored
@@ -590,8 +573,8 @@ mod tests {
             c.execute("UPDATE activities SET last_seen_at = 300 WHERE id = 11", [])?;
             // A pass that started at 200, before both started... sweeps nothing
             // that started after it (it could not have listed them).
-            assert_eq!(sweep_unseen(c, 1, 200, 0)?, 0);
-            assert_eq!(sweep_unseen(c, 1, 200, i64::MAX)?, 1);
+            assert_eq!(sweep_unseen(c, 1, 200, (i64::MIN, 0))?, 0);
+            assert_eq!(sweep_unseen(c, 1, 200, (i64::MIN, i64::MAX))?, 1);
             assert_eq!(count_for(c, 1)?, 1);
             Ok(())
         });

@@ -172,6 +172,61 @@ impl Store {
             .await
     }
 
+    /// Records when athletes' API tokens were last used (never moving back).
+    pub async fn record_reads(&self, reads: Vec<(i64, i64)>) -> DbResult<()> {
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE athletes SET last_read_at = MAX(COALESCE(last_read_at, 0), ?2)
+                 WHERE id = ?1",
+            )?;
+            for (id, at) in reads {
+                stmt.execute(params![id, at])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces the known tiers with the configured ones.
+    pub async fn set_tiers(&self, tiers: Vec<(String, u32)>, default: String) -> DbResult<()> {
+        self.write(move |tx| {
+            tx.execute("DELETE FROM tier_weights", [])?;
+            let mut stmt = tx.prepare(
+                "INSERT INTO tier_weights (name, weight, is_default) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, weight) in &tiers {
+                stmt.execute(params![name, weight, *name == default])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Places an athlete in a tier. Returns whether the athlete exists.
+    pub async fn set_tier(&self, id: i64, tier: String) -> DbResult<bool> {
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE athletes SET tier = ?2 WHERE id = ?1",
+                params![id, tier],
+            )? > 0)
+        })
+        .await
+    }
+
+    /// Athletes by tier and status, for the metrics.
+    pub async fn athletes_by_tier(&self) -> DbResult<Vec<(String, String, i64)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT COALESCE(a.tier, (SELECT name FROM tier_weights WHERE is_default = 1), ''),
+                        a.status, COUNT(*)
+                 FROM athletes a GROUP BY 1, 2",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// Marks the athlete as needing to connect again (Strava refused a refresh).
     pub async fn mark_needs_reauth(&self, id: i64, now: i64) -> DbResult<()> {
         self.write(move |tx| set_status(tx, id, Status::NeedsReauth, now))

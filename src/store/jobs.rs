@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{DbResult, Store};
 use crate::model::job::{Counts, Task};
+use crate::model::Purpose;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -129,27 +130,91 @@ pub fn get(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<Job>>
         .optional()?)
 }
 
-/// Marks the most urgent runnable job running and returns it: due by `now`,
-/// at priority rank `max_rank` or higher, of a connected athlete (those
-/// needing re-authorization wait), and of an athlete with nothing running, so
-/// one athlete's jobs never race on their cursor or tokens.
-fn claim(conn: &Connection, now: i64, max_rank: i64) -> DbResult<Option<Job>> {
+/// How long a queued fetch waits before it weighs twice as much as a fresh
+/// one: aging, so that nobody waits forever behind bigger or premium fetches.
+pub const AGING_SECS: i64 = 6 * 3600;
+
+/// The athlete's tier weight, as SQL over the tier joins of [`claim`]
+/// (unknown or unset tiers weigh as the default tier).
+const WEIGHT: &str = "COALESCE(w.weight, d.weight, 1)";
+
+/// Whether the job's athlete is looking, as SQL over `athletes a`, with
+/// `?2` the start of attention.
+const LOOKING: &str = "(a.last_read_at IS NOT NULL AND a.last_read_at >= ?2)";
+
+/// A fetch's value, as SQL over `jobs j` and the tier joins, with `?1` now:
+/// tier weight × activities one call brings in, growing with age.
+fn fetch_value() -> String {
+    format!(
+        "{WEIGHT} * MAX(1, COALESCE(json_array_length(j.payload_json, '$.activity_ids'), 1))
+         * (1.0 + (?1 - j.created_at) * 1.0 / {AGING_SECS})"
+    )
+}
+
+/// Which jobs serve a purpose and in what order, as SQL over `jobs j`,
+/// `athletes a`, `sync_state s` and the tier joins; `?2` is the start of
+/// attention (an athlete who read since is looking) and `?1` is now. Every
+/// order names both, so one statement shape binds them all.
+fn selection(purpose: Purpose) -> (&'static str, String) {
+    let looking = LOOKING;
+    let value = fetch_value();
+    let readers_first = format!("{looking} DESC, {WEIGHT} DESC");
+    match purpose {
+        Purpose::Interactive => (
+            "j.kind IN ('first_page', 'refresh')",
+            format!("j.not_before, {looking} DESC, j.id"),
+        ),
+        Purpose::Attention => (
+            "j.kind = 'webhook_fetch' AND (a.last_read_at IS NOT NULL AND a.last_read_at >= ?2)",
+            format!("{value} DESC, j.id"),
+        ),
+        Purpose::Webhook => (
+            "j.kind = 'webhook_fetch'",
+            format!("{looking} DESC, {value} DESC, j.id"),
+        ),
+        Purpose::GapFill => (
+            "j.kind = 'gap_fill'",
+            format!("{readers_first}, s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, j.id"),
+        ),
+        Purpose::Backfill => ("j.kind = 'backfill'", format!("{readers_first}, j.id")),
+        Purpose::Reconcile => (
+            "j.kind = 'reconcile'",
+            format!("{readers_first}, s.last_reconcile_at IS NOT NULL, s.last_reconcile_at, j.id"),
+        ),
+        Purpose::Enrichment => (
+            "j.kind = 'enrich'",
+            format!("j.not_before, {looking} DESC, j.id"),
+        ),
+    }
+}
+
+/// Marks the best runnable job of `purpose` running and returns it: due by
+/// `now`, of a connected athlete (those needing re-authorization wait), and
+/// of an athlete with nothing running, so one athlete's jobs never race on
+/// their cursor or tokens.
+fn claim(
+    conn: &Connection,
+    now: i64,
+    purpose: Purpose,
+    attention_since: i64,
+) -> DbResult<Option<Job>> {
+    let (filter, order) = selection(purpose);
     Ok(conn
-        .query_row(
-            &format!(
-                "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1
-                 WHERE id = (
-                     SELECT j.id FROM jobs j JOIN athletes a ON a.id = j.athlete_id
-                     WHERE j.status = 'queued' AND j.not_before <= ?1 AND j.priority <= ?2
-                       AND a.status = 'connected'
-                       AND NOT EXISTS (SELECT 1 FROM jobs r
-                                       WHERE r.athlete_id = j.athlete_id AND r.status = 'running')
-                     ORDER BY j.priority, j.not_before, j.id LIMIT 1)
-                 RETURNING {JOB_COLUMNS}"
-            ),
-            params![now, max_rank],
-            job_row,
-        )
+        .prepare_cached(&format!(
+            "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1
+             WHERE id = (
+                 SELECT j.id FROM jobs j JOIN athletes a ON a.id = j.athlete_id
+                 LEFT JOIN sync_state s ON s.athlete_id = j.athlete_id
+                 LEFT JOIN tier_weights w ON w.name = a.tier
+                 LEFT JOIN tier_weights d ON d.is_default = 1
+                 WHERE j.status = 'queued' AND j.not_before <= ?1 AND {filter}
+                   AND a.status = 'connected'
+                   AND NOT EXISTS (SELECT 1 FROM jobs r
+                                   WHERE r.athlete_id = j.athlete_id AND r.status = 'running')
+                 ORDER BY {order} LIMIT 1)
+             RETURNING {JOB_COLUMNS}"
+        ))?
+        .query_row(params![now, attention_since], job_row)
         .optional()?)
 }
 
@@ -266,6 +331,19 @@ fn record(conn: &Connection, id: i64, outcome: &Outcome, now: i64) -> DbResult<(
     Ok(())
 }
 
+/// An athlete's queued fetch of announced activities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingFetch {
+    /// Each activity with when it was announced.
+    pub activities: Vec<(i64, i64)>,
+    /// Fetches that go before it.
+    pub ahead: i64,
+    /// Whether it runs as attention (the athlete is looking).
+    pub looking: bool,
+    /// When it is due (a retry waits).
+    pub not_before: i64,
+}
+
 /// The queue as the runner sees it when idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueState {
@@ -288,9 +366,24 @@ impl Store {
             .await
     }
 
-    /// Claims the most urgent runnable job at `max_rank` or above.
-    pub async fn claim_job(&self, now: i64, max_rank: i64) -> DbResult<Option<Job>> {
-        self.write(move |tx| claim(tx, now, max_rank)).await
+    /// Claims the best runnable job of the first purpose in `order` that has
+    /// one, and says at which purpose it runs. Athletes who read since
+    /// `attention_since` are looking.
+    pub async fn claim_job(
+        &self,
+        now: i64,
+        order: Vec<Purpose>,
+        attention_since: i64,
+    ) -> DbResult<Option<(Job, Purpose)>> {
+        self.write(move |tx| {
+            for purpose in order {
+                if let Some(job) = claim(tx, now, purpose, attention_since)? {
+                    return Ok(Some((job, purpose)));
+                }
+            }
+            Ok(None)
+        })
+        .await
     }
 
     /// Records how a run of job `id` ended.
@@ -316,6 +409,63 @@ impl Store {
                 next_due: next_due_after(c, now)?,
                 queued: queued_count(c)?,
             })
+        })
+        .await
+    }
+
+    /// The athlete's announced activities not fetched yet, and where their
+    /// fetch stands among the others (see [`PendingFetch`]).
+    pub async fn pending_fetch(
+        &self,
+        athlete_id: i64,
+        now: i64,
+        attention_since: i64,
+    ) -> DbResult<Option<PendingFetch>> {
+        self.read(move |c| {
+            let value = fetch_value();
+            let row = c
+                .prepare_cached(&format!(
+                    "WITH v AS (
+                         SELECT j.athlete_id, j.not_before, j.created_at, j.payload_json,
+                                {LOOKING} AS looking, {value} AS value
+                         FROM jobs j JOIN athletes a ON a.id = j.athlete_id
+                         LEFT JOIN tier_weights w ON w.name = a.tier
+                         LEFT JOIN tier_weights d ON d.is_default = 1
+                         WHERE j.status = 'queued' AND j.kind = 'webhook_fetch'
+                           AND a.status = 'connected')
+                     SELECT (SELECT COUNT(*) FROM v o WHERE o.looking > me.looking
+                               OR (o.looking = me.looking AND o.value > me.value)),
+                            me.looking, me.not_before, me.created_at, me.payload_json
+                     FROM v me WHERE me.athlete_id = ?3"
+                ))?
+                .query_row(params![now, attention_since, athlete_id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .optional()?;
+            let Some((ahead, looking, not_before, queued_at, payload)) = row else {
+                return Ok(None);
+            };
+            let ids = match Task::from_stored("webhook_fetch", payload.as_deref())? {
+                Task::WebhookFetch(fetch) => fetch.activity_ids,
+                _ => Vec::new(),
+            };
+            let mut activities = Vec::with_capacity(ids.len());
+            for id in ids {
+                let announced = super::inbox::oldest_create_event(c, &[id])?;
+                activities.push((id, announced.unwrap_or(queued_at)));
+            }
+            Ok(Some(PendingFetch {
+                activities,
+                ahead,
+                looking,
+                not_before,
+            }))
         })
         .await
     }
@@ -398,5 +548,48 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn jobs_are_claimed_by_purpose_in_the_order_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("j.db")).unwrap();
+        store
+            .set_tiers(vec![("standard".into(), 1)], "standard".into())
+            .await
+            .unwrap();
+        let tasks = [
+            Task::Backfill,
+            Task::Refresh,
+            Task::fetch(5),
+            Task::GapFill,
+            Task::Reconcile,
+            Task::Enrich(Default::default()),
+        ];
+        for (athlete, task) in (1..).zip(tasks) {
+            store
+                .write(move |tx| {
+                    athletes::upsert(tx, &serde_json::json!({"id": athlete}), "read", 0)?;
+                    enqueue(tx, athlete, task, 0, 0).map(|_| ())
+                })
+                .await
+                .unwrap();
+        }
+        let mut claimed = Vec::new();
+        let order: Vec<Purpose> = Purpose::ALL.into_iter().rev().collect();
+        while let Some((job, purpose)) = store.claim_job(10, order.clone(), 0).await.unwrap() {
+            claimed.push((job.task.kind(), purpose));
+        }
+        assert_eq!(
+            claimed,
+            [
+                ("reconcile", Purpose::Reconcile),
+                ("enrich", Purpose::Enrichment),
+                ("backfill", Purpose::Backfill),
+                ("gap_fill", Purpose::GapFill),
+                ("webhook_fetch", Purpose::Webhook),
+                ("refresh", Purpose::Interactive),
+            ]
+        );
     }
 }

@@ -72,6 +72,8 @@ pub struct AthleteOverview {
     pub status: String,
     pub scope: String,
     pub connected_at: i64,
+    pub tier: String,
+    pub last_read_at: Option<i64>,
     pub activities: i64,
     pub backfill_pages: i64,
     pub backfill_complete: bool,
@@ -88,7 +90,9 @@ fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
         "SELECT a.id, a.status, a.scope, a.connected_at,
                 (SELECT COUNT(*) FROM activities x WHERE x.athlete_id = a.id),
                 COALESCE(s.backfill_pages, 0), COALESCE(s.backfill_complete, 0),
-                s.last_gap_fill_at, s.last_webhook_at, s.last_reconcile_at
+                s.last_gap_fill_at, s.last_webhook_at, s.last_reconcile_at,
+                COALESCE(a.tier, (SELECT name FROM tier_weights WHERE is_default = 1), ''),
+                a.last_read_at
          FROM athletes a LEFT JOIN sync_state s ON s.athlete_id = a.id
          ORDER BY a.connected_at, a.id",
     )?;
@@ -107,6 +111,8 @@ fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
             last_gap_fill_at: r.get(7)?,
             last_webhook_at: r.get(8)?,
             last_reconcile_at: r.get(9)?,
+            tier: r.get(10)?,
+            last_read_at: r.get(11)?,
             queued_jobs,
             failed_jobs,
         })
@@ -152,18 +158,22 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
         .unwrap_or_default())
 }
 
-/// Up to `limit` connected athletes in gap-fill order: never checked first,
-/// then the one checked longest ago. Athletes needing re-authorization are
-/// left out: their tokens cannot fetch anything.
-pub fn gap_fill_order(conn: &Connection, limit: u32) -> DbResult<Vec<i64>> {
+/// Up to `limit` connected athletes in gap-fill order: those who read since
+/// `attention_since` first, then higher tiers, then never checked, then the
+/// one checked longest ago. Athletes needing re-authorization are left out:
+/// their tokens cannot fetch anything.
+pub fn gap_fill_order(conn: &Connection, limit: u32, attention_since: i64) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a LEFT JOIN sync_state s ON s.athlete_id = a.id
+         LEFT JOIN tier_weights w ON w.name = a.tier
+         LEFT JOIN tier_weights d ON d.is_default = 1
          WHERE a.status = 'connected'
-         ORDER BY s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, a.id
+         ORDER BY COALESCE(a.last_read_at >= ?2, 0) DESC, COALESCE(w.weight, d.weight, 1) DESC,
+                  s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, a.id
          LIMIT ?1",
     )?;
     let ids = stmt
-        .query_map([limit], |r| r.get(0))?
+        .query_map(params![limit, attention_since], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(ids)
 }
@@ -341,11 +351,16 @@ pub struct BackfillPace {
 }
 
 impl Store {
-    /// Queues a gap-fill for up to `limit` connected athletes, the one
-    /// checked longest ago first. Returns how many are now queued.
-    pub async fn plan_gap_fill_pass(&self, limit: u32, now: i64) -> DbResult<usize> {
+    /// Queues a gap-fill for up to `limit` connected athletes in gap-fill
+    /// order ([`gap_fill_order`]). Returns how many are now queued.
+    pub async fn plan_gap_fill_pass(
+        &self,
+        limit: u32,
+        attention_since: i64,
+        now: i64,
+    ) -> DbResult<usize> {
         self.write(move |tx| {
-            let order = gap_fill_order(tx, limit)?;
+            let order = gap_fill_order(tx, limit, attention_since)?;
             for &athlete_id in &order {
                 jobs::enqueue(tx, athlete_id, Task::GapFill, now, now)?;
             }
@@ -404,10 +419,21 @@ impl Store {
         .await
     }
 
-    /// Records that a catch-up listing of the athlete ended at `now`.
-    pub async fn finish_catch_up(&self, athlete_id: i64, now: i64) -> DbResult<()> {
-        self.write(move |tx| set_last_gap_fill(tx, athlete_id, now))
-            .await
+    /// Records that a catch-up listing of everything the athlete started
+    /// after `listed_after`, begun at `listed_at`, is complete, and removes
+    /// the activities of that span it did not list: Strava deleted them
+    /// without an event reaching us. Returns how many went.
+    pub async fn finish_catch_up(
+        &self,
+        athlete_id: i64,
+        listed_after: i64,
+        listed_at: i64,
+    ) -> DbResult<usize> {
+        self.write(move |tx| {
+            set_last_gap_fill(tx, athlete_id, listed_at)?;
+            activities::sweep_unseen(tx, athlete_id, listed_at, (listed_after, listed_at + 1))
+        })
+        .await
     }
 
     /// Where the athlete's history backfill stands.
@@ -473,7 +499,7 @@ impl Store {
             };
             save_reconcile_pass(tx, athlete_id, next, finished)?;
             let removed = if finished {
-                activities::sweep_unseen(tx, athlete_id, mark, pass.started_at)?
+                activities::sweep_unseen(tx, athlete_id, mark, (i64::MIN, pass.started_at))?
             } else {
                 0
             };
@@ -575,8 +601,8 @@ mod tests {
                 set_last_gap_fill(tx, 1, 500)?;
                 set_last_gap_fill(tx, 2, 100)?;
                 athletes::set_status(tx, 4, athletes::Status::NeedsReauth, 0)?;
-                assert_eq!(gap_fill_order(tx, 10)?, vec![3, 2, 1]);
-                assert_eq!(gap_fill_order(tx, 2)?, vec![3, 2]);
+                assert_eq!(gap_fill_order(tx, 10, 0)?, vec![3, 2, 1]);
+                assert_eq!(gap_fill_order(tx, 2, 0)?, vec![3, 2]);
                 Ok(())
             })
             .unwrap();

@@ -10,8 +10,9 @@ use super::outcome::{JobError, Step};
 use super::source::ActivitySource;
 use super::{enrich, gap_fill, history, reconcile, webhook_fetch};
 
-/// Runs one step of the athlete's `task` at its priority; `now` is the
-/// runner's clock. History and reconciliation go one page per step; a
+/// Runs one step of the athlete's `task`, its calls made at `purpose` (the
+/// task's own, or [`Purpose::Attention`] for a fetch of an athlete who is
+/// looking); `now` is the runner's clock. History and reconciliation go one page per step; a
 /// webhook retry is queued as a new job (it waits for its own time), so the
 /// others end here.
 pub async fn run<S: ActivitySource>(
@@ -19,15 +20,15 @@ pub async fn run<S: ActivitySource>(
     source: &S,
     athlete_id: i64,
     task: &Task,
+    purpose: Purpose,
     now: i64,
 ) -> Result<Step, JobError> {
     let counts = match task {
-        Task::Refresh => {
-            gap_fill::catch_up(store, source, athlete_id, Purpose::Interactive, now).await
+        Task::Refresh | Task::GapFill => {
+            gap_fill::catch_up(store, source, athlete_id, purpose, now).await
         }
-        Task::GapFill => gap_fill::catch_up(store, source, athlete_id, Purpose::GapFill, now).await,
         Task::WebhookFetch(payload) => {
-            webhook_fetch::run(store, source, athlete_id, payload, now).await
+            webhook_fetch::run(store, source, athlete_id, payload, purpose, now).await
         }
         Task::Enrich(payload) => enrich::run(store, source, athlete_id, payload, now).await,
         Task::Reconcile => return reconcile::step(store, source, athlete_id, now).await,

@@ -1,15 +1,16 @@
-//! The daily gap-fill: webhooks get lost and uploads arrive late, so once a
-//! day every connected athlete's recent activities are listed again.
+//! The daily gap-fill: webhooks get lost, uploads arrive late and deletions
+//! go unannounced, so once a day connected athletes' recent activities are
+//! listed again. One listing does both checks: it stores what webhooks
+//! missed, and removes the recent activities it no longer shows.
 //!
-//! A pass only queues one `GapFill` job per athlete, longest-unchecked first;
-//! the runner spends the budget on them at gap-fill priority, so the pass is
-//! paced and fair, and whatever the budget did not reach stays queued (jobs
-//! coalesce per athlete) and runs first when the next pass comes. A pass
-//! queues at most [`PASS_SHARE_PERCENT`] of the daily limit: gap-fill outranks
-//! history backfill, and an unbounded pass over thousands of athletes would
-//! hold a new athlete's history back for days. Those not queued are the
-//! longest unchecked at the next pass. A manual refresh is the same catch-up
-//! at interactive priority.
+//! A pass only queues one `GapFill` job per athlete, as many as the day's
+//! budget could serve; the runner spends the gap-fill share on them, athletes
+//! who are looking and higher tiers first, then the longest unchecked, and
+//! whatever the budget did not reach stays queued (jobs coalesce per athlete)
+//! for the next day. A manual refresh is the same catch-up at interactive
+//! priority.
+
+use std::collections::BTreeSet;
 
 use crate::model::job::Counts;
 use crate::model::Purpose;
@@ -17,28 +18,30 @@ use crate::store::sync_state::CatchUpStart;
 use crate::store::{DbResult, Store};
 
 use super::outcome::JobError;
-use super::source::{self, is_last_page, store_page, ActivitySource};
+use super::source::{self, activity_id, is_last_page, store_page, ActivitySource};
 
 /// How far before the newest stored start time a catch-up lists: an activity
 /// recorded days ago can be uploaded (or synced from a watch) today.
 pub const LOOKBACK_SECS: i64 = 3 * 86_400;
 
-/// The share of the daily call limit one pass may queue (one call each,
-/// usually).
-pub const PASS_SHARE_PERCENT: u32 = 20;
-
-/// Queues a gap-fill for connected athletes, the one checked longest ago
-/// first, as many as [`PASS_SHARE_PERCENT`] of `daily_limit`. Athletes needing
+/// Queues a gap-fill for up to `daily_limit` connected athletes (one call
+/// each, usually), the ones who are looking since `attention_since` and
+/// higher tiers first, then the one checked longest ago. Athletes needing
 /// re-authorization are skipped. Returns how many athletes are now queued.
-pub async fn start_pass(store: &Store, daily_limit: u32, now: i64) -> DbResult<usize> {
-    let limit = (daily_limit * PASS_SHARE_PERCENT / 100).max(1);
-    store.plan_gap_fill_pass(limit, now).await
+pub async fn start_pass(
+    store: &Store,
+    daily_limit: u32,
+    attention_since: i64,
+    now: i64,
+) -> DbResult<usize> {
+    store
+        .plan_gap_fill_pass(daily_limit.max(1), attention_since, now)
+        .await
 }
 
 /// Lists everything the athlete started after their newest stored activity
-/// (or last check, if older) minus the lookback, every page, and stores it.
-/// Pages are taken as sets: with only `after` Strava may answer oldest
-/// first, so nothing depends on order.
+/// (or last check, if older) minus the lookback, and stores it (see
+/// [`list_recent`]).
 pub async fn catch_up<S: ActivitySource>(
     store: &Store,
     source: &S,
@@ -46,23 +49,51 @@ pub async fn catch_up<S: ActivitySource>(
     purpose: Purpose,
     now: i64,
 ) -> Result<Counts, JobError> {
+    let (counts, _) = list_recent(store, source, athlete_id, purpose, None, now).await?;
+    Ok(counts)
+}
+
+/// Lists, every page, what the athlete started after the catch-up's start,
+/// or after `from` when that is earlier, stores it, removes the activities
+/// of that span the listing no longer shows, and records the athlete as
+/// checked. Returns the counts and the ids listed. Pages are taken as sets:
+/// with only `after` Strava may answer oldest first, so nothing depends on
+/// order.
+pub async fn list_recent<S: ActivitySource>(
+    store: &Store,
+    source: &S,
+    athlete_id: i64,
+    purpose: Purpose,
+    from: Option<i64>,
+    now: i64,
+) -> Result<(Counts, BTreeSet<i64>), JobError> {
     let start = store.catch_up_start(athlete_id).await?;
-    let after = list_after(start, now);
+    let after = list_after(start, now).min(from.unwrap_or(i64::MAX));
     let mut counts = Counts::default();
+    let mut listed = BTreeSet::new();
     let mut page = 1;
     loop {
         let items = source
             .list_activities(athlete_id, purpose, &source::after(after, page))
             .await?;
         let last = is_last_page(items.len(), start.read_all);
+        listed.extend(items.iter().filter_map(|item| activity_id(item)));
         store_page(store, athlete_id, items, &mut counts, now).await?;
         if last {
             break;
         }
         page += 1;
     }
-    store.finish_catch_up(athlete_id, now).await?;
-    Ok(counts)
+    let removed = store.finish_catch_up(athlete_id, after, now).await?;
+    if removed > 0 {
+        tracing::info!(
+            athlete_id,
+            removed,
+            "the recent listing no longer shows activities we held"
+        );
+        metrics::counter!("sync_gap_fill_removed_total").increment(removed as u64);
+    }
+    Ok((counts, listed))
 }
 
 /// Where a catch-up starts listing: the lookback before the newest stored

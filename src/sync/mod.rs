@@ -11,6 +11,7 @@
 //! `gap_fill`, `reconcile`, `enrich`, `webhook_fetch`) → `source` and
 //! `outcome`; `scheduler` plans passes; `progress` estimates backfills.
 
+pub mod attention;
 pub mod dispatch;
 pub mod enrich;
 pub mod gap_fill;

@@ -6,7 +6,6 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::Purpose;
 use crate::store::sync_state::SyncState;
 use crate::store::{DbResult, Store};
 
@@ -23,14 +22,15 @@ pub struct Backfill {
     pub estimated_completion: Option<DateTime<Utc>>,
 }
 
-/// The athlete's backfill progress. `daily_limit` is the budget's daily
-/// ceiling, used for the pace until the ledger has a day of backfill calls.
+/// The athlete's backfill progress. `guaranteed_per_day` is the backfill
+/// share of the day's budget, the pace assumed until the ledger has a day of
+/// backfill calls.
 pub async fn backfill(
     store: &Store,
     athlete_id: i64,
     state: &SyncState,
     activities_stored: i64,
-    daily_limit: u32,
+    guaranteed_per_day: f64,
     now: i64,
 ) -> DbResult<Backfill> {
     let pace = store.backfill_pace(athlete_id, now - DAY).await?;
@@ -43,7 +43,7 @@ pub async fn backfill(
         let pages_per_day = if recent_calls > 0 {
             recent_calls as f64 / sharing
         } else {
-            f64::from(daily_limit) * backfill_share() / sharing
+            guaranteed_per_day / sharing
         };
         remaining_pages(activities_stored, state.backfill_before, created, now)
             .and_then(|pages| completion(now, pages, pages_per_day))
@@ -54,11 +54,6 @@ pub async fn backfill(
         complete: state.backfill_complete,
         estimated_completion,
     })
-}
-
-/// The share of a day's budget backfill may use at most.
-fn backfill_share() -> f64 {
-    f64::from(100 - crate::strava::budget::reserve_percent(Purpose::Backfill)) / 100.0
 }
 
 /// Strava's `created_at` of the athlete's account, from the profile JSON.

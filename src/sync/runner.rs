@@ -16,7 +16,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::attention::Attention;
 use super::outcome::{JobError, Step};
+use super::source::ActivitySource;
 use super::{dispatch, queue::JobQueue};
 use crate::model::job::Counts;
 use crate::model::Purpose;
@@ -38,23 +40,28 @@ const MAX_ATTEMPTS: i64 = 5;
 /// First retry delay of a transiently failed job; doubles per attempt.
 const RETRY_BASE_SECS: i64 = 30;
 
-pub struct JobRunner {
+/// Runs jobs against `S`: the Strava client in the service, a simulated
+/// Strava in the day simulation, so what is simulated is what runs.
+pub struct JobRunner<S = StravaClient> {
     store: Store,
-    client: Arc<StravaClient>,
+    attention: Arc<Attention>,
+    client: Arc<S>,
     budget: Arc<Budget>,
     queue: Arc<JobQueue>,
     slots: Arc<Semaphore>,
 }
 
-impl JobRunner {
+impl<S: ActivitySource + 'static> JobRunner<S> {
     pub fn new(
         store: Store,
-        client: Arc<StravaClient>,
+        attention: Arc<Attention>,
+        client: Arc<S>,
         budget: Arc<Budget>,
         queue: Arc<JobQueue>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            attention,
             client,
             budget,
             queue,
@@ -73,11 +80,11 @@ impl JobRunner {
         }
         while !shutdown.is_cancelled() {
             match self.claim().await {
-                Ok(Some((job, slot))) => {
+                Ok(Some(Claimed { job, purpose, slot })) => {
                     let runner = self.clone();
                     let shutdown = shutdown.clone();
                     tasks.spawn(async move {
-                        let run = runner.run_one(job);
+                        let run = runner.run_one(job, purpose);
                         tokio::pin!(run);
                         tokio::select! {
                             _ = &mut run => {}
@@ -100,27 +107,29 @@ impl JobRunner {
         }
     }
 
-    /// The most urgent job the budget can serve now, with the worker slot it
-    /// holds (None for interactive jobs, which never wait for a slot).
-    async fn claim(
-        &self,
-    ) -> Result<Option<(Job, Option<tokio::sync::OwnedSemaphorePermit>)>, DbError> {
-        let (Some(servable), _) = self.budget.servable() else {
-            return Ok(None);
-        };
+    /// The job worth most that the budget can serve now, the purpose it runs
+    /// at, and the worker slot it holds (None for interactive jobs, which
+    /// never wait for a slot). Reads noted since the last claim are written
+    /// first, so who is looking is current.
+    async fn claim(&self) -> Result<Option<Claimed>, DbError> {
+        self.attention.flush().await?;
+        let (mut order, _) = self.budget.servable();
         let slot = self.slots.clone().try_acquire_owned().ok();
-        let max = if slot.is_some() {
-            servable
-        } else {
-            Purpose::Interactive
-        };
+        if slot.is_none() {
+            order.retain(|p| *p == Purpose::Interactive);
+        }
+        if order.is_empty() {
+            return Ok(None);
+        }
         let now = self.budget.clock().epoch();
-        let job = self.store.claim_job(now, max.rank()).await?;
-        Ok(job.map(|job| {
-            let slot = (job.task.purpose() != Purpose::Interactive)
-                .then_some(slot)
-                .flatten();
-            (job, slot)
+        let claimed = self
+            .store
+            .claim_job(now, order, self.attention.since())
+            .await?;
+        Ok(claimed.map(|(job, purpose)| Claimed {
+            job,
+            purpose,
+            slot: (purpose != Purpose::Interactive).then_some(slot).flatten(),
         }))
     }
 
@@ -158,10 +167,17 @@ impl JobRunner {
         }
     }
 
-    async fn run_one(&self, job: Job) {
+    async fn run_one(&self, job: Job, purpose: Purpose) {
         let now = self.budget.clock().epoch();
-        let result =
-            dispatch::run(&self.store, &*self.client, job.athlete_id, &job.task, now).await;
+        let result = dispatch::run(
+            &self.store,
+            &*self.client,
+            job.athlete_id,
+            &job.task,
+            purpose,
+            now,
+        )
+        .await;
         let now = self.budget.clock().epoch();
         let outcome = match result {
             Ok(Step::Done(counts)) => Outcome::Done(counts),
@@ -190,12 +206,19 @@ impl JobRunner {
     /// sleeping.
     pub async fn run_until_idle(&self) -> Result<usize, DbError> {
         let mut ran = 0;
-        while let Some((job, _slot)) = self.claim().await? {
-            self.run_one(job).await;
+        while let Some(Claimed { job, purpose, .. }) = self.claim().await? {
+            self.run_one(job, purpose).await;
             ran += 1;
         }
         Ok(ran)
     }
+}
+
+/// A claimed job, the purpose its calls are made at, and its worker slot.
+struct Claimed {
+    job: Job,
+    purpose: Purpose,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 enum Disposition {

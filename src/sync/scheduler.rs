@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::model::clock::Clock;
 use crate::store::Store;
 
+use super::attention::Attention;
 use super::queue::JobQueue;
 use super::{enrich, gap_fill, reconcile};
 
@@ -23,6 +24,7 @@ pub const PLAN_SCHEDULE: &str = "0 */5 * * * *";
 pub struct Planner {
     pub store: Store,
     pub queue: Arc<JobQueue>,
+    pub attention: Arc<Attention>,
     pub clock: Arc<dyn Clock>,
     /// The budget's daily ceiling, which bounds a gap-fill pass.
     pub daily_limit: u32,
@@ -32,7 +34,9 @@ impl Planner {
     /// Queues the daily gap-fill pass and wakes the runner. Returns how many
     /// athletes are queued.
     pub async fn gap_fill_pass(&self) -> crate::store::DbResult<usize> {
-        let queued = gap_fill::start_pass(&self.store, self.daily_limit, self.clock.epoch()).await;
+        let since = self.attention.since();
+        let queued =
+            gap_fill::start_pass(&self.store, self.daily_limit, since, self.clock.epoch()).await;
         self.queue.wake();
         queued
     }

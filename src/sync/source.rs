@@ -86,23 +86,6 @@ pub async fn store_page(
     Ok(())
 }
 
-/// Stores one detailed record fetched for a create event and adds it to
-/// `counts`, unless a delete event applied while the call was out removed
-/// the activity (the delete is newer than the create that asked for it).
-pub async fn store_detail(
-    store: &Store,
-    athlete_id: i64,
-    detail: Box<RawValue>,
-    counts: &mut Counts,
-    now: i64,
-) -> Result<(), DbError> {
-    let changed = store
-        .store_announced_detail(athlete_id, detail, now)
-        .await?;
-    add(counts, 1, changed);
-    Ok(())
-}
-
 /// An empty page ends a listing. A short page does too when the athlete
 /// granted `activity:read_all`: Strava then fills every page but the last, and
 /// not asking for the empty page halves what a gap-fill costs. Without it
@@ -132,39 +115,5 @@ mod tests {
         assert!(is_last_page(199, true));
         assert!(!is_last_page(199, false));
         assert!(!is_last_page(200, true));
-    }
-
-    #[tokio::test]
-    async fn a_detail_fetched_across_a_delete_is_not_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        store
-            .write(|tx| {
-                crate::store::athletes::upsert(tx, &serde_json::json!({"id": 1}), "read", 0)?;
-                // The delete event was applied while the fetch was out.
-                crate::store::activity_edits::delete(tx, 1, 10, 500)?;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        let detail = |id: i64| {
-            RawValue::from_string(format!(
-                r#"{{"id":{id},"athlete":{{"id":1}},"start_date":"2026-01-01T00:00:00Z"}}"#
-            ))
-            .unwrap()
-        };
-        let mut counts = Counts::default();
-        store_detail(&store, 1, detail(10), &mut counts, 0)
-            .await
-            .unwrap();
-        store_detail(&store, 1, detail(11), &mut counts, 0)
-            .await
-            .unwrap();
-        let stored = store
-            .read(|c| crate::store::activities::stored_ids(c, 1, &[10, 11]))
-            .await
-            .unwrap();
-        assert_eq!(stored, [11], "the deleted activity stays deleted");
-        assert_eq!((counts.fetched, counts.new), (2, 1));
     }
 }

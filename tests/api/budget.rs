@@ -151,9 +151,9 @@ async fn a_long_backfill_under_small_limits_never_exceeds_a_window_and_gets_no_4
     assert_eq!(app.athlete(athlete).await["activities"], 3000);
     // The first page (200), 14 backfill pages of 200, and the empty page.
     assert_eq!(app.sim.calls().to("GET /api/v3/athlete/activities"), 16);
-    // Backfill stops at 70% of each window: 7 calls per window (the first
-    // page's included), 16 in all.
-    assert_eq!(windows, 3);
+    // Backfill leaves each fresh window the 2 calls interactive ones need:
+    // 8 calls per window (the first page's included), 16 in all.
+    assert_eq!(windows, 2);
     assert!(app.busiest_quarter() <= 10, "{}", app.busiest_quarter());
     assert_eq!(status_count(&app, 429), 0);
     assert_eq!(app.ledger_count().await, app.api_calls().len() as i64);
@@ -166,17 +166,17 @@ async fn a_restart_mid_window_resumes_the_count_and_the_cursor() {
     app.connect(athlete).await;
     eventually("backfill waits for the next window", WAIT, || settled(&app)).await;
     let before = app.api_calls().len();
-    // Backfill stops at 70% of the window: the first page and 6 pages.
-    assert_eq!(before, 7);
+    // Backfill leaves the window 2 calls: the first page and 7 pages.
+    assert_eq!(before, 8);
     app.restart().await;
     let budget = app.budget().await;
-    assert_eq!(budget["windows"][0]["used"], 7, "the count survived");
+    assert_eq!(budget["windows"][0]["used"], 8, "the count survived");
     assert_eq!(backfill_blocked(&app).await.as_deref(), Some("full"));
     assert_eq!(app.api_calls().len(), before);
 
     backfill_to_the_end(&app, athlete).await;
     assert_eq!(app.athlete(athlete).await["activities"], 1500);
-    // 200 + 6 × 200 in the first window, the last 100 and the empty page in
+    // 200 + 6 × 200 and the last 100 in the first window, the empty page in
     // the next: no page was fetched twice.
     assert_eq!(app.sim.calls().to("GET /api/v3/athlete/activities"), 9);
     assert!(app.busiest_quarter() <= 10);
@@ -188,16 +188,17 @@ async fn a_restart_mid_window_resumes_the_count_and_the_cursor() {
 async fn usage_reported_for_other_clients_holds_our_calls_back() {
     let app = limited(3000, 10).await;
     let athlete = app.sim.athlete_ids()[0];
-    app.sim.add_other_client_calls(6);
+    app.sim.add_other_client_calls(7);
     app.connect(athlete).await;
     eventually("backfill waits for the next window", WAIT, || async {
         backfill_blocked(&app).await.is_some()
     })
     .await;
-    // The first page's answer said 7 were used: backfill's share was gone.
+    // The first page's answer said 8 were used: only interactive's reserve
+    // was left.
     let budget = app.budget().await;
-    assert_eq!(budget["windows"][0]["used"], 7);
-    assert_eq!(budget["windows"][0]["reported_usage"], 7);
+    assert_eq!(budget["windows"][0]["used"], 8);
+    assert_eq!(budget["windows"][0]["reported_usage"], 8);
     assert_eq!(budget["windows"][0]["reported_limit"], 10);
     assert_eq!(app.api_calls().len(), 1);
     app.advance(app.secs_to_next_quarter() + 1);
@@ -248,7 +249,7 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
     };
     app.connect(long).await;
     eventually("backfill waits for the next window", WAIT, || async {
-        settled(&app).await && app.athlete(long).await["activities"] == 1400
+        settled(&app).await && app.athlete(long).await["activities"] == 1600
     })
     .await;
     // Same window, no time moved: the newcomer's first page goes at once.
@@ -258,7 +259,7 @@ async fn an_interactive_first_page_overtakes_queued_backfill() {
     })
     .await;
     assert_eq!(app.athlete(long).await["backfill_complete"], false);
-    assert_eq!(app.athlete(long).await["activities"], 1400);
+    assert_eq!(app.athlete(long).await["activities"], 1600);
     assert!(app.busiest_quarter() <= 10);
     assert_eq!(status_count(&app, 429), 0);
 }

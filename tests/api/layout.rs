@@ -10,18 +10,18 @@ use std::path::{Path, PathBuf};
 /// imports nothing of the service); `startup`, `demo` and `main` compose.
 const LAYERS: &[(&str, u8)] = &[
     ("model", 0),
-    ("config", 0),
     ("simulator", 0),
-    ("telemetry", 1),
-    ("store", 1),
-    ("strava", 2),
-    ("sync", 3),
-    ("webhook", 4),
-    ("http", 5),
-    ("startup", 6),
-    ("demo", 7),
-    ("lib", 8),
-    ("main", 8),
+    ("config", 1),
+    ("telemetry", 2),
+    ("store", 2),
+    ("strava", 3),
+    ("sync", 4),
+    ("webhook", 5),
+    ("http", 6),
+    ("startup", 7),
+    ("demo", 8),
+    ("lib", 9),
+    ("main", 9),
 ];
 
 /// Every source file under `src/` with its text, test modules cut off.
@@ -84,7 +84,7 @@ fn no_module_imports_one_above_it() {
                 continue;
             };
             // Only the composing modules may start the simulator.
-            let allowed = name == module || (layer < own && (name != "simulator" || own >= 6));
+            let allowed = name == module || (layer < own && (name != "simulator" || own >= 7));
             if !allowed {
                 upward.push(format!("{} imports {name}", path.display()));
             }

@@ -85,6 +85,8 @@ pub struct SimApp {
     pub sim: SimHandle,
     pub clock: Arc<SharedClock>,
     overrides: Vec<(String, String)>,
+    /// Jobs run only when the test says ([`SimApp::run_jobs_until_idle`]).
+    jobs_by_hand: bool,
     running: Option<Running>,
     dir: tempfile::TempDir,
 }
@@ -94,6 +96,17 @@ impl SimApp {
     /// second into the next quarter hour so a test has a whole window of
     /// real time before the next boundary.
     pub async fn start(config: SimConfig, overrides: &[(&str, &str)]) -> Self {
+        Self::start_with(config, overrides, false).await
+    }
+
+    /// [`SimApp::start`] with no job runner in the background: queued work
+    /// runs, one job at a time in the order the queue serves it, only in
+    /// [`SimApp::run_jobs_until_idle`].
+    pub async fn start_with_jobs_by_hand(config: SimConfig, overrides: &[(&str, &str)]) -> Self {
+        Self::start_with(config, overrides, true).await
+    }
+
+    async fn start_with(config: SimConfig, overrides: &[(&str, &str)], jobs_by_hand: bool) -> Self {
         let sim = Simulator::start(config).await.expect("simulator starts");
         let clock = SharedClock::new();
         let mut app = Self {
@@ -103,6 +116,7 @@ impl SimApp {
                 .collect(),
             sim,
             clock,
+            jobs_by_hand,
             running: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -126,6 +140,11 @@ impl SimApp {
             .await
             .expect("app builds")
             .without_schedule();
+        let app = if self.jobs_by_hand {
+            app.with_jobs_run_by_hand()
+        } else {
+            app
+        };
         let running = Running {
             api: ApiClient::new(format!("http://127.0.0.1:{}", app.port()), ADMIN_TOKEN),
             state: app.services(),

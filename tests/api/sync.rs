@@ -75,6 +75,12 @@ async fn ledger_calls(app: &SimApp, purpose: &'static str) -> i64 {
         .unwrap()
 }
 
+/// Calls that fetched announced activities: at webhook priority, or as
+/// attention when the athlete has read lately (tests read with the token).
+async fn fetch_calls(app: &SimApp) -> i64 {
+    ledger_calls(app, "webhook").await + ledger_calls(app, "attention").await
+}
+
 /// Polls `done`; whenever a moment of real time (300 ms) passes without it,
 /// moves both clocks into the next quarter hour so a spent window reopens.
 /// A minute of real time is some 200 windows, far more than any test needs
@@ -248,28 +254,34 @@ async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
 }
 
 #[tokio::test]
-async fn a_create_not_yet_readable_is_retried_until_it_is() {
+async fn a_create_not_yet_readable_by_id_is_stored_from_the_listing() {
     let (app, athlete, token) = synced(5).await;
     app.sim.update_settings(|s| s.detail_not_found_secs = 200);
     let new = upload(&app, athlete, NewActivity::default());
+    let fetches = fetch_calls(&app).await;
 
     announce(&app, athlete, &[new]).await;
     run_until(&app, "the announced activity is stored", || async {
         is_stored(&app, &token, new).await
     })
     .await;
-    let by_id: Vec<u16> = app
-        .api_calls()
-        .iter()
-        .filter(|c| c.endpoint == "GET /api/v3/activities/{id}")
-        .map(|c| c.status)
-        .collect();
-    assert_eq!(by_id.last(), Some(&200));
-    assert!(
-        by_id[..by_id.len() - 1].iter().all(|&s| s == 404),
-        "{by_id:?}"
-    );
-    assert!(by_id.len() >= 2, "a 404 came first: {by_id:?}");
+    assert_eq!(fetch_calls(&app).await - fetches, 1, "one listing");
+    assert_eq!(app.sim.calls().to("GET /api/v3/activities/{id}"), 0);
+}
+
+#[tokio::test]
+async fn forged_creates_cost_one_listing_and_a_few_retries_per_athlete() {
+    let (app, athlete, _token) = synced(5).await;
+    let fetches = fetch_calls(&app).await;
+    let forged: Vec<u64> = (0..100).map(|i| 9_000_000_000 + i).collect();
+    announce(&app, athlete, &forged).await;
+    run_until(&app, "the forged ids are given up", || async {
+        unfinished_jobs(&app, athlete).await == 0
+    })
+    .await;
+    let spent = fetch_calls(&app).await - fetches;
+    assert_eq!(spent, 4, "one listing and three retries, for 100 ids");
+    assert_eq!(app.sim.calls().to("GET /api/v3/activities/{id}"), 0);
 }
 
 #[tokio::test]
@@ -278,7 +290,7 @@ async fn several_creates_of_one_athlete_share_one_listing() {
     let ids: Vec<u64> = (0..3)
         .map(|_| upload(&app, athlete, NewActivity::default()))
         .collect();
-    let webhook_calls = ledger_calls(&app, "webhook").await;
+    let webhook_calls = fetch_calls(&app).await;
     announce(&app, athlete, &ids).await;
     run_until(&app, "the three activities are stored", || async {
         let mut all = true;
@@ -288,7 +300,7 @@ async fn several_creates_of_one_athlete_share_one_listing() {
         all
     })
     .await;
-    assert_eq!(ledger_calls(&app, "webhook").await - webhook_calls, 1);
+    assert_eq!(fetch_calls(&app).await - webhook_calls, 1);
 }
 
 #[tokio::test]
@@ -486,7 +498,7 @@ async fn a_create_pushed_by_webhook_is_fetched_with_one_call() {
         is_stored(&app, &token, new).await
     })
     .await;
-    assert_eq!(ledger_calls(&app, "webhook").await, 1);
+    assert_eq!(fetch_calls(&app).await, 1);
 }
 
 #[tokio::test]

@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 pub use self::policy::{
-    is_paced, reserve_percent, Blocked, Grant, HighUsage, Policy, Wait, PACE_LEAD_SECS,
-    WARN_PERCENT,
+    is_paced, Blocked, Grant, HighUsage, Policy, Shares, Wait, INTERACTIVE_FLOOR_PER_DAY,
+    PACE_LEAD_SECS, WARN_PERCENT,
 };
 pub use self::views::{BlockedView, Forecast, Snapshot, WindowView};
 pub use self::window::{Limits, PerWindow, RateReport, Window, WindowKind, CLOCK_SKEW_SECS};
@@ -71,10 +71,21 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Resumes the current windows' counts, Strava's last reported limits and
-    /// the pause switch from the database.
-    pub async fn load(store: Store, clock: Arc<dyn Clock>, limits: Limits) -> DbResult<Arc<Self>> {
+    /// Resumes the current windows' counts, Strava's last reported limits,
+    /// today's calls by purpose and the pause switch from the database.
+    pub async fn load(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+        shares: Shares,
+    ) -> DbResult<Arc<Self>> {
         let now = clock.epoch();
+        let spent = store
+            .calls_by_purpose(WindowKind::Day.start_of(now))
+            .await?
+            .into_iter()
+            .filter_map(|(purpose, n)| Some((Purpose::parse(&purpose)?, u32::try_from(n).ok()?)))
+            .collect();
         let wanted = WindowKind::ALL.map(|kind| (kind.as_str(), kind.start_of(now)));
         let (stored, paused) = store
             .load_budget(wanted.to_vec(), now - KEEP_WINDOWS_SECS)
@@ -96,7 +107,7 @@ impl Budget {
             clock,
             store,
             state: Mutex::new(State {
-                policy: Policy::new(limits, windows, paused),
+                policy: Policy::new(limits, windows, paused, shares, spent),
                 queue: BTreeSet::new(),
                 next_ticket: 0,
             }),
@@ -234,12 +245,12 @@ impl Budget {
         self.lock().policy.snapshot(now)
     }
 
-    /// The lowest-priority purpose that may call now, and when that may
-    /// change by itself (see [`Policy::servable`]).
-    pub fn servable(&self) -> (Option<Purpose>, Option<DateTime<Utc>>) {
+    /// The purposes that may call now, in the order their work should be
+    /// served, and when that may change by itself (see [`Policy::servable`]).
+    pub fn servable(&self) -> (Vec<Purpose>, Option<DateTime<Utc>>) {
         let now = self.clock.epoch();
-        let (purpose, until) = self.lock().policy.servable(now);
-        (purpose, until.and_then(to_time))
+        let (order, until) = self.lock().policy.servable(now);
+        (order, until.and_then(to_time))
     }
 
     /// Resolves the next time the budget changes (a call recorded, a permit
@@ -319,7 +330,7 @@ impl From<&Window> for WindowRow {
 /// Moments and reports the tests of every part of the budget share.
 #[cfg(test)]
 mod test_support {
-    use super::PerWindow;
+    use super::{PerWindow, Purpose, Shares};
 
     /// 2026-03-10 12:07:30 UTC: mid-quarter, mid-day.
     pub const NOON: i64 = 1_773_144_450;
@@ -330,11 +341,23 @@ mod test_support {
     pub fn pair(quarter: u32, day: u32) -> Option<PerWindow<u32>> {
         Some(PerWindow { quarter, day })
     }
+
+    /// `BUDGET_SHARES` as SPEC's default sets them.
+    pub fn shares() -> Shares {
+        [
+            (Purpose::Webhook, 55),
+            (Purpose::GapFill, 15),
+            (Purpose::Backfill, 15),
+            (Purpose::Reconcile, 10),
+            (Purpose::Enrichment, 5),
+        ]
+        .into()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{pair, NOON, QUARTER};
+    use super::test_support::{pair, shares, NOON, QUARTER};
     use super::*;
     use crate::model::clock::ManualClock;
 
@@ -347,6 +370,7 @@ mod tests {
                 quarter: 10,
                 day: 1000,
             },
+            shares(),
         )
         .await
         .unwrap()
@@ -383,7 +407,7 @@ mod tests {
         assert_eq!((snap.windows[0].used, snap.windows[0].limit), (8, 9));
         assert_eq!(snap.windows[1].used, 50);
         budget.acquire(Purpose::Interactive).await.unwrap();
-        assert_eq!(budget.servable().0, None);
+        assert!(budget.servable().0.is_empty());
         // A new quarter starts from zero but keeps Strava's limit.
         clock.advance(chrono::Duration::minutes(8));
         let budget = budget_at(&dir, clock).await;
@@ -397,7 +421,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = noon_clock();
         let budget = budget_at(&dir, clock.clone()).await;
-        for _ in 0..7 {
+        // Half the quarter is left: it keeps one call for interactive ones.
+        for _ in 0..9 {
             budget.acquire(Purpose::Backfill).await.unwrap();
         }
         let waiting = tokio::spawn({
@@ -419,9 +444,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = noon_clock();
         let store = Store::open(&dir.path().join("b.db")).unwrap();
-        let budget = Budget::load(store, clock.clone(), Limits { quarter: 1, day: 2 })
-            .await
-            .unwrap();
+        let budget = Budget::load(
+            store,
+            clock.clone(),
+            Limits { quarter: 1, day: 2 },
+            shares(),
+        )
+        .await
+        .unwrap();
         budget.acquire(Purpose::Interactive).await.unwrap();
         let first = tokio::spawn({
             let budget = budget.clone();
@@ -449,6 +479,6 @@ mod tests {
         drop(budget);
         let budget = budget_at(&dir, noon_clock()).await;
         assert!(budget.snapshot().paused);
-        assert_eq!(budget.servable().0, Some(Purpose::Interactive));
+        assert_eq!(budget.servable().0, [Purpose::Interactive]);
     }
 }

@@ -12,13 +12,20 @@
 //! - after a 429 nothing is sent until the window that was over resets;
 //! - a call in the last [`CLOCK_SKEW_SECS`] of a window also counts in the
 //!   next one, since Strava's clock may be a little ahead of ours;
-//! - each purpose below interactive stops short of a window's limit by a
-//!   reserve ([`reserve_percent`]), so higher purposes always find headroom;
-//! - background purposes (gap-fill and below) are paced across the UTC day by
-//!   an allowance curve instead of spending the day in its first hours;
+//! - interactive calls may use every window in full; every other purpose
+//!   stops short by a reserve sized to what interactive calls actually need
+//!   ([`Policy::interactive_reserve`]), which flows back as a window nears
+//!   its end;
+//! - fetches for athletes who are looking ([`Purpose::Attention`]) go next,
+//!   unpaced, up to the webhook share of the day;
+//! - the background purposes share the day by `BUDGET_SHARES`: together they
+//!   are paced across the UTC day by an allowance curve, and within it the
+//!   purpose furthest behind its share goes first ([`Policy::servable`]), so
+//!   each gets at least its share while it has work and what one leaves
+//!   unused the others take;
 //! - an operator may pause everything but interactive calls.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
@@ -33,21 +40,20 @@ pub const PACE_LEAD_SECS: i64 = 2 * 3600;
 /// A window passing this share of its limit deserves an operator's attention.
 pub const WARN_PERCENT: u32 = 80;
 
-/// The share of each window a purpose leaves unused for higher ones.
-pub fn reserve_percent(purpose: Purpose) -> u32 {
-    match purpose {
-        Purpose::Interactive => 0,
-        Purpose::Webhook => 10,
-        Purpose::GapFill => 20,
-        Purpose::Backfill => 30,
-        Purpose::Enrichment | Purpose::Reconcile => 40,
-    }
-}
+/// Interactive calls a day the reserve assumes at least, however quiet the
+/// day has been: a connect or a refresh must always find headroom.
+pub const INTERACTIVE_FLOOR_PER_DAY: u32 = 24;
+/// The least a quarter hour keeps for interactive calls at its start.
+pub const INTERACTIVE_FLOOR_PER_QUARTER: u32 = 2;
 
-/// Background purposes are paced across the day; interactive and webhook
-/// fetches go as soon as the windows allow, since someone is waiting.
+/// Each background purpose's guaranteed share of the day, in percent
+/// (`BUDGET_SHARES`).
+pub type Shares = BTreeMap<Purpose, u32>;
+
+/// The background purposes are paced across the day; interactive calls and
+/// fetches for athletes who are looking go as soon as the windows allow.
 pub fn is_paced(purpose: Purpose) -> bool {
-    purpose >= Purpose::GapFill
+    Purpose::BACKGROUND.contains(&purpose)
 }
 
 /// Why a call may not go now.
@@ -62,6 +68,8 @@ pub enum Blocked {
     Full(WindowKind),
     /// Background work is ahead of the day's allowance curve.
     Pacing,
+    /// Fetches for athletes who are looking used the webhook share of the day.
+    Capped,
 }
 
 /// A refusal: why, and when it may change (None: only when told, e.g. resume).
@@ -99,12 +107,22 @@ pub struct Policy {
     straddling: PerWindow<u32>,
     /// When our calls of the last hour were granted, for the forecast.
     recent: VecDeque<i64>,
+    shares: Shares,
+    /// Today's calls by purpose.
+    spent: BTreeMap<Purpose, u32>,
 }
 
 impl Policy {
     /// A policy resuming from persisted windows; windows that are not the
     /// current ones at the first call simply roll over.
-    pub fn new(configured: Limits, windows: PerWindow<Window>, paused: bool) -> Self {
+    /// `spent` is today's calls by purpose, as the ledger counted them.
+    pub fn new(
+        configured: Limits,
+        windows: PerWindow<Window>,
+        paused: bool,
+        shares: Shares,
+        spent: BTreeMap<Purpose, u32>,
+    ) -> Self {
         Self {
             configured,
             windows,
@@ -112,7 +130,74 @@ impl Policy {
             warned: PerWindow::default(),
             straddling: PerWindow::default(),
             recent: VecDeque::new(),
+            shares,
+            spent,
         }
+    }
+
+    /// Today's calls of `purpose`.
+    pub fn spent(&self, purpose: Purpose) -> u32 {
+        self.spent.get(&purpose).copied().unwrap_or(0)
+    }
+
+    /// Today's calls counted against `purpose`'s share.
+    fn spent_against(&self, purpose: Purpose) -> u32 {
+        Purpose::ALL
+            .into_iter()
+            .filter(|p| p.share_of() == purpose)
+            .map(|p| self.spent(p))
+            .sum()
+    }
+
+    /// Interactive calls a day, as today's pace projects them, never fewer
+    /// than [`INTERACTIVE_FLOOR_PER_DAY`].
+    fn interactive_per_day(&self, now: i64) -> u32 {
+        let day = WindowKind::Day.len_secs();
+        let elapsed = (now - self.windows.day.start).max(3600);
+        let projected = i64::from(self.spent(Purpose::Interactive)) * day / elapsed;
+        u32::try_from(projected)
+            .unwrap_or(u32::MAX)
+            .max(INTERACTIVE_FLOOR_PER_DAY)
+    }
+
+    /// What a window keeps for interactive calls still to come: what they
+    /// need over the rest of the window, so the reserve shrinks to nothing at
+    /// its end and unused headroom flows back to the other purposes.
+    pub fn interactive_reserve(&self, kind: WindowKind, now: i64) -> u32 {
+        let per_day = self.interactive_per_day(now);
+        let per_window = match kind {
+            WindowKind::Day => per_day,
+            WindowKind::Quarter => (per_day * 2)
+                .div_ceil(96)
+                .max(INTERACTIVE_FLOOR_PER_QUARTER),
+        };
+        let len = kind.len_secs();
+        let left = (self.window(kind).start + len - now).clamp(0, len);
+        let reserve = (i64::from(per_window) * left + len / 2) / len;
+        u32::try_from(reserve).unwrap_or(per_window)
+    }
+
+    /// What the day leaves for everything but interactive calls.
+    fn background_day(&self, now: i64) -> u32 {
+        self.limit(WindowKind::Day)
+            .saturating_sub(self.interactive_per_day(now))
+    }
+
+    /// The background purposes that may call now, the one furthest behind
+    /// its share first: each then gets at least its share while it has work,
+    /// and any of them may take what the others leave.
+    fn background_order(&self) -> Vec<Purpose> {
+        let mut order = Purpose::BACKGROUND.to_vec();
+        // Ties and purposes without a share fall back to the priority order.
+        order.sort_by_key(|p| {
+            let share = u64::from(self.shares.get(p).copied().unwrap_or(0));
+            let spent = u64::from(self.spent_against(*p));
+            (
+                share == 0,
+                (spent * 1_000_000).checked_div(share).unwrap_or(0),
+            )
+        });
+        order
     }
 
     pub fn window(&self, kind: WindowKind) -> &Window {
@@ -131,11 +216,13 @@ impl Policy {
             .map_or(configured, |r| r.min(configured))
     }
 
-    /// How much of a window a purpose may use.
-    pub fn ceiling(&self, kind: WindowKind, purpose: Purpose) -> u32 {
+    /// How much of a window a purpose may use at `now`.
+    pub fn ceiling(&self, kind: WindowKind, purpose: Purpose, now: i64) -> u32 {
         let limit = self.limit(kind);
-        let reserve = (limit * reserve_percent(purpose)).div_ceil(100);
-        limit - reserve
+        if purpose == Purpose::Interactive {
+            return limit;
+        }
+        limit.saturating_sub(self.interactive_reserve(kind, now))
     }
 
     pub fn set_paused(&mut self, paused: bool) {
@@ -152,6 +239,9 @@ impl Policy {
             }
             let straddling = std::mem::take(&mut self.straddling[kind]);
             let next = window.start + kind.len_secs() == start;
+            if kind == WindowKind::Day {
+                self.spent.clear();
+            }
             *window = Window {
                 start,
                 used: if next { straddling } else { 0 },
@@ -179,26 +269,47 @@ impl Policy {
             }
         }
         for kind in WindowKind::ALL {
-            if self.window(kind).used >= self.ceiling(kind, purpose) {
+            if self.window(kind).used >= self.ceiling(kind, purpose, now) {
+                // The reserve flows back as the window nears its end.
+                let full = self.window(kind).used >= self.limit(kind);
+                let until = if full || purpose == Purpose::Interactive {
+                    end(kind)
+                } else {
+                    Some((now + 60).min(end(kind).unwrap_or(now + 60)))
+                };
                 return Some(Wait {
                     reason: Blocked::Full(kind),
-                    until: end(kind),
+                    until,
                 });
             }
         }
-        if is_paced(purpose) {
-            let today = &self.windows.day;
-            let ceiling = i64::from(self.ceiling(WindowKind::Day, purpose));
-            let day = WindowKind::Day.len_secs();
+        let today = &self.windows.day;
+        let day = WindowKind::Day.len_secs();
+        let day_end = today.start + day;
+        let budget = i64::from(self.background_day(now));
+        if purpose == Purpose::Attention {
+            let share = i64::from(self.shares.get(&Purpose::Webhook).copied().unwrap_or(0));
+            if i64::from(self.spent(Purpose::Attention)) * 100 >= budget * share {
+                return Some(Wait {
+                    reason: Blocked::Capped,
+                    until: Some(day_end),
+                });
+            }
+        }
+        if is_paced(purpose) && budget > 0 {
             let elapsed = (now - today.start + PACE_LEAD_SECS).min(day);
-            let used = i64::from(today.used);
-            if used * day >= ceiling * elapsed {
+            let used: i64 = [Purpose::Attention]
+                .into_iter()
+                .chain(Purpose::BACKGROUND)
+                .map(|p| i64::from(self.spent(p)))
+                .sum();
+            if used * day >= budget * elapsed {
                 // The allowance passes `used` one second after this point of
-                // the day (ceiling > used here, or the day would be full).
-                let at = today.start + used * day / ceiling + 1 - PACE_LEAD_SECS;
+                // the day.
+                let at = today.start + used * day / budget + 1 - PACE_LEAD_SECS;
                 return Some(Wait {
                     reason: Blocked::Pacing,
-                    until: Some(at.clamp(now + 1, today.start + day)),
+                    until: Some(at.clamp(now + 1, day_end)),
                 });
             }
         }
@@ -215,6 +326,7 @@ impl Policy {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
+        *self.spent.entry(purpose).or_default() += 1;
         for kind in WindowKind::ALL {
             let window = &mut self.windows[kind];
             window.used += 1;
@@ -278,19 +390,26 @@ impl Policy {
         high
     }
 
-    /// The lowest-priority purpose that may call now (every higher one may
-    /// too: each rule is at least as strict for lower priorities), and when
-    /// the next lower one may be unblocked.
-    pub fn servable(&mut self, now: i64) -> (Option<Purpose>, Option<i64>) {
+    /// The purposes that may call now, in the order their work should be
+    /// served: interactive, then athletes who are looking, then the
+    /// background purposes furthest behind their share first; and when one
+    /// that may not call now may be unblocked.
+    pub fn servable(&mut self, now: i64) -> (Vec<Purpose>, Option<i64>) {
         self.roll(now);
-        let mut best = None;
-        for purpose in Purpose::ALL {
-            match self.blocked(purpose, now) {
-                None => best = Some(purpose),
-                Some(wait) => return (best, wait.until),
+        let mut order = vec![Purpose::Interactive, Purpose::Attention];
+        order.extend(self.background_order());
+        let mut wake: Option<i64> = None;
+        order.retain(|purpose| match self.blocked(*purpose, now) {
+            None => true,
+            Some(wait) => {
+                wake = match (wake, wait.until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                false
             }
-        }
-        (best, None)
+        });
+        (order, wake)
     }
 
     /// When today's budget runs out at the current rate (None when it lasts
@@ -362,10 +481,16 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strava::budget::test_support::{pair, MIDNIGHT, NOON, QUARTER};
+    use crate::strava::budget::test_support::{pair, shares, MIDNIGHT, NOON, QUARTER};
 
     fn policy(quarter: u32, day: u32) -> Policy {
-        Policy::new(Limits { quarter, day }, PerWindow::default(), false)
+        Policy::new(
+            Limits { quarter, day },
+            PerWindow::default(),
+            false,
+            shares(),
+            BTreeMap::new(),
+        )
     }
 
     fn take(p: &mut Policy, purpose: Purpose, now: i64, n: u32) -> u32 {
@@ -503,39 +628,92 @@ mod tests {
     }
 
     #[test]
-    fn lower_priorities_leave_headroom_for_higher_ones() {
+    fn background_leaves_what_interactive_needs_and_it_flows_back() {
         let mut p = policy(10, 1000);
-        assert_eq!(take(&mut p, Purpose::Backfill, NOON, 10), 7);
+        // A fresh quarter keeps two calls for interactive ones.
+        assert_eq!(take(&mut p, Purpose::Backfill, QUARTER, 10), 8);
         assert_eq!(
-            p.decide(Purpose::Backfill, NOON).unwrap_err().reason,
+            p.decide(Purpose::Webhook, QUARTER).unwrap_err().reason,
             Blocked::Full(WindowKind::Quarter)
         );
-        assert_eq!(take(&mut p, Purpose::GapFill, NOON, 10), 1);
-        assert_eq!(take(&mut p, Purpose::Webhook, NOON, 10), 1);
-        assert_eq!(take(&mut p, Purpose::Interactive, NOON, 10), 1);
-        assert_eq!(p.servable(NOON), (None, Some(QUARTER + 900)));
+        assert_eq!(take(&mut p, Purpose::Interactive, QUARTER, 10), 2);
+        assert!(p.servable(QUARTER).0.is_empty());
+        assert_eq!(p.servable(QUARTER).1, Some(QUARTER + 900));
+        // Unused, the reserve flows back as the quarter nears its end.
+        let mut p = policy(10, 1000);
+        assert_eq!(take(&mut p, Purpose::Backfill, QUARTER, 10), 8);
+        assert_eq!(take(&mut p, Purpose::Backfill, QUARTER + 800, 10), 2);
     }
 
     #[test]
     fn background_work_is_paced_across_the_day() {
         let mut p = policy(1000, 1000);
-        // Backfill may use 70% of the day; at midnight it has two hours' lead:
-        // calls go while the count is below 700 * 2/24 = 58.3.
+        // The day keeps 24 calls for interactive ones; the other 976 are
+        // paced with two hours' lead: at midnight calls go while the count
+        // is below 976 * 2/24 = 81.3.
         let early = take(&mut p, Purpose::Backfill, MIDNIGHT, 1000);
-        assert_eq!(early, 59);
-        let wait = p.decide(Purpose::Backfill, MIDNIGHT).unwrap_err();
+        assert_eq!(early, 82);
+        let wait = p.decide(Purpose::Webhook, MIDNIGHT).unwrap_err();
         assert_eq!(wait.reason, Blocked::Pacing);
         let until = wait.until.unwrap();
         assert!(until > MIDNIGHT && until <= MIDNIGHT + 3600, "{until}");
         assert!(p.decide(Purpose::Backfill, until - 1).is_err());
         assert!(p.decide(Purpose::Backfill, until).is_ok());
-        // Webhook fetches and interactive calls are not paced.
-        assert!(p.decide(Purpose::Webhook, MIDNIGHT + 1).is_ok());
+        // Interactive calls and athletes who are looking are not paced.
+        assert!(p.decide(Purpose::Attention, MIDNIGHT + 1).is_ok());
         assert!(p.decide(Purpose::Interactive, MIDNIGHT + 1).is_ok());
-        // By noon the curve allows more than half the backfill share.
-        let by_noon = take(&mut p, Purpose::Backfill, MIDNIGHT + 12 * 3600, 1000);
-        assert_eq!(p.window(WindowKind::Day).used, 409); // 700 * 14/24 = 408.3
-        assert!(by_noon > 300);
+        // By noon the curve allows 976 * 14/24 = 569.3 of them (and the
+        // interactive call besides).
+        take(&mut p, Purpose::GapFill, MIDNIGHT + 12 * 3600, 1000);
+        assert_eq!(p.window(WindowKind::Day).used, 570 + 1);
+    }
+
+    #[test]
+    fn the_purpose_furthest_behind_its_share_goes_first() {
+        let spent = [
+            (Purpose::Webhook, 100),
+            (Purpose::Attention, 10),
+            (Purpose::GapFill, 10),
+            (Purpose::Reconcile, 1),
+        ];
+        let today = PerWindow {
+            quarter: Window {
+                start: QUARTER,
+                ..Window::default()
+            },
+            day: Window {
+                start: MIDNIGHT,
+                ..Window::default()
+            },
+        };
+        let limits = Limits {
+            quarter: 1000,
+            day: 1000,
+        };
+        let mut p = Policy::new(limits, today, false, shares(), spent.into());
+        let (order, _) = p.servable(NOON);
+        use Purpose::*;
+        assert_eq!(
+            order,
+            [
+                Interactive,
+                Attention,
+                Backfill,
+                Enrichment,
+                Reconcile,
+                GapFill,
+                Webhook
+            ]
+        );
+        // Attention counts against the webhook share and is capped by it.
+        for _ in 0..600 {
+            let _ = p.decide(Attention, NOON);
+        }
+        assert_eq!(p.spent(Attention), 537, "55% of the 976 calls left");
+        assert_eq!(
+            p.decide(Attention, NOON).unwrap_err().reason,
+            Blocked::Capped
+        );
     }
 
     #[test]
@@ -552,9 +730,9 @@ mod tests {
             );
         }
         assert!(p.decide(Purpose::Interactive, NOON).is_ok());
-        assert_eq!(p.servable(NOON).0, Some(Purpose::Interactive));
+        assert_eq!(p.servable(NOON).0, [Purpose::Interactive]);
         p.set_paused(false);
-        assert_eq!(p.servable(NOON).0, Some(Purpose::Reconcile));
+        assert!(p.servable(NOON).0.contains(&Purpose::Reconcile));
     }
 
     #[test]
