@@ -253,6 +253,22 @@ impl ApiClient {
         self.get_as(&self.admin_token, "/admin/athletes").await
     }
 
+    /// `PATCH /admin/athletes/{id}` with `body` as JSON (`{"tier": ...}`).
+    pub async fn admin_patch_athlete(
+        &self,
+        id: impl Display,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .patch(self.url(&format!("/admin/athletes/{id}")))
+            .bearer_auth(&self.admin_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `POST /admin/sync/run`: a gap-fill pass now.
     pub async fn admin_sync_run(&self) -> reqwest::Response {
         self.post_as(&self.admin_token, "/admin/sync/run").await

@@ -9,6 +9,7 @@ mod hostile_input;
 mod layout;
 mod operations;
 mod read_api;
+mod scheduling;
 mod sim_app;
 mod simulator;
 mod sync;
