@@ -85,14 +85,7 @@ pub async fn list_recent<S: ActivitySource>(
         page += 1;
     }
     let removed = store.finish_catch_up(athlete_id, after, now).await?;
-    if removed > 0 {
-        tracing::info!(
-            athlete_id,
-            removed,
-            "the recent listing no longer shows activities we held"
-        );
-        metrics::counter!("sync_gap_fill_removed_total").increment(removed as u64);
-    }
+    source::report_removed(athlete_id, removed, "gap_fill");
     Ok((counts, listed))
 }
 

@@ -18,7 +18,7 @@ use crate::store::{DbResult, Store};
 use crate::strava::client::{ListQuery, MAX_PER_PAGE};
 
 use super::outcome::{JobError, Step};
-use super::source::{activity_id, is_last_page, ActivitySource};
+use super::source::{self, activity_id, is_last_page, ActivitySource};
 
 /// How often each athlete's list is compared with the local copy.
 pub const RECONCILE_EVERY_SECS: i64 = 86_400;
@@ -61,14 +61,7 @@ pub async fn step<S: ActivitySource>(
     let (changed, removed) = store
         .store_reconcile_page(athlete_id, page, listed, pass, finished, now)
         .await?;
-    if removed > 0 {
-        tracing::info!(
-            athlete_id,
-            removed,
-            "reconciliation removed activities Strava no longer lists"
-        );
-        metrics::counter!("sync_reconcile_removed_total").increment(removed as u64);
-    }
+    source::report_removed(athlete_id, removed, "reconcile");
     let counts = Counts {
         fetched,
         new: i64::from(changed.new),

@@ -95,6 +95,21 @@ pub fn is_last_page(len: usize, read_all: bool) -> bool {
     len == 0 || (read_all && len < MAX_PER_PAGE as usize)
 }
 
+/// Tells the operator that a complete listing no longer showed activities we
+/// held (deleted on Strava without an event reaching us), and which check
+/// (`by`) found them.
+pub fn report_removed(athlete_id: i64, removed: usize, by: &'static str) {
+    if removed > 0 {
+        tracing::info!(
+            athlete_id,
+            removed,
+            by,
+            "Strava no longer lists activities we held"
+        );
+        metrics::counter!("sync_removed_total", "by" => by).increment(removed as u64);
+    }
+}
+
 /// The `id` of a listed activity, if readable.
 pub fn activity_id(raw: &RawValue) -> Option<i64> {
     #[derive(serde::Deserialize)]
