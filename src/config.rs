@@ -60,6 +60,8 @@ pub struct Settings {
     /// Requests per second per API token; 0 turns rate limiting off.
     pub api_rate_limit: u32,
     pub log_format: LogFormat,
+    /// Defaults worth a word at start (a `PUBLIC_URL` Strava cannot reach).
+    pub warnings: Vec<String>,
 }
 
 /// What a command needs beyond the defaults.
@@ -102,8 +104,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
 ];
 
 impl Settings {
-    /// Loads from `strava-sync.toml` (if present) and the process environment.
-    pub fn load() -> Result<Self, ConfigError> {
+    /// Loads from `strava-sync.toml` (if present) and the process environment,
+    /// reporting malformed values and what `needs` lacks in one error.
+    pub fn load(needs: &[Requirement]) -> Result<Self, ConfigError> {
         let file = match std::fs::read_to_string(CONFIG_FILE) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -113,7 +116,7 @@ impl Settings {
                 })
             }
         };
-        Self::from_sources(file.as_deref(), |key| std::env::var(key).ok())
+        Self::from_sources_for(file.as_deref(), |key| std::env::var(key).ok(), needs)
     }
 
     /// Builds settings from the file's text and an environment lookup.
@@ -121,11 +124,18 @@ impl Settings {
         file: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        Self::from_sources_for(file, env, &[])
+    }
+
+    /// [`Settings::from_sources`], also naming what `needs` lacks.
+    pub fn from_sources_for(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+        needs: &[Requirement],
+    ) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
-        let mut values: BTreeMap<&str, String> = KEYS
-            .iter()
-            .filter_map(|(k, d)| d.map(|d| (*k, d.to_string())))
-            .collect();
+        // What the file or the environment set; the rest are defaults.
+        let mut given: BTreeMap<&str, String> = BTreeMap::new();
 
         if let Some(text) = file {
             match text.parse::<toml::Table>() {
@@ -140,7 +150,7 @@ impl Settings {
                             toml::Value::String(s) => s,
                             other => other.to_string(),
                         };
-                        values.insert(known, text);
+                        given.insert(known, text);
                     }
                 }
                 Err(e) => problems.push(format!("{CONFIG_FILE}: {}", e.message())),
@@ -148,18 +158,24 @@ impl Settings {
         }
         for (key, _) in KEYS {
             if let Some(value) = env(key) {
-                values.insert(key, value);
+                given.insert(key, value);
             }
         }
+        let public_url_defaulted = !given.contains_key("PUBLIC_URL");
+        let mut values: BTreeMap<&str, String> = KEYS
+            .iter()
+            .filter_map(|(k, d)| d.map(|d| (*k, d.to_string())))
+            .collect();
+        values.extend(given);
 
         let mut p = Parser {
             values: &values,
             problems: &mut problems,
         };
-        let settings = Settings {
+        let mut settings = Settings {
             database_path: PathBuf::from(p.text("DATABASE_PATH")),
             host: p.text("HOST"),
-            port: p.number("PORT"),
+            port: p.number("PORT", u16::MAX),
             public_url: p.url("PUBLIC_URL").trim_end_matches('/').to_string(),
             strava_client_id: p.optional("STRAVA_CLIENT_ID"),
             strava_client_secret: p.optional("STRAVA_CLIENT_SECRET").map(Secret),
@@ -170,7 +186,7 @@ impl Settings {
             strava_rate_limit_15min: p.positive("STRAVA_RATE_LIMIT_15MIN"),
             strava_rate_limit_daily: p.positive("STRAVA_RATE_LIMIT_DAILY"),
             sync_schedule: p.schedule("SYNC_SCHEDULE"),
-            manual_refresh_cooldown_secs: p.number("MANUAL_REFRESH_COOLDOWN_SECS"),
+            manual_refresh_cooldown_secs: p.number("MANUAL_REFRESH_COOLDOWN_SECS", u64::MAX),
             admin_token: p.optional("ADMIN_TOKEN").map(Secret),
             app_redirect_url: p.optional("APP_REDIRECT_URL"),
             cors_allowed_origins: p
@@ -182,7 +198,7 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
-            api_rate_limit: p.number("API_RATE_LIMIT"),
+            api_rate_limit: p.number("API_RATE_LIMIT", u32::MAX),
             log_format: match p.text("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "pretty" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
@@ -193,7 +209,16 @@ impl Settings {
                     LogFormat::Pretty
                 }
             },
+            warnings: Vec::new(),
         };
+        if public_url_defaulted {
+            settings.warnings.push(format!(
+                "PUBLIC_URL is not set: Strava will send athletes back to {} and the webhook \
+                 callback is registered there; set it to this service's external URL",
+                settings.public_url
+            ));
+        }
+        problems.extend(settings.missing(needs));
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -203,6 +228,16 @@ impl Settings {
 
     /// Checks that what a command needs is set, naming every missing key.
     pub fn require(&self, needs: &[Requirement]) -> Result<(), ConfigError> {
+        let problems = self.missing(needs);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// One problem per setting `needs` lacks.
+    fn missing(&self, needs: &[Requirement]) -> Vec<String> {
         let mut missing = Vec::new();
         for need in needs {
             match need {
@@ -223,16 +258,7 @@ impl Settings {
                 }
             }
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems: missing })
-        }
-    }
-
-    /// The address to bind, as `host:port`.
-    pub fn listen_address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        missing
     }
 }
 
@@ -254,18 +280,25 @@ impl Parser<'_> {
             .filter(|v| !v.is_empty())
     }
 
-    fn number<T: std::str::FromStr + Default>(&mut self, key: &str) -> T {
+    /// A whole number from 0 to `max`, the largest `T` holds.
+    fn number<T: TryFrom<u64> + Into<u64> + Default>(&mut self, key: &str, max: T) -> T {
         let raw = self.text(key);
-        raw.trim().parse().unwrap_or_else(|_| {
+        let parsed = raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| T::try_from(n).ok());
+        parsed.unwrap_or_else(|| {
             self.problems.push(format!(
-                "{key} must be a non-negative whole number, not `{raw}`"
+                "{key} must be a whole number from 0 to {}, not `{raw}`",
+                max.into()
             ));
             T::default()
         })
     }
 
     fn positive(&mut self, key: &str) -> u32 {
-        let n: u32 = self.number(key);
+        let n: u32 = self.number(key, u32::MAX);
         if n == 0 && self.values.get(key).is_some_and(|v| v.trim() == "0") {
             self.problems.push(format!("{key} must be at least 1"));
         }
@@ -282,11 +315,21 @@ impl Parser<'_> {
         raw
     }
 
+    /// A cron expression as the scheduler reads it (seconds required, day
+    /// of month and weekday both apply), parsed here so a bad one stops the
+    /// start before anything runs.
     fn schedule(&mut self, key: &str) -> String {
         let raw = self.text(key);
-        if raw.split_whitespace().count() != 6 {
+        let parsed = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&raw);
+        if raw.split_whitespace().count() != 6 || parsed.is_err() {
+            let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
             self.problems.push(format!(
-                "{key} must be a six-field cron expression (sec min hour day month weekday), not `{raw}`"
+                "{key} must be a six-field cron expression (sec min hour day month weekday), \
+                 not `{raw}`{why}"
             ));
         }
         raw
@@ -309,7 +352,7 @@ mod tests {
     fn defaults_match_the_spec() {
         let s = Settings::from_sources(None, env(&[])).unwrap();
         assert_eq!(s.database_path, PathBuf::from("strava-sync.db"));
-        assert_eq!(s.listen_address(), "127.0.0.1:8080");
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8080));
         assert_eq!(s.public_url, "http://localhost:8080");
         assert_eq!(s.strava_api_url, "https://www.strava.com/api/v3");
         assert_eq!(s.strava_scopes, "read,activity:read_all");
@@ -369,6 +412,57 @@ mod tests {
         assert_eq!(err.problems.len(), 2);
         assert!(err.to_string().contains("STRAVA_CLIENT_SECRET"));
         assert!(err.to_string().contains("STRAVA_WEBHOOK_VERIFY_TOKEN"));
+    }
+
+    #[test]
+    fn a_schedule_the_scheduler_would_refuse_is_refused_at_load() {
+        for bad in ["61 0 4 * * *", "0 0 25 * * *", "0 0 4 * * Funday"] {
+            let err = Settings::from_sources(None, env(&[("SYNC_SCHEDULE", bad)])).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{bad}: {err}");
+            assert!(err.problems[0].starts_with("SYNC_SCHEDULE"), "{err}");
+        }
+        let s = Settings::from_sources(None, env(&[("SYNC_SCHEDULE", "0 30 */6 * * Mon-Fri")]));
+        assert!(s.is_ok());
+    }
+
+    #[test]
+    fn a_number_out_of_range_names_the_range() {
+        let err = Settings::from_sources(None, env(&[("PORT", "70000")])).unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["PORT must be a whole number from 0 to 65535, not `70000`"]
+        );
+    }
+
+    #[test]
+    fn malformed_and_missing_settings_are_reported_together() {
+        let needs = [Requirement::StravaApp, Requirement::Webhooks];
+        let err = Settings::from_sources_for(None, env(&[("PORT", "abc")]), &needs).unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "PORT",
+            "STRAVA_CLIENT_ID",
+            "STRAVA_CLIENT_SECRET",
+            "STRAVA_WEBHOOK_VERIFY_TOKEN",
+        ] {
+            assert!(text.contains(key), "{key} not named in: {text}");
+        }
+        assert_eq!(err.problems.len(), 4);
+    }
+
+    #[test]
+    fn a_defaulted_public_url_is_warned_about() {
+        let s = Settings::from_sources(None, env(&[])).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].starts_with("PUBLIC_URL"), "{:?}", s.warnings);
+        let from_env = env(&[("PUBLIC_URL", "https://sync.example")]);
+        assert!(Settings::from_sources(None, from_env)
+            .unwrap()
+            .warnings
+            .is_empty());
+        let file = "public_url = \"https://sync.example\"";
+        let from_file = Settings::from_sources(Some(file), env(&[])).unwrap();
+        assert!(from_file.warnings.is_empty());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! work together; `main` and the tests share it, so tests run the real app on
 //! port 0 with their own database file.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -11,7 +12,7 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Requirement, Settings};
+use crate::config::{ConfigError, Requirement, Settings};
 use crate::http::auth::{Access, TokenRateLimiter};
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
@@ -71,9 +72,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         settings.require(&[Requirement::StravaApp])?;
         let settings = Arc::new(settings);
-        let path = settings.database_path.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
-        let listener = TcpListener::bind(settings.listen_address())?;
+        let (listener, store) = open(&settings).await?;
         let port = listener.local_addr()?.port();
 
         let webhooks = web::Data::new(Webhooks::load(&store).await?);
@@ -220,6 +219,91 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds the listen address and opens the database, once both are known to
+/// work: every problem with `HOST`, `PORT` or `DATABASE_PATH` is reported in
+/// one error naming the setting, before a migration runs.
+async fn open(settings: &Settings) -> Result<(TcpListener, Store), ConfigError> {
+    let listener = listen(&settings.host, settings.port);
+    let mut problems = Vec::new();
+    if let Err(problem) = &listener {
+        problems.push(problem.clone());
+    }
+    if let Err(problem) = check_database(&settings.database_path) {
+        problems.push(problem);
+    }
+    let listener = match listener {
+        Ok(listener) if problems.is_empty() => listener,
+        _ => return Err(ConfigError { problems }),
+    };
+    let path = settings.database_path.clone();
+    let named = |e: String| ConfigError {
+        problems: vec![format!(
+            "DATABASE_PATH `{}` cannot be used: {e}",
+            settings.database_path.display()
+        )],
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(|e| named(e.to_string()))?
+        .map_err(|e| named(e.to_string()))?;
+    Ok((listener, store))
+}
+
+/// Binds `HOST`:`PORT`, naming the setting at fault (and, for a port in
+/// use, one that is free now).
+fn listen(host: &str, port: u16) -> Result<TcpListener, String> {
+    let unresolved =
+        |why: String| format!("HOST `{host}` does not name an address of this machine ({why})");
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| unresolved(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(unresolved("no address".into()));
+    }
+    TcpListener::bind(&addrs[..]).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            let free = TcpListener::bind((addrs[0].ip(), 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| format!(", e.g. PORT={} (free now)", a.port()))
+                .unwrap_or_default();
+            format!("PORT {port} is already in use on {host}: choose another{free}, or PORT=0 for any free port")
+        }
+        std::io::ErrorKind::AddrNotAvailable => unresolved(e.to_string()),
+        _ => format!("HOST `{host}` and PORT {port} cannot be listened on: {e}"),
+    })
+}
+
+/// Whether the database file can be opened for writing, or created, without
+/// creating it.
+fn check_database(path: &Path) -> Result<(), String> {
+    let problem = |why: String| format!("DATABASE_PATH `{}` {why}", path.display());
+    if path.is_dir() {
+        return Err(problem("is a directory, not a database file".into()));
+    }
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| problem(format!("cannot be opened for writing ({e})")));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(problem(format!(
+            "is in `{}`, which is not a directory",
+            dir.display()
+        )));
+    }
+    tempfile::tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| problem(format!("cannot be created in `{}` ({e})", dir.display())))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

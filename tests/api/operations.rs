@@ -1,6 +1,8 @@
 //! Health, readiness, metrics access and start-up configuration errors.
 
-use crate::helpers::TestApp;
+use strava_sync::startup::Application;
+
+use crate::helpers::{test_settings, TestApp};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer() {
@@ -49,13 +51,60 @@ fn serve_refuses_to_start_naming_missing_settings() {
         .env_clear()
         .env("DATABASE_PATH", dir.path().join("x.db"))
         .env("STRAVA_CLIENT_ID", "1")
+        .env("PORT", "70000")
+        .env("SYNC_SCHEDULE", "61 0 4 * * *")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("STRAVA_CLIENT_SECRET"), "{stderr}");
     assert!(stderr.contains("STRAVA_WEBHOOK_VERIFY_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("PORT must be a whole number from 0 to 65535"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SYNC_SCHEDULE"), "{stderr}");
     assert!(!stderr.contains("STRAVA_CLIENT_ID is"), "{stderr}");
+    assert!(!dir.path().join("x.db").exists(), "nothing started");
+}
+
+/// Why `Application::build` refused to start.
+async fn start_error(overrides: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&dir, overrides);
+    match Application::build(settings).await {
+        Ok(_) => panic!("started with {overrides:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test]
+async fn start_problems_name_their_setting_together_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("no-such-dir").join("x.db");
+    let err = start_error(&[
+        ("DATABASE_PATH", db.to_str().unwrap()),
+        ("HOST", "no such host.invalid"),
+    ])
+    .await;
+    assert!(err.contains("DATABASE_PATH"), "{err}");
+    assert!(err.contains("HOST `no such host.invalid`"), "{err}");
+    assert!(!db.parent().unwrap().exists());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let err = start_error(&[("PORT", &port)]).await;
+    assert!(
+        err.contains(&format!("PORT {port} is already in use")),
+        "{err}"
+    );
+    assert!(err.contains("PORT=0"), "{err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let inside_a_file = file.join("x.db");
+    let err = start_error(&[("DATABASE_PATH", inside_a_file.to_str().unwrap())]).await;
+    assert!(err.contains("DATABASE_PATH"), "{err}");
 }
 
 #[test]
