@@ -24,6 +24,12 @@ use crate::model::event::{AspectType, Event, ObjectType};
 use crate::store::inbox::Received;
 use crate::webhook::Webhooks;
 
+/// How far ahead of our clock an event may be. An activity ignores events
+/// older than the newest one applied to it, so a forged event from the
+/// future would hide every genuine change until then; Strava stamps events
+/// when they happen, so only clock skew puts a real one ahead of us.
+pub const MAX_EVENT_AHEAD_SECS: i64 = 600;
+
 #[derive(Deserialize)]
 struct Handshake {
     #[serde(rename = "hub.mode")]
@@ -132,6 +138,14 @@ async fn receive(
     let body = read_limited(payload).await?;
     let incoming: Incoming = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_parameter("Event", "body", e.to_string()))?;
+    let now = state.clock.epoch();
+    if incoming.event_time > now.saturating_add(MAX_EVENT_AHEAD_SECS) {
+        return Err(ApiError::bad_parameter(
+            "Event",
+            "event_time",
+            format!("event_time is more than {MAX_EVENT_AHEAD_SECS} seconds ahead of our clock"),
+        ));
+    }
     let claimed = incoming.subscription_id;
     let event = Event {
         object_type: incoming.object_type,
@@ -142,7 +156,6 @@ async fn receive(
         updates: incoming.updates.unwrap_or_default(),
     };
     let kind = event.kind();
-    let now = state.clock.epoch();
     let received = state.store.receive_event(event, claimed, now).await?;
     let outcome = match received {
         Received::Foreign => {

@@ -697,6 +697,24 @@ async fn malformed_incomplete_and_mistyped_events_are_refused() {
 }
 
 #[tokio::test]
+async fn an_event_from_the_future_is_refused_and_cannot_hide_later_changes() {
+    let hook = seeded().await;
+    let ahead = now() + 24 * 3600;
+    let forged = activity_event("update", ACTIVITY, ahead, json!({"title": "Forged"}));
+    let res = hook.post(forged.to_string()).await;
+    assert_eq!(res.status(), 400);
+    let fault: Value = res.json().await.unwrap();
+    assert_eq!(fault["errors"][0]["field"], "event_time", "{fault}");
+    assert_eq!(hook.count("webhook_events").await, 0);
+
+    // Strava's clock a little ahead of ours is no reason to refuse.
+    hook.rename(ACTIVITY, now() + 60, "Genuine").await;
+    hook.drain().await;
+    let summary: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(summary["name"], "Genuine");
+}
+
+#[tokio::test]
 async fn oversized_bodies_are_refused_with_or_without_a_length() {
     let hook = seeded().await;
     let huge = activity_event(
