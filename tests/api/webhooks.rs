@@ -697,6 +697,47 @@ async fn malformed_incomplete_and_mistyped_events_are_refused() {
 }
 
 #[tokio::test]
+async fn an_event_naming_another_athlete_touches_nothing_of_this_ones() {
+    let hook = seeded().await;
+    const OTHER: i64 = 999;
+    seed_athlete(&hook.app.store, OTHER).await;
+    // The athlete's next upload, not stored yet (its create was lost).
+    let upcoming = ACTIVITY + 1;
+    for id in [ACTIVITY, upcoming] {
+        hook.send(&event("activity", "delete", id, OTHER, T0 + 1, json!({})))
+            .await;
+    }
+    let forged = json!({"title": "Forged"});
+    hook.send(&event(
+        "activity",
+        "update",
+        ACTIVITY,
+        OTHER,
+        T0 + 2,
+        forged,
+    ))
+    .await;
+    hook.drain().await;
+
+    let name = |json: Option<String>| {
+        serde_json::from_str::<Value>(&json.unwrap()).unwrap()["name"].clone()
+    };
+    assert_eq!(name(hook.summary(ACTIVITY).await), "Morning Ride");
+    hook.rename(ACTIVITY, T0 + 3, "Genuine").await;
+    hook.drain().await;
+    assert_eq!(name(hook.summary(ACTIVITY).await), "Genuine");
+    let listed =
+        vec![serde_json::value::RawValue::from_string(summary(upcoming, ATHLETE)).unwrap()];
+    let stored = hook
+        .app
+        .store
+        .store_listing(ATHLETE, listed, now())
+        .await
+        .unwrap();
+    assert_eq!(stored.new, 1, "the athlete's listing stores their upload");
+}
+
+#[tokio::test]
 async fn an_event_from_the_future_is_refused_and_cannot_hide_later_changes() {
     let hook = seeded().await;
     let ahead = now() + 24 * 3600;
