@@ -37,8 +37,10 @@ pub enum ApiError {
         resource: &'static str,
         retry_after_secs: u64,
     },
-    #[error("Service Unavailable")]
-    NotReady,
+    /// Storage cannot serve (a full disk, an I/O error, no connection in
+    /// time); the detail is logged, not shown.
+    #[error("Service Unavailable: {0}")]
+    Unavailable(String),
     /// Strava failed or answered something unusable while we served the
     /// request (the detail is logged, not shown).
     #[error("Strava failed: {0}")]
@@ -63,7 +65,11 @@ impl ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -90,7 +96,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -115,7 +121,10 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests { resource, .. } => {
                 ("Rate Limit Exceeded", *resource, "rate limit", "exceeded")
             }
-            ApiError::NotReady => ("Service Unavailable", "Service", "database", "unavailable"),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "storage unavailable during a request");
+                ("Service Unavailable", "Service", "database", "unavailable")
+            }
             ApiError::Upstream(detail) => {
                 tracing::warn!(error = %detail, "Strava failed during a request");
                 ("Bad Gateway", "Strava", "", "unavailable")

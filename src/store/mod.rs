@@ -24,12 +24,14 @@ pub mod subscription;
 pub mod sync_state;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use include_dir::{include_dir, Dir};
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use rusqlite_migration::Migrations;
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
@@ -52,12 +54,49 @@ pub enum DbError {
     Join(#[from] tokio::task::JoinError),
 }
 
+impl DbError {
+    /// Whether the storage under the database failed (a full disk, an I/O
+    /// error, a file that cannot be opened or written): nothing is wrong with
+    /// the request, and nothing will work until an operator steps in.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(
+                e.code,
+                ErrorCode::DiskFull
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::DatabaseCorrupt
+                    | ErrorCode::NotADatabase
+            )
+        )
+    }
+
+    /// Whether the database could not serve at all (a storage fault, or no
+    /// connection or lock to be had in time), as opposed to failing this
+    /// request's work.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_storage_fault()
+            || matches!(self, DbError::Pool(_))
+            || matches!(
+                self,
+                DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            )
+    }
+}
+
 pub type DbResult<T> = Result<T, DbError>;
 
 #[derive(Clone)]
 pub struct Store {
     writer: Pool<SqliteConnectionManager>,
     readers: Pool<SqliteConnectionManager>,
+    /// Set by a storage fault; cleared by [`Store::ready`] once a write that
+    /// allocates pages commits (smaller writes may still fit while others
+    /// fail).
+    failing: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -82,7 +121,11 @@ impl Store {
             .max_size(READER_POOL_SIZE)
             .min_idle(Some(1))
             .build(manager(configure))?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            failing: Arc::default(),
+        })
     }
 
     /// Applies migrations to the file and returns.
@@ -98,8 +141,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || f(&*pool.get()?)).await?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f)).await?
     }
 
     /// Runs work in one `BEGIN IMMEDIATE` transaction on the writer, off the
@@ -115,23 +158,55 @@ impl Store {
 
     /// [`Store::write`] for callers already on a blocking thread.
     pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction) -> DbResult<T>) -> DbResult<T> {
-        let mut conn = self.writer.get()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let result = (|| {
+            let mut conn = self.writer.get()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if let Err(e) = &result {
+            self.observe(e);
+        }
+        result
     }
 
     /// [`Store::read`] for callers already on a blocking thread.
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
-        f(&*self.readers.get()?)
+        let result = self
+            .readers
+            .get()
+            .map_err(DbError::from)
+            .and_then(|c| f(&c));
+        if let Err(e) = &result {
+            self.observe(e);
+        }
+        result
     }
 
-    /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .is_ok()
+    fn observe(&self, error: &DbError) {
+        if error.is_storage_fault() && !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(%error, "storage failed; not ready until it takes writes again");
+        }
+    }
+
+    /// Whether the database answers and, after a storage fault, takes a
+    /// write again: one that must allocate pages and reach the disk, as the
+    /// write that failed did.
+    pub async fn ready(&self) -> bool {
+        if self.failing.load(Ordering::Relaxed)
+            && self
+                .write(|tx| service_state::probe_write(tx))
+                .await
+                .is_ok()
+        {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+        !self.failing.load(Ordering::Relaxed)
+            && self
+                .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .is_ok()
     }
 }
 
@@ -182,6 +257,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(synchronous, 2, "FULL: a commit is durable when it returns");
-        assert!(store.ping().await);
+        assert!(store.ready().await);
     }
 }

@@ -1,6 +1,7 @@
 //! Health, readiness, metrics access and start-up configuration errors.
 
 use strava_sync::startup::Application;
+use strava_sync::store::subscription;
 
 use crate::helpers::{test_settings, TestApp};
 
@@ -132,4 +133,55 @@ fn migrate_applies_and_exits() {
         )
         .unwrap();
     assert_eq!(tables, 1);
+}
+
+/// Lets the app's database grow no further (`max_page_count` at its size,
+/// on the one writer connection): SQLite then fails writes with the error a
+/// full disk gives, `SQLITE_FULL`.
+async fn fill_the_disk(app: &TestApp, full: bool) {
+    app.store
+        .write(move |tx| {
+            let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let limit = if full { pages } else { i64::from(u32::MAX) };
+            tx.query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_in_the_fault_shape_and_is_not_ready() {
+    let app = TestApp::spawn().await;
+    let (athlete, _) = app.seed_athlete("athlete.json").await;
+    let secret = app
+        .store
+        .write(|tx| subscription::path_secret(tx))
+        .await
+        .unwrap();
+    fill_the_disk(&app, true).await;
+    let event = |n: i64| {
+        serde_json::json!({"aspect_type": "update", "event_time": 1_700_000_000 + n,
+            "object_id": 17_179_869_185i64, "object_type": "activity", "owner_id": athlete,
+            "subscription_id": 1, "updates": {"title": "x".repeat(500)}})
+        .to_string()
+    };
+    let mut refused = None;
+    for n in 0..2_000 {
+        let res = app.post_webhook(&secret, event(n)).await;
+        if res.status() != 200 {
+            refused = Some(res);
+            break;
+        }
+    }
+    let res = refused.expect("the full database refused an event");
+    assert_eq!(res.status(), 503);
+    let fault: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(fault["message"], "Service Unavailable", "{fault}");
+    assert_eq!(fault["errors"][0]["code"], "unavailable", "{fault}");
+    assert_eq!(app.readyz().await.status(), 503);
+
+    fill_the_disk(&app, false).await;
+    assert_eq!(app.readyz().await.status(), 200, "ready once writes commit");
+    assert_eq!(app.post_webhook(&secret, event(9_999)).await.status(), 200);
 }
