@@ -127,6 +127,7 @@ impl Application {
                 .configure(http::configure(&data))
         })
         .listen(listener)?
+        .client_request_timeout(http::READ_TIMEOUT)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .run();

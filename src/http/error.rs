@@ -32,6 +32,9 @@ pub enum ApiError {
     NotFound { resource: &'static str },
     #[error("Payload Too Large")]
     PayloadTooLarge,
+    /// The body did not arrive in time.
+    #[error("Request Timeout")]
+    RequestTimeout,
     #[error("Rate Limit Exceeded")]
     TooManyRequests {
         resource: &'static str,
@@ -95,6 +98,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -118,6 +122,7 @@ impl ResponseError for ApiError {
             } => (message.as_str(), *resource, field.as_str(), *code),
             ApiError::NotFound { resource } => ("Record Not Found", *resource, "id", "invalid"),
             ApiError::PayloadTooLarge => ("Payload Too Large", "Request", "body", "too_large"),
+            ApiError::RequestTimeout => ("Request Timeout", "Request", "body", "timeout"),
             ApiError::TooManyRequests { resource, .. } => {
                 ("Rate Limit Exceeded", *resource, "rate limit", "exceeded")
             }

@@ -13,13 +13,15 @@ pub mod webhook;
 pub mod webhook_admin;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
-use actix_web::{http::header, web, HttpResponse, ResponseError};
+use actix_web::{http::header, web, HttpMessage, HttpResponse, ResponseError};
+use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Settings;
@@ -34,6 +36,12 @@ use error::ApiError;
 
 /// The largest request body any route accepts (a webhook event is far smaller).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How long a request's head may take to arrive, and then its body. Strava
+/// waits two seconds for a webhook's answer and no route takes more than
+/// 16 KiB, so a client that declares a body and stalls is only holding the
+/// connection.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The core services the handlers share with the background workers; the
 /// HTTP-only pieces (settings, [`auth::Access`], the metrics handle) are
@@ -103,6 +111,32 @@ fn body_error(message: String, status: actix_web::http::StatusCode) -> ApiError 
     }
 }
 
+/// The answer to a body that could not be read: too slow, or broken.
+pub fn payload_error(error: PayloadError) -> ApiError {
+    match error {
+        PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => ApiError::RequestTimeout,
+        PayloadError::Overflow => ApiError::PayloadTooLarge,
+        other => ApiError::bad_parameter("Request", "body", other.to_string()),
+    }
+}
+
+/// The request body, failing with a timeout once `deadline` passes.
+fn with_deadline(payload: Payload, deadline: tokio::time::Instant) -> Payload {
+    let chunks = futures_util::stream::unfold(Some(payload), move |payload| async move {
+        let mut payload = payload?;
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(payload))),
+            Ok(None) => None,
+            Err(_) => {
+                let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "body read timed out");
+                Some((Err(PayloadError::Io(late)), None))
+            }
+        }
+    });
+    let chunks: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(chunks);
+    Payload::Stream { payload: chunks }
+}
+
 /// CORS for browser frontends: only the configured origins, only what the
 /// read API needs.
 pub fn cors(settings: &Settings) -> Cors {
@@ -120,11 +154,12 @@ pub fn cors(settings: &Settings) -> Cors {
         .max_age(3600)
 }
 
-/// Rejects bodies declared too large before anything reads them, records
-/// latency by route pattern, and logs the route, never the raw path (the
-/// webhook path carries a secret).
+/// Rejects bodies declared too large before anything reads them, gives the
+/// body [`READ_TIMEOUT`] to arrive, records latency by route pattern,
+/// and logs the route, never the raw path (the webhook path carries a
+/// secret).
 pub async fn observe(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let declared = req
@@ -136,6 +171,9 @@ pub async fn observe(
         let response = ApiError::PayloadTooLarge.error_response();
         return Ok(req.into_response(response));
     }
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let payload = req.take_payload();
+    req.set_payload(with_deadline(payload, deadline));
     let started = Instant::now();
     let method = req.method().to_string();
     let response = next.call(req).await?;

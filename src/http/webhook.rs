@@ -179,7 +179,7 @@ async fn receive(
 async fn read_limited(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_parameter("Event", "body", e.to_string()))?;
+        let chunk = chunk.map_err(super::payload_error)?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge);
         }

@@ -3,9 +3,14 @@
 //! Each route's own module tests its parameters; this one makes sure no
 //! route was left out of the shared guards.
 
+use std::time::{Duration, Instant};
+
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use reqwest::Method;
 use serde_json::Value;
+use strava_sync::store::subscription;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 
@@ -146,4 +151,64 @@ async fn every_post_route_refuses_a_body_declared_too_large_and_does_nothing() {
         .unwrap();
     assert_eq!(jobs, 0);
     assert!(!paused(&app).await);
+}
+
+/// Sends `head` on a fresh connection and reads until the server closes it;
+/// returns what it answered and how long the connection stayed open.
+async fn until_closed(app: &TestApp, head: String) -> (String, Duration) {
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer));
+    read.await
+        .unwrap_or_else(|_| panic!("still open after 30 s: {head}"))
+        .unwrap();
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.seed_athlete("athlete.json").await;
+    let secret = app
+        .store
+        .write(|tx| subscription::path_secret(tx))
+        .await
+        .unwrap();
+    let routes = [
+        (format!("/webhook/{secret}"), String::new()),
+        ("/webhook/not-the-secret".into(), String::new()),
+        (
+            "/api/sync".into(),
+            format!("Authorization: Bearer {token}\r\n"),
+        ),
+        (
+            "/admin/pause".into(),
+            format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+        ),
+    ];
+    let stalled = routes.iter().map(|(path, auth)| {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"aspect"
+        );
+        until_closed(&app, head)
+    });
+    for ((path, _), (answer, open)) in routes
+        .iter()
+        .zip(futures_util::future::join_all(stalled).await)
+    {
+        assert!(open < Duration::from_secs(15), "{path} held for {open:?}");
+        // The webhook reads its body; the other routes answer without it.
+        if *path == format!("/webhook/{secret}") {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+        }
+    }
+    assert_eq!(app.readyz().await.status(), 200);
 }
