@@ -123,6 +123,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(http::cors(&data.settings))
+                .wrap(from_fn(http::in_fault_shape))
                 .wrap(from_fn(http::observe))
                 .configure(http::configure(&data))
         })

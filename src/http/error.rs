@@ -50,6 +50,10 @@ pub enum ApiError {
     Upstream(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// What the framework or a middleware refused before a handler ran (a
+    /// CORS check), re-worded in Strava's shape.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
 }
 
 impl ApiError {
@@ -103,6 +107,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Refused { status, .. } => *status,
         }
     }
 
@@ -137,6 +142,9 @@ impl ResponseError for ApiError {
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
                 ("Internal Server Error", "Service", "", "error")
+            }
+            ApiError::Refused { message, .. } => {
+                (message.as_str(), "Request", "request", "invalid")
             }
         };
         let mut response = HttpResponse::build(self.status_code());

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
@@ -154,6 +154,45 @@ pub fn cors(settings: &Settings) -> Cors {
         .max_age(3600)
 }
 
+/// Answers what the framework or a middleware refused without a body of ours
+/// (a CORS preflight from an unlisted origin) in Strava's fault shape, as
+/// every handler does. HTTP so malformed that actix rejects it before any
+/// middleware runs (a bad request line, conflicting lengths, too many
+/// headers) keeps actix's bare 400 or 431: nothing of ours sees it.
+pub async fn in_fault_shape(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = next.call(req).await?;
+    if !is_bare_error(&response) {
+        return Ok(response.map_into_boxed_body());
+    }
+    let (request, response) = response.into_parts();
+    let status = response.status();
+    // The framework's own words (actix-cors says which check failed), when
+    // they are a short line of text.
+    let said = actix_web::body::to_bytes_limited(response.into_body(), 200)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .filter(|text| !text.trim().is_empty());
+    let message = said.unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").to_string());
+    let fault = ApiError::Refused { status, message }.error_response();
+    Ok(ServiceResponse::new(request, fault))
+}
+
+/// An error status whose body is not JSON, so not one of our faults.
+fn is_bare_error<B>(response: &ServiceResponse<B>) -> bool {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    (status.is_client_error() || status.is_server_error()) && !json
+}
+
 /// Rejects bodies declared too large before anything reads them, gives the
 /// body [`READ_TIMEOUT`] to arrive, records latency by route pattern,
 /// and logs the route, never the raw path (the webhook path carries a
@@ -161,7 +200,7 @@ pub fn cors(settings: &Settings) -> Cors {
 pub async fn observe(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

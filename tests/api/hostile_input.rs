@@ -212,3 +212,54 @@ async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() 
     }
     assert_eq!(app.readyz().await.status(), 200);
 }
+
+/// Asserts a refusal in Strava's fault shape, with the status given.
+async fn assert_fault(res: reqwest::Response, status: u16, what: &str) -> Value {
+    assert_eq!(res.status(), status, "{what}");
+    let body = res.text().await.unwrap();
+    let fault: Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: not a fault: {body}"));
+    assert!(fault["message"].is_string(), "{what}: {fault}");
+    assert!(fault["errors"][0]["code"].is_string(), "{what}: {fault}");
+    fault
+}
+
+#[tokio::test]
+async fn what_cors_refuses_is_answered_in_the_fault_shape() {
+    let app = TestApp::spawn_with(&[("CORS_ALLOWED_ORIGINS", "https://app.example")]).await;
+    let (_, token) = app.seed_athlete("athlete.json").await;
+    let preflight = |origin: &str, method: &str| {
+        app.client
+            .request(Method::OPTIONS, app.url("/api/v3/athlete"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", method)
+            .send()
+    };
+    let res = preflight("https://app.example", "GET").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    let res = preflight("https://evil.example", "GET").await.unwrap();
+    let fault = assert_fault(res, 400, "unlisted origin").await;
+    assert!(
+        fault["message"].as_str().unwrap().contains("Origin"),
+        "{fault}"
+    );
+    let res = preflight("https://app.example", "DELETE").await.unwrap();
+    assert_fault(res, 400, "a method not allowed").await;
+    // A read from an unlisted origin is served without CORS headers, so a
+    // browser keeps it from the page.
+    let res = app
+        .client
+        .get(app.url("/api/v3/athlete"))
+        .bearer_auth(&token)
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+}
