@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
+
+use ipnet::IpNet;
 
 /// The file read when present in the working directory.
 pub const CONFIG_FILE: &str = "strava-sync.toml";
@@ -59,6 +62,14 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// Requests per second per API token; 0 turns rate limiting off.
     pub api_rate_limit: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests per minute per client address to connect (`/auth/strava`
+    /// and its callback); 0 turns the limit off.
+    pub connect_rate_limit: u32,
+    /// Requests per second per client address to the webhook callback; 0
+    /// turns the limit off.
+    pub webhook_rate_limit: u32,
     pub log_format: LogFormat,
     /// Defaults worth a word at start (a `PUBLIC_URL` Strava cannot reach).
     pub warnings: Vec<String>,
@@ -100,6 +111,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("APP_REDIRECT_URL", None),
     ("CORS_ALLOWED_ORIGINS", None),
     ("API_RATE_LIMIT", Some("20")),
+    ("TRUSTED_PROXIES", None),
+    ("CONNECT_RATE_LIMIT", Some("30")),
+    ("WEBHOOK_RATE_LIMIT", Some("100")),
     ("LOG_FORMAT", Some("pretty")),
 ];
 
@@ -199,6 +213,9 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             api_rate_limit: p.number("API_RATE_LIMIT", u32::MAX),
+            trusted_proxies: p.networks("TRUSTED_PROXIES"),
+            connect_rate_limit: p.number("CONNECT_RATE_LIMIT", u32::MAX),
+            webhook_rate_limit: p.number("WEBHOOK_RATE_LIMIT", u32::MAX),
             log_format: match p.text("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "pretty" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
@@ -303,6 +320,24 @@ impl Parser<'_> {
             self.problems.push(format!("{key} must be at least 1"));
         }
         n
+    }
+
+    /// Comma-separated addresses (`10.0.0.7`) or ranges (`10.0.0.0/8`).
+    fn networks(&mut self, key: &str) -> Vec<IpNet> {
+        let raw = self.optional(key).unwrap_or_default();
+        let mut out = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.parse::<IpNet>() {
+                Ok(net) => out.push(net),
+                Err(_) => match item.parse::<IpAddr>() {
+                    Ok(addr) => out.push(IpNet::from(addr)),
+                    Err(_) => self.problems.push(format!(
+                        "{key} must list IP addresses or CIDR ranges, not `{item}`"
+                    )),
+                },
+            }
+        }
+        out
     }
 
     fn url(&mut self, key: &str) -> String {
@@ -463,6 +498,23 @@ mod tests {
         let file = "public_url = \"https://sync.example\"";
         let from_file = Settings::from_sources(Some(file), env(&[])).unwrap();
         assert!(from_file.warnings.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let s = Settings::from_sources(
+            None,
+            env(&[("TRUSTED_PROXIES", "10.0.0.7, 192.168.0.0/16,::1,")]),
+        )
+        .unwrap();
+        let listed: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["10.0.0.7/32", "192.168.0.0/16", "::1/128"]);
+        let err = Settings::from_sources(None, env(&[("TRUSTED_PROXIES", "10.0.0.7,proxy")]))
+            .unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["TRUSTED_PROXIES must list IP addresses or CIDR ranges, not `proxy`"]
+        );
     }
 
     #[test]

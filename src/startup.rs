@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, Requirement, Settings};
 use crate::http::auth::{Access, TokenRateLimiter};
+use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
 use crate::store::Store;
@@ -118,6 +119,7 @@ impl Application {
                 admin_token: settings.admin_token.clone(),
                 rate_limiter: TokenRateLimiter::new(settings.api_rate_limit),
             }),
+            limits: web::Data::new(AddressLimits::new(&settings)),
             metrics: web::Data::new(telemetry::metrics_recorder()),
         };
         let server = HttpServer::new(move || {

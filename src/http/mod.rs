@@ -7,6 +7,7 @@ pub mod connect;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod per_address;
 pub mod read_api;
 pub mod sync_api;
 pub mod webhook;
@@ -66,6 +67,7 @@ pub struct AppData {
     pub settings: web::Data<Settings>,
     pub webhooks: web::Data<Webhooks>,
     pub access: web::Data<auth::Access>,
+    pub limits: web::Data<per_address::AddressLimits>,
     pub metrics: web::Data<PrometheusHandle>,
 }
 
@@ -76,6 +78,7 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
             .app_data(data.settings.clone())
             .app_data(data.webhooks.clone())
             .app_data(data.access.clone())
+            .app_data(data.limits.clone())
             .app_data(data.metrics.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .app_data(

@@ -18,6 +18,7 @@ use serde::{de::Error as _, Deserialize, Deserializer};
 use serde_json::json;
 
 use super::auth::constant_time_eq;
+use super::per_address::{AddressLimits, Route};
 use super::{error::ApiError, Services, MAX_BODY_BYTES};
 use crate::config::Settings;
 use crate::model::event::{AspectType, Event, ObjectType};
@@ -105,9 +106,11 @@ fn refused(field: &str) -> ApiError {
 /// The subscription handshake: echo the challenge when the verify token is ours.
 async fn handshake(
     req: HttpRequest,
+    limits: web::Data<AddressLimits>,
     settings: web::Data<Settings>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
+    limits.check(&req, Route::Webhook)?;
     check_path(&req, &webhooks)?;
     let query = web::Query::<Handshake>::from_query(req.query_string())
         .map_err(|e| ApiError::bad_parameter("Subscription", "query", e.to_string()))?;
@@ -130,10 +133,12 @@ async fn handshake(
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
+    limits: web::Data<AddressLimits>,
     state: web::Data<Services>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    limits.check(&req, Route::Webhook)?;
     check_path(&req, &webhooks)?;
     let body = read_limited(payload).await?;
     let incoming: Incoming = serde_json::from_slice(&body)
@@ -168,6 +173,7 @@ async fn receive(
             "accepted"
         }
         Received::Duplicate => "duplicate",
+        Received::Ignored => "ignored",
     };
     metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => outcome).increment(1);
     metrics::histogram!("webhook_ack_seconds").record(started.elapsed().as_secs_f64());

@@ -349,6 +349,7 @@ pub fn test_settings(dir: &tempfile::TempDir, overrides: &[(&str, &str)]) -> Set
         ("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token"),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("API_RATE_LIMIT", "0"),
+        ("WEBHOOK_RATE_LIMIT", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -263,3 +263,81 @@ async fn what_cors_refuses_is_answered_in_the_fault_shape() {
     assert_eq!(res.status(), 200);
     assert!(!res.headers().contains_key("access-control-allow-origin"));
 }
+
+/// `path` of the connect routes as the client at `forwarded_for` (through
+/// a proxy).
+async fn connect_from(app: &TestApp, path: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut req = app.client.get(app.url(path));
+    if let Some(client) = forwarded_for {
+        req = req.header("X-Forwarded-For", client);
+    }
+    req.send().await.unwrap()
+}
+
+async fn pending_states(app: &TestApp) -> i64 {
+    app.store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connecting_is_limited_per_client_address_behind_a_trusted_proxy() {
+    let app = TestApp::spawn_with(&[
+        ("CONNECT_RATE_LIMIT", "5"),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    // The client wrote the first address; the proxy appended the real one.
+    let client = Some("203.0.113.7, 198.51.100.1");
+    for _ in 0..4 {
+        let res = connect_from(&app, "/auth/strava", client).await;
+        assert_eq!(res.status(), 302);
+    }
+    let callback = "/auth/strava/callback?state=forged&code=x";
+    let res = connect_from(&app, callback, Some("198.51.100.1")).await;
+    assert_eq!(
+        res.status(),
+        400,
+        "the callback counts against the limit too"
+    );
+    let res = connect_from(&app, "/auth/strava", Some("198.51.100.1")).await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_fault(res, 429, "the client's sixth request").await;
+    assert_eq!(
+        pending_states(&app).await,
+        4,
+        "the refused one stored nothing"
+    );
+
+    let res = connect_from(&app, "/auth/strava", Some("198.51.100.2")).await;
+    assert_eq!(res.status(), 302, "another client");
+    let res = connect_from(&app, "/auth/strava", None).await;
+    assert_eq!(res.status(), 302, "the proxy itself");
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_not_believed() {
+    let app = TestApp::spawn_with(&[("CONNECT_RATE_LIMIT", "3")]).await;
+    for n in 1..=3 {
+        let forged = format!("198.51.100.{n}");
+        let res = connect_from(&app, "/auth/strava", Some(&forged)).await;
+        assert_eq!(res.status(), 302);
+    }
+    let res = connect_from(&app, "/auth/strava", Some("198.51.100.4")).await;
+    assert_fault(res, 429, "a fourth address made up by the same peer").await;
+    assert_eq!(pending_states(&app).await, 3);
+}
+
+#[tokio::test]
+async fn the_webhook_callback_is_limited_per_client_address() {
+    let app = TestApp::spawn_with(&[("WEBHOOK_RATE_LIMIT", "1")]).await;
+    // One per second, bursts of five: probing for the path counts too.
+    for _ in 0..5 {
+        let res = app.post_webhook("not-the-secret", "{}").await;
+        assert_eq!(res.status(), 404);
+    }
+    let res = app.post_webhook("not-the-secret", "{}").await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_fault(res, 429, "the sixth request in a second").await;
+}

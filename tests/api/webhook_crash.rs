@@ -83,6 +83,8 @@ impl Server {
             .env("STRAVA_CLIENT_SECRET", "test-client-secret")
             .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token")
             .env("ADMIN_TOKEN", &admin_token)
+            // Bursts from one address are the point here, not the limit.
+            .env("WEBHOOK_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -609,37 +609,40 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
     }
     let calls: i64 = hook.count("strava_calls").await;
     assert_eq!(calls, 2, "the calls still count in the ledger");
-    // Later events for the purged athlete are acknowledged and dropped.
-    hook.rename(ACTIVITY, T0 + 5, "x").await;
-    hook.drain().await;
-    assert_eq!(hook.inbox().await, ["ignored"]);
+    // Later events for the purged athlete are acknowledged, not kept.
+    assert_eq!(
+        hook.rename(ACTIVITY, T0 + 5, "x").await["status"],
+        "ignored"
+    );
+    assert!(hook.inbox().await.is_empty());
 }
 
 #[tokio::test]
-async fn events_for_unknown_athletes_are_acknowledged_and_dropped() {
+async fn events_for_unknown_athletes_are_acknowledged_and_not_kept() {
     let hook = Hook::spawn().await;
-    hook.send(&event("activity", "create", ACTIVITY, 99, T0, json!({})))
-        .await;
-    hook.send(&event(
-        "activity",
-        "update",
-        ACTIVITY,
-        99,
-        T0,
-        json!({"title": "x"}),
-    ))
-    .await;
-    hook.send(&event(
-        "athlete",
-        "update",
-        99,
-        99,
-        T0,
-        json!({"authorized": "false"}),
-    ))
-    .await;
+    for event in [
+        event("activity", "create", ACTIVITY, 99, T0, json!({})),
+        event(
+            "activity",
+            "update",
+            ACTIVITY,
+            99,
+            T0,
+            json!({"title": "x"}),
+        ),
+        event(
+            "athlete",
+            "update",
+            99,
+            99,
+            T0,
+            json!({"authorized": "false"}),
+        ),
+    ] {
+        assert_eq!(hook.send(&event).await["status"], "ignored");
+    }
+    assert!(hook.inbox().await.is_empty(), "nothing stored for nobody");
     hook.drain().await;
-    assert_eq!(hook.inbox().await, ["ignored"; 3]);
     assert_eq!(hook.count("jobs").await, 0);
     assert_eq!(hook.count("activities").await, 0);
 }
