@@ -98,11 +98,7 @@ async fn callback(
         });
     }
     let scope = query.scope.unwrap_or_default();
-    if !scope
-        .split(',')
-        .any(|s| ACTIVITY_SCOPES.contains(&s.trim()))
-    {
-        let wanted = requested_activity_scope(&settings.strava_scopes);
+    if let Some(wanted) = missing_activity_scope(&scope, &settings.strava_scopes) {
         return Err(forbidden(
             &format!("Missing required scope {wanted}: activities cannot be read without it"),
             "scope",
@@ -183,6 +179,15 @@ fn forbidden(message: &str, field: &str, code: &'static str) -> ApiError {
         field: field.to_string(),
         code,
     }
+}
+
+/// The activity scope the service asks for (`requested`, `STRAVA_SCOPES`)
+/// when `granted` holds none: what the athlete must grant for a sync.
+pub fn missing_activity_scope<'a>(granted: &str, requested: &'a str) -> Option<&'a str> {
+    let reads = granted
+        .split(',')
+        .any(|s| ACTIVITY_SCOPES.contains(&s.trim()));
+    (!reads).then(|| requested_activity_scope(requested))
 }
 
 /// The activity scope the service asks for (`STRAVA_SCOPES`), to name it

@@ -5,8 +5,11 @@
 //! Failures of Strava itself (5xx, timeouts, refused connections) are retried
 //! with exponential backoff and jitter; after several in a row the circuit
 //! opens and calls fail fast for a while instead of spending the budget on a
-//! Strava that is down. Answers are returned as raw JSON so stored records
-//! keep every field Strava sent.
+//! Strava that is down. A 401 for a token that looked valid gets one refresh
+//! and one more try; a second 401, or one for a scope the athlete did not
+//! grant, marks the athlete as needing re-authorization (see `tokens`).
+//! Answers are returned as raw JSON so stored records keep every field
+//! Strava sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,9 +209,9 @@ impl StravaClient {
         path: String,
         query: Vec<(&'static str, String)>,
     ) -> Result<Vec<u8>, StravaError> {
-        let token = self.tokens.access_token(athlete_id).await?;
+        let mut token = self.tokens.access_token(athlete_id).await?;
         let url = format!("{}{}", self.api_url, path);
-        let mut attempt = 0;
+        let (mut attempt, mut renewed) = (0, false);
         loop {
             attempt += 1;
             self.breaker().check(self.budget.clock().epoch())?;
@@ -258,9 +261,24 @@ impl StravaClient {
                     tracing::info!(endpoint, attempt, error = %e, "retrying a failed Strava call");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                other => {
+                answered => {
                     self.breaker().success();
-                    return other;
+                    match answered {
+                        // A token we believe valid, refused (revoked, or our
+                        // clock behind Strava's): refresh once and try again.
+                        Err(StravaError::InvalidToken) if !renewed => {
+                            renewed = true;
+                            token = self.tokens.renew(athlete_id, &token).await?;
+                        }
+                        Err(StravaError::InvalidToken) => {
+                            return Err(self.tokens.refused(athlete_id).await)
+                        }
+                        Err(StravaError::MissingScope(field)) => {
+                            let scope = field.strip_suffix("_permission").unwrap_or(&field);
+                            return Err(self.tokens.scope_refused(athlete_id, scope).await);
+                        }
+                        other => return other,
+                    }
                 }
             }
         }
