@@ -34,6 +34,26 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A 256-bit key for Strava tokens at rest; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey([redacted])")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -50,6 +70,10 @@ pub struct Settings {
     pub strava_client_id: Option<String>,
     pub strava_client_secret: Option<Secret>,
     pub strava_webhook_verify_token: Option<Secret>,
+    /// Encrypts Strava's tokens at rest.
+    pub token_encryption_key: Option<TokenKey>,
+    /// The key being rotated out: still opens tokens sealed with it.
+    pub token_encryption_key_previous: Option<TokenKey>,
     pub strava_api_url: String,
     pub strava_oauth_url: String,
     pub strava_scopes: String,
@@ -82,6 +106,8 @@ pub enum Requirement {
     StravaApp,
     /// Receiving webhooks: the verify token.
     Webhooks,
+    /// Keeping Strava's tokens: the key they are encrypted with.
+    TokenKey,
 }
 
 /// Every problem found while loading, reported together.
@@ -100,6 +126,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("STRAVA_CLIENT_ID", None),
     ("STRAVA_CLIENT_SECRET", None),
     ("STRAVA_WEBHOOK_VERIFY_TOKEN", None),
+    ("TOKEN_ENCRYPTION_KEY", None),
+    ("TOKEN_ENCRYPTION_KEY_PREVIOUS", None),
     ("STRAVA_API_URL", Some("https://www.strava.com/api/v3")),
     ("STRAVA_OAUTH_URL", Some("https://www.strava.com/oauth")),
     ("STRAVA_SCOPES", Some("read,activity:read_all")),
@@ -194,6 +222,8 @@ impl Settings {
             strava_client_id: p.optional("STRAVA_CLIENT_ID"),
             strava_client_secret: p.optional("STRAVA_CLIENT_SECRET").map(Secret),
             strava_webhook_verify_token: p.optional("STRAVA_WEBHOOK_VERIFY_TOKEN").map(Secret),
+            token_encryption_key: p.key("TOKEN_ENCRYPTION_KEY"),
+            token_encryption_key_previous: p.key("TOKEN_ENCRYPTION_KEY_PREVIOUS"),
             strava_api_url: p.url("STRAVA_API_URL").trim_end_matches('/').to_string(),
             strava_oauth_url: p.url("STRAVA_OAUTH_URL").trim_end_matches('/').to_string(),
             strava_scopes: p.text("STRAVA_SCOPES"),
@@ -273,6 +303,15 @@ impl Settings {
                         );
                     }
                 }
+                Requirement::TokenKey => {
+                    if self.token_encryption_key.is_none() {
+                        missing.push(
+                            "TOKEN_ENCRYPTION_KEY is required but not set (32 random bytes, \
+                             hex or base64: `openssl rand -hex 32`)"
+                                .to_string(),
+                        );
+                    }
+                }
             }
         }
         missing
@@ -320,6 +359,39 @@ impl Parser<'_> {
             self.problems.push(format!("{key} must be at least 1"));
         }
         n
+    }
+
+    /// 32 bytes written as 64 hex digits or in base64 (standard or URL-safe,
+    /// padded or not).
+    fn key(&mut self, key: &str) -> Option<TokenKey> {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        use base64::Engine;
+        let raw = self.optional(key)?;
+        let hex = || -> Option<Vec<u8>> {
+            let digits = raw.as_bytes();
+            (digits.len() == 64).then_some(())?;
+            digits
+                .chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+                .collect()
+        };
+        let bytes = hex().or_else(|| {
+            [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+                .iter()
+                .find_map(|engine| engine.decode(&raw).ok())
+        });
+        match bytes.map(<[u8; 32]>::try_from) {
+            Some(Ok(bytes)) => Some(TokenKey(bytes)),
+            _ => {
+                self.problems.push(format!(
+                    "{key} must be 32 bytes written as 64 hex digits or in base64 \
+                     (`openssl rand -hex 32` makes one)"
+                ));
+                None
+            }
+        }
     }
 
     /// Comma-separated addresses (`10.0.0.7`) or ranges (`10.0.0.0/8`).
@@ -515,6 +587,36 @@ mod tests {
             err.problems,
             ["TRUSTED_PROXIES must list IP addresses or CIDR ranges, not `proxy`"]
         );
+    }
+
+    #[test]
+    fn token_keys_are_32_bytes_in_hex_or_base64() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let base64 = "ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=";
+        for (given, previous) in [(hex, base64), (base64, hex)] {
+            let s = Settings::from_sources(
+                None,
+                env(&[
+                    ("TOKEN_ENCRYPTION_KEY", given),
+                    ("TOKEN_ENCRYPTION_KEY_PREVIOUS", previous),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(s.token_encryption_key, s.token_encryption_key_previous);
+            assert_eq!(s.token_encryption_key.unwrap().expose()[15], 0xff);
+        }
+        for bad in ["0011", "not a key", &hex[..62], &format!("{hex}00")] {
+            let err =
+                Settings::from_sources(None, env(&[("TOKEN_ENCRYPTION_KEY", bad)])).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{bad}");
+            assert!(
+                err.problems[0].starts_with("TOKEN_ENCRYPTION_KEY "),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(bad), "the value is a secret");
+        }
+        let s = Settings::from_sources(None, env(&[("TOKEN_ENCRYPTION_KEY", hex)])).unwrap();
+        assert!(!format!("{s:?}").contains("112233"));
     }
 
     #[test]

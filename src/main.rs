@@ -45,7 +45,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     // Missing settings are reported with malformed ones, in one message.
     let (needs, uses_public_url): (&[Requirement], bool) = match command {
-        Command::Serve => (&[Requirement::StravaApp, Requirement::Webhooks], true),
+        Command::Serve => (
+            &[
+                Requirement::StravaApp,
+                Requirement::Webhooks,
+                Requirement::TokenKey,
+            ],
+            true,
+        ),
         Command::Subscription { .. } => (&[Requirement::StravaApp, Requirement::Webhooks], true),
         _ => (&[], false),
     };

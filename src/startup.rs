@@ -17,6 +17,7 @@ use crate::http::auth::{Access, TokenRateLimiter};
 use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
+use crate::store::token_cipher::TokenCipher;
 use crate::store::Store;
 use crate::strava::budget::{Budget, Limits};
 use crate::strava::client::{self, StravaClient};
@@ -71,9 +72,10 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        settings.require(&[Requirement::StravaApp])?;
+        settings.require(&[Requirement::StravaApp, Requirement::TokenKey])?;
         let settings = Arc::new(settings);
         let (listener, store) = open(&settings).await?;
+        let store = seal_tokens(store, &settings).await?;
         let port = listener.local_addr()?.port();
 
         let webhooks = web::Data::new(Webhooks::load(&store).await?);
@@ -253,6 +255,30 @@ async fn open(settings: &Settings) -> Result<(TcpListener, Store), ConfigError> 
         .map_err(|e| named(e.to_string()))?
         .map_err(|e| named(e.to_string()))?;
     Ok((listener, store))
+}
+
+/// The store with Strava's tokens sealed under `TOKEN_ENCRYPTION_KEY`:
+/// plaintext ones from before encryption, and ones sealed with
+/// `TOKEN_ENCRYPTION_KEY_PREVIOUS`, are sealed anew before anything runs.
+async fn seal_tokens(store: Store, settings: &Settings) -> Result<Store, ConfigError> {
+    let key = settings
+        .token_encryption_key
+        .as_ref()
+        .expect("required before the store opens");
+    let cipher = TokenCipher::new(key, settings.token_encryption_key_previous.as_ref());
+    let store = store.with_token_cipher(cipher);
+    let sealed = store.seal_tokens().await.map_err(|e| ConfigError {
+        problems: vec![format!(
+            "TOKEN_ENCRYPTION_KEY does not open the stored tokens: {e}"
+        )],
+    })?;
+    if sealed > 0 {
+        tracing::info!(
+            athletes = sealed,
+            "sealed Strava tokens with TOKEN_ENCRYPTION_KEY"
+        );
+    }
+    Ok(store)
 }
 
 /// Binds `HOST`:`PORT`, naming the setting at fault (and, for a port in

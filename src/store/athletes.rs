@@ -152,9 +152,10 @@ impl Store {
         tokens: StoredTokens,
         now: i64,
     ) -> DbResult<(i64, String)> {
+        let cipher = self.cipher()?;
         self.write(move |tx| {
             let id = upsert(tx, &profile, &scope, now)?;
-            strava_tokens::put(tx, id, &tokens, now)?;
+            strava_tokens::put(tx, &cipher, id, &tokens, now)?;
             let api_token = api_tokens::issue(tx, id, now)?;
             jobs::enqueue(tx, id, Task::FirstPage, now, now)?;
             jobs::enqueue(tx, id, Task::Backfill, now, now)?;
@@ -179,7 +180,8 @@ impl Store {
 
     /// The athlete and their Strava tokens, if both are stored.
     pub async fn athlete_tokens(&self, id: i64) -> DbResult<Option<(Athlete, StoredTokens)>> {
-        self.read(move |c| Ok(get(c, id)?.zip(strava_tokens::get(c, id)?)))
+        let cipher = self.cipher()?;
+        self.read(move |c| Ok(get(c, id)?.zip(strava_tokens::get(c, &cipher, id)?)))
             .await
     }
 

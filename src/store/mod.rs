@@ -22,6 +22,7 @@ pub mod service_state;
 pub mod strava_tokens;
 pub mod subscription;
 pub mod sync_state;
+pub mod token_cipher;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use rusqlite_migration::Migrations;
+
+use token_cipher::TokenCipher;
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 
@@ -52,6 +55,11 @@ pub enum DbError {
     Json(#[from] serde_json::Error),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("database file: {0}")]
+    File(#[from] std::io::Error),
+    /// Strava tokens that cannot be opened, or no key to open them with.
+    #[error("Strava tokens: {0}")]
+    Tokens(String),
 }
 
 impl DbError {
@@ -59,18 +67,19 @@ impl DbError {
     /// error, a file that cannot be opened or written): nothing is wrong with
     /// the request, and nothing will work until an operator steps in.
     pub fn is_storage_fault(&self) -> bool {
-        matches!(
-            self,
-            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(
-                e.code,
-                ErrorCode::DiskFull
-                    | ErrorCode::SystemIoFailure
-                    | ErrorCode::CannotOpen
-                    | ErrorCode::ReadOnly
-                    | ErrorCode::DatabaseCorrupt
-                    | ErrorCode::NotADatabase
+        matches!(self, DbError::File(_))
+            || matches!(
+                self,
+                DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(
+                    e.code,
+                    ErrorCode::DiskFull
+                        | ErrorCode::SystemIoFailure
+                        | ErrorCode::CannotOpen
+                        | ErrorCode::ReadOnly
+                        | ErrorCode::DatabaseCorrupt
+                        | ErrorCode::NotADatabase
+                )
             )
-        )
     }
 
     /// Whether the database could not serve at all (a storage fault, or no
@@ -97,12 +106,15 @@ pub struct Store {
     /// allocates pages commits (smaller writes may still fit while others
     /// fail).
     failing: Arc<AtomicBool>,
+    /// Seals Strava's tokens; None where no command touches them.
+    cipher: Option<Arc<TokenCipher>>,
 }
 
 impl Store {
-    /// Opens the database file, switches it to WAL once, applies migrations and
-    /// builds the pools.
+    /// Opens the database file (creating it readable by its owner only),
+    /// switches it to WAL once, applies migrations and builds the pools.
     pub fn open(path: &Path) -> DbResult<Self> {
+        create_private(path)?;
         {
             let mut conn = Connection::open(path)?;
             // WAL is a property of the file: set it here, once, rather than in
@@ -125,7 +137,34 @@ impl Store {
             writer,
             readers,
             failing: Arc::default(),
+            cipher: None,
         })
+    }
+
+    /// This store, sealing Strava's tokens with `cipher`.
+    pub fn with_token_cipher(self, cipher: TokenCipher) -> Self {
+        Self {
+            cipher: Some(Arc::new(cipher)),
+            ..self
+        }
+    }
+
+    fn cipher(&self) -> DbResult<Arc<TokenCipher>> {
+        self.cipher
+            .clone()
+            .ok_or_else(|| DbError::Tokens("no TOKEN_ENCRYPTION_KEY to open them with".into()))
+    }
+
+    /// Copies the write-ahead log into the file and empties it.
+    async fn checkpoint(&self) -> DbResult<()> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer
+                .get()?
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await?
     }
 
     /// Applies migrations to the file and returns.
@@ -210,10 +249,28 @@ impl Store {
     }
 }
 
+/// Creates the database file, readable and writable by its owner only, if
+/// it does not exist yet; SQLite gives the WAL and shared-memory files the
+/// database file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every connection overwrites what it deletes (`secure_delete`), so a
+/// purged athlete's rows do not live on in the file's free space.
 fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
