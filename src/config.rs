@@ -445,6 +445,8 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -639,5 +641,50 @@ mod tests {
             s.cors_allowed_origins,
             vec!["https://a.example", "https://b.example"]
         );
+    }
+
+    /// A value as an operator may write one, right or wrong.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,24}",
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,25}",
+            "[0-9a-fA-F]{62,66}",
+            "[A-Za-z0-9+/_-]{42,45}={0,2}",
+            "(http|https|ftp)://[a-z.]{1,12}(:[0-9]{1,6})?/?",
+            "([0-9*/,-]{1,5} ){4,6}[A-Za-z*]{0,4}",
+            "([0-9a-f:.]{2,20}(/[0-9]{1,3})?,?){0,3}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_configuration_loads_or_names_each_problem(
+            values in prop::collection::vec(prop::option::of(value()), KEYS.len()),
+            file in prop::option::of("\\PC{0,60}"),
+        ) {
+            let given: BTreeMap<&str, String> = KEYS
+                .iter()
+                .zip(values)
+                .filter_map(|((key, _), value)| Some((*key, value?)))
+                .collect();
+            let needs = [Requirement::StravaApp, Requirement::Webhooks, Requirement::TokenKey];
+            let loaded = Settings::from_sources_for(file.as_deref(), |k| given.get(k).cloned(), &needs);
+            let Err(err) = loaded else {
+                return Ok(());
+            };
+            for problem in &err.problems {
+                let named = KEYS.iter().any(|(key, _)| problem.starts_with(key))
+                    || problem.starts_with(CONFIG_FILE);
+                prop_assert!(named, "{problem}");
+                for key in ["TOKEN_ENCRYPTION_KEY", "TOKEN_ENCRYPTION_KEY_PREVIOUS"] {
+                    if let Some(secret) = given.get(key).filter(|s| s.trim().len() >= 8) {
+                        prop_assert!(!problem.contains(secret.trim()), "{problem}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -146,6 +146,7 @@ fn bucket(addr: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+    use proptest::prelude::*;
 
     fn request(peer: &str, forwarded: &[&str]) -> HttpRequest {
         let mut req = TestRequest::default().peer_addr(peer.parse().unwrap());
@@ -192,5 +193,32 @@ mod tests {
             bucket("::ffff:192.0.2.1".parse().unwrap()),
             "192.0.2.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn the_client_is_the_peer_or_an_address_the_header_lists(
+            hops in prop::collection::vec(
+                prop_oneof![
+                    any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+                    any::<Ipv6Addr>().prop_map(|a| format!("[{a}]:443")),
+                    (10u8..11, any::<u8>()).prop_map(|(a, b)| format!("{a}.0.0.{b}")),
+                    "[ -~]{0,16}",
+                ],
+                0..5,
+            ),
+            behind_proxy in any::<bool>(),
+        ) {
+            let peer = if behind_proxy { "10.0.0.2:1" } else { "203.0.113.9:1" };
+            let header = hops.join(",");
+            let req = request(peer, &[&header]);
+            let client = client_address(&req, &nets(&["10.0.0.0/8"])).unwrap();
+            let peer_ip = peer.parse::<SocketAddr>().unwrap().ip();
+            let listed = header.split(',').any(|h| parse_hop(h.trim()) == Some(client));
+            prop_assert!(client == peer_ip || (behind_proxy && listed), "{client} from {header}");
+            let _ = bucket(client);
+        }
     }
 }

@@ -324,7 +324,11 @@ fn refusal(status: StatusCode, body: &[u8]) -> StravaError {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
     use super::*;
+    use crate::strava::budget::PerWindow;
 
     #[test]
     fn refusals_are_typed_from_strava_faults() {
@@ -397,5 +401,90 @@ mod tests {
                 ("per_page", "200".to_string())
             ]
         );
+    }
+
+    /// One of the rate-limit headers, in any letter case.
+    fn header_name() -> impl Strategy<Value = HeaderName> {
+        let names = [
+            "x-ratelimit-usage",
+            "x-ratelimit-limit",
+            "x-readratelimit-usage",
+            "x-readratelimit-limit",
+        ];
+        (prop::sample::select(names.to_vec()), any::<u64>()).prop_map(|(name, case)| {
+            let cased: String = name
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if case >> (i % 64) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            HeaderName::try_from(cased).unwrap()
+        })
+    }
+
+    /// A header value: Strava's `"15min,daily"` or anything else a proxy or
+    /// a broken Strava could send.
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(a, b)| format!("{a},{b}").into_bytes()),
+            (any::<i64>(), any::<i64>(), " {0,2}")
+                .prop_map(|(a, b, pad)| format!("{pad}{a}{pad},{pad}{b}").into_bytes()),
+            "[0-9, ]{0,30}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn rate_limit_headers_are_read_or_ignored_never_a_panic(
+            headers in prop::collection::vec((header_name(), header_value()), 0..6),
+        ) {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.append(name, value);
+                }
+            }
+            let report = RateReport::from_headers(&map);
+            // What was read is what the header said.
+            for (read, names) in [
+                (report.usage, ["x-readratelimit-usage", "x-ratelimit-usage"]),
+                (report.limit, ["x-readratelimit-limit", "x-ratelimit-limit"]),
+            ] {
+                let Some(PerWindow { quarter, day }) = read else {
+                    continue;
+                };
+                let said = names.iter().filter_map(|n| map.get(*n)?.to_str().ok()).any(|v| {
+                    v.split_once(',').is_some_and(|(q, d)| {
+                        q.trim().parse() == Ok(quarter) && d.trim().parse() == Ok(day)
+                    })
+                });
+                prop_assert!(said, "{read:?} from {map:?}");
+            }
+        }
+
+        #[test]
+        fn any_refusal_is_typed_never_a_panic(
+            status in 400u16..600,
+            body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                ("[a-z_:]{0,30}", "[a-z]{0,10}").prop_map(|(field, code)| format!(
+                    r#"{{"message":"x","errors":[{{"resource":"AccessToken","field":"{field}","code":"{code}"}}]}}"#
+                ).into_bytes()),
+            ],
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let typed = refusal(status, &body);
+            if status.is_server_error() {
+                prop_assert!(typed.is_transient());
+            }
+        }
     }
 }

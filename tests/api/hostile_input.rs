@@ -341,3 +341,62 @@ async fn the_webhook_callback_is_limited_per_client_address() {
     assert!(res.headers().contains_key("retry-after"));
     assert_fault(res, 429, "the sixth request in a second").await;
 }
+
+/// Random list queries and webhook bodies against the running app: every
+/// one answered (a worker that panicked would drop the connection), with a
+/// status the route documents, and the app still ready.
+#[test]
+fn random_queries_and_events_are_answered_never_dropped() {
+    use proptest::prelude::*;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (app, token, secret) = runtime.block_on(async {
+        let app = TestApp::spawn().await;
+        let (_, token) = app.seed_athlete("athlete.json").await;
+        let secret = app
+            .store
+            .write(|tx| subscription::path_secret(tx))
+            .await
+            .unwrap();
+        (app, token, secret)
+    });
+    let query = prop::collection::vec(
+        (
+            prop_oneof![
+                Just("page"),
+                Just("per_page"),
+                Just("before"),
+                Just("after"),
+                Just("x")
+            ],
+            prop_oneof!["-?[0-9]{0,22}", "[ -\"$-~]{0,10}"],
+        ),
+        0..5,
+    )
+    .prop_map(|pairs| {
+        let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join("&")
+    });
+    let body = prop_oneof![
+        "[ -~]{0,200}",
+        (0i64..3, -5i64..20_000_000_000, "[a-z]{0,8}").prop_map(|(kind, n, word)| {
+            let aspect = ["create", "update", "delete"][kind as usize];
+            format!(
+                r#"{{"aspect_type":"{aspect}","event_time":{n},"object_id":{n},"object_type":"activity","owner_id":134815,"subscription_id":"{n}","updates":{{"title":"{word}"}}}}"#
+            )
+        }),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(128));
+    runner
+        .run(&(query, body), |(query, body)| {
+            runtime.block_on(async {
+                let res = app.list_activities(&token, &query).await;
+                prop_assert!([200, 400].contains(&res.status().as_u16()), "{query}");
+                let res = app.post_webhook(&secret, body.clone()).await;
+                prop_assert!([200, 400].contains(&res.status().as_u16()), "{body}");
+                Ok(())
+            })
+        })
+        .unwrap();
+    runtime.block_on(async { assert_eq!(app.readyz().await.status(), 200) });
+}
