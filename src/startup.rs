@@ -18,7 +18,7 @@ use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
 use crate::store::token_cipher::TokenCipher;
-use crate::store::Store;
+use crate::store::{DbError, Store};
 use crate::strava::budget::{Budget, Limits};
 use crate::strava::client::{self, StravaClient};
 use crate::strava::oauth::StravaOAuth;
@@ -267,10 +267,19 @@ async fn seal_tokens(store: Store, settings: &Settings) -> Result<Store, ConfigE
         .expect("required before the store opens");
     let cipher = TokenCipher::new(key, settings.token_encryption_key_previous.as_ref());
     let store = store.with_token_cipher(cipher);
-    let sealed = store.seal_tokens().await.map_err(|e| ConfigError {
-        problems: vec![format!(
-            "TOKEN_ENCRYPTION_KEY does not open the stored tokens: {e}"
-        )],
+    let sealed = store.seal_tokens().await.map_err(|e| {
+        let problem = match e {
+            DbError::Tokens(why) => {
+                format!("TOKEN_ENCRYPTION_KEY does not open the stored tokens: {why}")
+            }
+            other => format!(
+                "DATABASE_PATH `{}`: sealing the stored tokens failed: {other}",
+                settings.database_path.display()
+            ),
+        };
+        ConfigError {
+            problems: vec![problem],
+        }
     })?;
     if sealed > 0 {
         tracing::info!(

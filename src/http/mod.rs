@@ -115,7 +115,7 @@ fn body_error(message: String, status: actix_web::http::StatusCode) -> ApiError 
 }
 
 /// The answer to a body that could not be read: too slow, or broken.
-pub fn payload_error(error: PayloadError) -> ApiError {
+fn payload_error(error: PayloadError) -> ApiError {
     match error {
         PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => ApiError::RequestTimeout,
         PayloadError::Overflow => ApiError::PayloadTooLarge,

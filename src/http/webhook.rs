@@ -29,7 +29,7 @@ use crate::webhook::Webhooks;
 /// older than the newest one applied to it, so a forged event from the
 /// future would hide every genuine change until then; Strava stamps events
 /// when they happen, so only clock skew puts a real one ahead of us.
-pub const MAX_EVENT_AHEAD_SECS: i64 = 600;
+const MAX_EVENT_AHEAD_SECS: i64 = 600;
 
 #[derive(Deserialize)]
 struct Handshake {

@@ -205,7 +205,7 @@ impl Store {
             Ok(out)
         })();
         if let Err(e) = &result {
-            self.observe(e);
+            self.note_fault(e);
         }
         result
     }
@@ -218,12 +218,13 @@ impl Store {
             .map_err(DbError::from)
             .and_then(|c| f(&c));
         if let Err(e) = &result {
-            self.observe(e);
+            self.note_fault(e);
         }
         result
     }
 
-    fn observe(&self, error: &DbError) {
+    /// Marks the store failing on a storage fault (logged once per spell).
+    fn note_fault(&self, error: &DbError) {
         if error.is_storage_fault() && !self.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(%error, "storage failed; not ready until it takes writes again");
         }
