@@ -232,16 +232,8 @@ impl Settings {
             sync_schedule: p.schedule("SYNC_SCHEDULE"),
             manual_refresh_cooldown_secs: p.number("MANUAL_REFRESH_COOLDOWN_SECS", u64::MAX),
             admin_token: p.optional("ADMIN_TOKEN").map(Secret),
-            app_redirect_url: p.optional("APP_REDIRECT_URL"),
-            cors_allowed_origins: p
-                .optional("CORS_ALLOWED_ORIGINS")
-                .map(|s| {
-                    s.split(',')
-                        .map(|o| o.trim().trim_end_matches('/').to_string())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            app_redirect_url: p.redirect("APP_REDIRECT_URL"),
+            cors_allowed_origins: p.origins("CORS_ALLOWED_ORIGINS"),
             api_rate_limit: p.number("API_RATE_LIMIT", u32::MAX),
             trusted_proxies: p.networks("TRUSTED_PROXIES"),
             connect_rate_limit: p.number("CONNECT_RATE_LIMIT", u32::MAX),
@@ -414,12 +406,48 @@ impl Parser<'_> {
 
     fn url(&mut self, key: &str) -> String {
         let raw = self.text(key);
-        if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+        let web = reqwest::Url::parse(&raw)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        if !web {
             self.problems.push(format!(
                 "{key} must be an http:// or https:// URL, not `{raw}`"
             ));
         }
         raw
+    }
+
+    /// Any absolute URL (an app may take the browser back by its own scheme).
+    fn redirect(&mut self, key: &str) -> Option<String> {
+        let raw = self.optional(key)?;
+        if reqwest::Url::parse(&raw).is_err() {
+            self.problems
+                .push(format!("{key} must be an absolute URL, not `{raw}`"));
+        }
+        Some(raw)
+    }
+
+    /// Comma-separated origins, `scheme://host[:port]` each, as browsers send
+    /// them (a trailing slash is dropped); CORS would refuse to start on
+    /// anything else.
+    fn origins(&mut self, key: &str) -> Vec<String> {
+        let raw = self.optional(key).unwrap_or_default();
+        let mut out = Vec::new();
+        for origin in raw.split(',').map(|o| o.trim().trim_end_matches('/')) {
+            if origin.is_empty() {
+                continue;
+            }
+            let valid = reqwest::Url::parse(origin).is_ok_and(|u| {
+                u.has_host() && u.path() == "/" && u.query().is_none() && u.fragment().is_none()
+            }) && origin.parse::<actix_web::http::Uri>().is_ok();
+            if valid {
+                out.push(origin.to_string());
+            } else {
+                self.problems.push(format!(
+                    "{key} must list origins like `https://app.example`, not `{origin}`"
+                ));
+            }
+        }
+        out
     }
 
     /// A cron expression as the scheduler reads it (seconds required, day
@@ -572,6 +600,38 @@ mod tests {
         let file = "public_url = \"https://sync.example\"";
         let from_file = Settings::from_sources(Some(file), env(&[])).unwrap();
         assert!(from_file.warnings.is_empty());
+    }
+
+    #[test]
+    fn urls_and_origins_are_checked_at_load() {
+        let err = Settings::from_sources(
+            None,
+            env(&[
+                ("PUBLIC_URL", "http://"),
+                ("APP_REDIRECT_URL", "not a url"),
+                (
+                    "CORS_ALLOWED_ORIGINS",
+                    "https://a.example, *, https://b.example/path",
+                ),
+            ]),
+        )
+        .unwrap_err();
+        let named: Vec<&str> = err
+            .problems
+            .iter()
+            .map(|p| p.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "PUBLIC_URL",
+                "APP_REDIRECT_URL",
+                "CORS_ALLOWED_ORIGINS",
+                "CORS_ALLOWED_ORIGINS"
+            ]
+        );
+        let s = Settings::from_sources(None, env(&[("APP_REDIRECT_URL", "myapp://connected")]));
+        assert!(s.is_ok(), "an app's own scheme");
     }
 
     #[test]
