@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             .env("STRAVA_CLIENT_ID", "1")
             .env("STRAVA_CLIENT_SECRET", "bench")
             .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "bench")
+            .env("TOKEN_ENCRYPTION_KEY", "00".repeat(32))
             .env("API_RATE_LIMIT", "0")
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())

@@ -92,7 +92,10 @@ async fn main() {
         .env("STRAVA_CLIENT_ID", "1234")
         .env("STRAVA_CLIENT_SECRET", "bench-client-secret")
         .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "bench-verify-token")
+        .env("TOKEN_ENCRYPTION_KEY", "00".repeat(32))
         .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        // One sender's burst is what is measured, not the per-address limit.
+        .env("WEBHOOK_RATE_LIMIT", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::model::Purpose;
+use ipnet::IpNet;
 
 /// The file read when present in the working directory.
 pub const CONFIG_FILE: &str = "strava-sync.toml";
@@ -33,6 +35,26 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A 256-bit key for Strava tokens at rest; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey([redacted])")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -49,6 +71,10 @@ pub struct Settings {
     pub strava_client_id: Option<String>,
     pub strava_client_secret: Option<Secret>,
     pub strava_webhook_verify_token: Option<Secret>,
+    /// Encrypts Strava's tokens at rest.
+    pub token_encryption_key: Option<TokenKey>,
+    /// The key being rotated out: still opens tokens sealed with it.
+    pub token_encryption_key_previous: Option<TokenKey>,
     pub strava_api_url: String,
     pub strava_oauth_url: String,
     pub strava_scopes: String,
@@ -67,7 +93,17 @@ pub struct Settings {
     pub tiers: Vec<(String, u32)>,
     /// The tier of athletes no operator has placed.
     pub default_tier: String,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests per minute per client address to connect (`/auth/strava`
+    /// and its callback); 0 turns the limit off.
+    pub connect_rate_limit: u32,
+    /// Requests per second per client address to the webhook callback; 0
+    /// turns the limit off.
+    pub webhook_rate_limit: u32,
     pub log_format: LogFormat,
+    /// Defaults worth a word at start (a `PUBLIC_URL` Strava cannot reach).
+    pub warnings: Vec<String>,
 }
 
 /// What a command needs beyond the defaults.
@@ -77,6 +113,8 @@ pub enum Requirement {
     StravaApp,
     /// Receiving webhooks: the verify token.
     Webhooks,
+    /// Keeping Strava's tokens: the key they are encrypted with.
+    TokenKey,
 }
 
 /// Every problem found while loading, reported together.
@@ -95,6 +133,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("STRAVA_CLIENT_ID", None),
     ("STRAVA_CLIENT_SECRET", None),
     ("STRAVA_WEBHOOK_VERIFY_TOKEN", None),
+    ("TOKEN_ENCRYPTION_KEY", None),
+    ("TOKEN_ENCRYPTION_KEY_PREVIOUS", None),
     ("STRAVA_API_URL", Some("https://www.strava.com/api/v3")),
     ("STRAVA_OAUTH_URL", Some("https://www.strava.com/oauth")),
     ("STRAVA_SCOPES", Some("read,activity:read_all")),
@@ -112,12 +152,16 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ),
     ("TIERS", Some("standard=1")),
     ("DEFAULT_TIER", None),
+    ("TRUSTED_PROXIES", None),
+    ("CONNECT_RATE_LIMIT", Some("30")),
+    ("WEBHOOK_RATE_LIMIT", Some("100")),
     ("LOG_FORMAT", Some("pretty")),
 ];
 
 impl Settings {
-    /// Loads from `strava-sync.toml` (if present) and the process environment.
-    pub fn load() -> Result<Self, ConfigError> {
+    /// Loads from `strava-sync.toml` (if present) and the process environment,
+    /// reporting malformed values and what `needs` lacks in one error.
+    pub fn load(needs: &[Requirement]) -> Result<Self, ConfigError> {
         let file = match std::fs::read_to_string(CONFIG_FILE) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -127,7 +171,7 @@ impl Settings {
                 })
             }
         };
-        Self::from_sources(file.as_deref(), |key| std::env::var(key).ok())
+        Self::from_sources_for(file.as_deref(), |key| std::env::var(key).ok(), needs)
     }
 
     /// Builds settings from the file's text and an environment lookup.
@@ -135,11 +179,18 @@ impl Settings {
         file: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        Self::from_sources_for(file, env, &[])
+    }
+
+    /// [`Settings::from_sources`], also naming what `needs` lacks.
+    pub fn from_sources_for(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+        needs: &[Requirement],
+    ) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
-        let mut values: BTreeMap<&str, String> = KEYS
-            .iter()
-            .filter_map(|(k, d)| d.map(|d| (*k, d.to_string())))
-            .collect();
+        // What the file or the environment set; the rest are defaults.
+        let mut given: BTreeMap<&str, String> = BTreeMap::new();
 
         if let Some(text) = file {
             match text.parse::<toml::Table>() {
@@ -154,7 +205,7 @@ impl Settings {
                             toml::Value::String(s) => s,
                             other => other.to_string(),
                         };
-                        values.insert(known, text);
+                        given.insert(known, text);
                     }
                 }
                 Err(e) => problems.push(format!("{CONFIG_FILE}: {}", e.message())),
@@ -162,42 +213,45 @@ impl Settings {
         }
         for (key, _) in KEYS {
             if let Some(value) = env(key) {
-                values.insert(key, value);
+                given.insert(key, value);
             }
         }
+        let public_url_defaulted = !given.contains_key("PUBLIC_URL");
+        let mut values: BTreeMap<&str, String> = KEYS
+            .iter()
+            .filter_map(|(k, d)| d.map(|d| (*k, d.to_string())))
+            .collect();
+        values.extend(given);
 
         let mut p = Parser {
             values: &values,
             problems: &mut problems,
         };
         let tiers = p.tiers("TIERS");
-        let settings = Settings {
+        let mut settings = Settings {
             database_path: PathBuf::from(p.text("DATABASE_PATH")),
             host: p.text("HOST"),
-            port: p.number("PORT"),
+            port: p.number("PORT", u16::MAX),
             public_url: p.url("PUBLIC_URL").trim_end_matches('/').to_string(),
             strava_client_id: p.optional("STRAVA_CLIENT_ID"),
             strava_client_secret: p.optional("STRAVA_CLIENT_SECRET").map(Secret),
             strava_webhook_verify_token: p.optional("STRAVA_WEBHOOK_VERIFY_TOKEN").map(Secret),
+            token_encryption_key: p.key("TOKEN_ENCRYPTION_KEY"),
+            token_encryption_key_previous: p.key("TOKEN_ENCRYPTION_KEY_PREVIOUS"),
             strava_api_url: p.url("STRAVA_API_URL").trim_end_matches('/').to_string(),
             strava_oauth_url: p.url("STRAVA_OAUTH_URL").trim_end_matches('/').to_string(),
             strava_scopes: p.text("STRAVA_SCOPES"),
             strava_rate_limit_15min: p.positive("STRAVA_RATE_LIMIT_15MIN"),
             strava_rate_limit_daily: p.positive("STRAVA_RATE_LIMIT_DAILY"),
             sync_schedule: p.schedule("SYNC_SCHEDULE"),
-            manual_refresh_cooldown_secs: p.number("MANUAL_REFRESH_COOLDOWN_SECS"),
+            manual_refresh_cooldown_secs: p.number("MANUAL_REFRESH_COOLDOWN_SECS", u64::MAX),
             admin_token: p.optional("ADMIN_TOKEN").map(Secret),
-            app_redirect_url: p.optional("APP_REDIRECT_URL"),
-            cors_allowed_origins: p
-                .optional("CORS_ALLOWED_ORIGINS")
-                .map(|s| {
-                    s.split(',')
-                        .map(|o| o.trim().trim_end_matches('/').to_string())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            api_rate_limit: p.number("API_RATE_LIMIT"),
+            app_redirect_url: p.redirect("APP_REDIRECT_URL"),
+            cors_allowed_origins: p.origins("CORS_ALLOWED_ORIGINS"),
+            api_rate_limit: p.number("API_RATE_LIMIT", u32::MAX),
+            trusted_proxies: p.networks("TRUSTED_PROXIES"),
+            connect_rate_limit: p.number("CONNECT_RATE_LIMIT", u32::MAX),
+            webhook_rate_limit: p.number("WEBHOOK_RATE_LIMIT", u32::MAX),
             budget_shares: p.shares("BUDGET_SHARES"),
             tiers: tiers.clone(),
             default_tier: match p.optional("DEFAULT_TIER") {
@@ -222,7 +276,16 @@ impl Settings {
                     LogFormat::Pretty
                 }
             },
+            warnings: Vec::new(),
         };
+        if public_url_defaulted {
+            settings.warnings.push(format!(
+                "PUBLIC_URL is not set: Strava will send athletes back to {} and the webhook \
+                 callback is registered there; set it to this service's external URL",
+                settings.public_url
+            ));
+        }
+        problems.extend(settings.missing(needs));
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -232,6 +295,16 @@ impl Settings {
 
     /// Checks that what a command needs is set, naming every missing key.
     pub fn require(&self, needs: &[Requirement]) -> Result<(), ConfigError> {
+        let problems = self.missing(needs);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// One problem per setting `needs` lacks.
+    fn missing(&self, needs: &[Requirement]) -> Vec<String> {
         let mut missing = Vec::new();
         for need in needs {
             match need {
@@ -250,18 +323,18 @@ impl Settings {
                         );
                     }
                 }
+                Requirement::TokenKey => {
+                    if self.token_encryption_key.is_none() {
+                        missing.push(
+                            "TOKEN_ENCRYPTION_KEY is required but not set (32 random bytes, \
+                             hex or base64: `openssl rand -hex 32`)"
+                                .to_string(),
+                        );
+                    }
+                }
             }
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems: missing })
-        }
-    }
-
-    /// The address to bind, as `host:port`.
-    pub fn listen_address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        missing
     }
 }
 
@@ -283,27 +356,87 @@ impl Parser<'_> {
             .filter(|v| !v.is_empty())
     }
 
-    fn number<T: std::str::FromStr + Default>(&mut self, key: &str) -> T {
+    /// A whole number from 0 to `max`, the largest `T` holds.
+    fn number<T: TryFrom<u64> + Into<u64> + Default>(&mut self, key: &str, max: T) -> T {
         let raw = self.text(key);
-        raw.trim().parse().unwrap_or_else(|_| {
+        let parsed = raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| T::try_from(n).ok());
+        parsed.unwrap_or_else(|| {
             self.problems.push(format!(
-                "{key} must be a non-negative whole number, not `{raw}`"
+                "{key} must be a whole number from 0 to {}, not `{raw}`",
+                max.into()
             ));
             T::default()
         })
     }
 
     fn positive(&mut self, key: &str) -> u32 {
-        let n: u32 = self.number(key);
+        let n: u32 = self.number(key, u32::MAX);
         if n == 0 && self.values.get(key).is_some_and(|v| v.trim() == "0") {
             self.problems.push(format!("{key} must be at least 1"));
         }
         n
     }
 
+    /// 32 bytes written as 64 hex digits or in base64 (standard or URL-safe,
+    /// padded or not).
+    fn key(&mut self, key: &str) -> Option<TokenKey> {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        use base64::Engine;
+        let raw = self.optional(key)?;
+        let hex = || -> Option<Vec<u8>> {
+            let digits = raw.as_bytes();
+            (digits.len() == 64).then_some(())?;
+            digits
+                .chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+                .collect()
+        };
+        let bytes = hex().or_else(|| {
+            [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+                .iter()
+                .find_map(|engine| engine.decode(&raw).ok())
+        });
+        match bytes.map(<[u8; 32]>::try_from) {
+            Some(Ok(bytes)) => Some(TokenKey(bytes)),
+            _ => {
+                self.problems.push(format!(
+                    "{key} must be 32 bytes written as 64 hex digits or in base64 \
+                     (`openssl rand -hex 32` makes one)"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Comma-separated addresses (`10.0.0.7`) or ranges (`10.0.0.0/8`).
+    fn networks(&mut self, key: &str) -> Vec<IpNet> {
+        let raw = self.optional(key).unwrap_or_default();
+        let mut out = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.parse::<IpNet>() {
+                Ok(net) => out.push(net),
+                Err(_) => match item.parse::<IpAddr>() {
+                    Ok(addr) => out.push(IpNet::from(addr)),
+                    Err(_) => self.problems.push(format!(
+                        "{key} must list IP addresses or CIDR ranges, not `{item}`"
+                    )),
+                },
+            }
+        }
+        out
+    }
+
     fn url(&mut self, key: &str) -> String {
         let raw = self.text(key);
-        if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+        let web = reqwest::Url::parse(&raw)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        if !web {
             self.problems.push(format!(
                 "{key} must be an http:// or https:// URL, not `{raw}`"
             ));
@@ -332,6 +465,40 @@ impl Parser<'_> {
                 None => self.problems.push(format!(
                     "{key} must be `name=number` pairs separated by commas, not `{item}`"
                 )),
+            }
+        }
+        out
+    }
+
+    /// Any absolute URL (an app may take the browser back by its own scheme).
+    fn redirect(&mut self, key: &str) -> Option<String> {
+        let raw = self.optional(key)?;
+        if reqwest::Url::parse(&raw).is_err() {
+            self.problems
+                .push(format!("{key} must be an absolute URL, not `{raw}`"));
+        }
+        Some(raw)
+    }
+
+    /// Comma-separated origins, `scheme://host[:port]` each, as browsers send
+    /// them (a trailing slash is dropped); CORS would refuse to start on
+    /// anything else.
+    fn origins(&mut self, key: &str) -> Vec<String> {
+        let raw = self.optional(key).unwrap_or_default();
+        let mut out = Vec::new();
+        for origin in raw.split(',').map(|o| o.trim().trim_end_matches('/')) {
+            if origin.is_empty() {
+                continue;
+            }
+            let valid = reqwest::Url::parse(origin).is_ok_and(|u| {
+                u.has_host() && u.path() == "/" && u.query().is_none() && u.fragment().is_none()
+            }) && origin.parse::<actix_web::http::Uri>().is_ok();
+            if valid {
+                out.push(origin.to_string());
+            } else {
+                self.problems.push(format!(
+                    "{key} must list origins like `https://app.example`, not `{origin}`"
+                ));
             }
         }
         out
@@ -372,11 +539,21 @@ impl Parser<'_> {
         tiers
     }
 
+    /// A cron expression as the scheduler reads it (seconds required, day
+    /// of month and weekday both apply), parsed here so a bad one stops the
+    /// start before anything runs.
     fn schedule(&mut self, key: &str) -> String {
         let raw = self.text(key);
-        if raw.split_whitespace().count() != 6 {
+        let parsed = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&raw);
+        if raw.split_whitespace().count() != 6 || parsed.is_err() {
+            let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
             self.problems.push(format!(
-                "{key} must be a six-field cron expression (sec min hour day month weekday), not `{raw}`"
+                "{key} must be a six-field cron expression (sec min hour day month weekday), \
+                 not `{raw}`{why}"
             ));
         }
         raw
@@ -385,6 +562,8 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -399,7 +578,7 @@ mod tests {
     fn defaults_match_the_spec() {
         let s = Settings::from_sources(None, env(&[])).unwrap();
         assert_eq!(s.database_path, PathBuf::from("strava-sync.db"));
-        assert_eq!(s.listen_address(), "127.0.0.1:8080");
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8080));
         assert_eq!(s.public_url, "http://localhost:8080");
         assert_eq!(s.strava_api_url, "https://www.strava.com/api/v3");
         assert_eq!(s.strava_scopes, "read,activity:read_all");
@@ -462,6 +641,136 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_the_scheduler_would_refuse_is_refused_at_load() {
+        for bad in ["61 0 4 * * *", "0 0 25 * * *", "0 0 4 * * Funday"] {
+            let err = Settings::from_sources(None, env(&[("SYNC_SCHEDULE", bad)])).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{bad}: {err}");
+            assert!(err.problems[0].starts_with("SYNC_SCHEDULE"), "{err}");
+        }
+        let s = Settings::from_sources(None, env(&[("SYNC_SCHEDULE", "0 30 */6 * * Mon-Fri")]));
+        assert!(s.is_ok());
+    }
+
+    #[test]
+    fn a_number_out_of_range_names_the_range() {
+        let err = Settings::from_sources(None, env(&[("PORT", "70000")])).unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["PORT must be a whole number from 0 to 65535, not `70000`"]
+        );
+    }
+
+    #[test]
+    fn malformed_and_missing_settings_are_reported_together() {
+        let needs = [Requirement::StravaApp, Requirement::Webhooks];
+        let err = Settings::from_sources_for(None, env(&[("PORT", "abc")]), &needs).unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "PORT",
+            "STRAVA_CLIENT_ID",
+            "STRAVA_CLIENT_SECRET",
+            "STRAVA_WEBHOOK_VERIFY_TOKEN",
+        ] {
+            assert!(text.contains(key), "{key} not named in: {text}");
+        }
+        assert_eq!(err.problems.len(), 4);
+    }
+
+    #[test]
+    fn a_defaulted_public_url_is_warned_about() {
+        let s = Settings::from_sources(None, env(&[])).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].starts_with("PUBLIC_URL"), "{:?}", s.warnings);
+        let from_env = env(&[("PUBLIC_URL", "https://sync.example")]);
+        assert!(Settings::from_sources(None, from_env)
+            .unwrap()
+            .warnings
+            .is_empty());
+        let file = "public_url = \"https://sync.example\"";
+        let from_file = Settings::from_sources(Some(file), env(&[])).unwrap();
+        assert!(from_file.warnings.is_empty());
+    }
+
+    #[test]
+    fn urls_and_origins_are_checked_at_load() {
+        let err = Settings::from_sources(
+            None,
+            env(&[
+                ("PUBLIC_URL", "http://"),
+                ("APP_REDIRECT_URL", "not a url"),
+                (
+                    "CORS_ALLOWED_ORIGINS",
+                    "https://a.example, *, https://b.example/path",
+                ),
+            ]),
+        )
+        .unwrap_err();
+        let named: Vec<&str> = err
+            .problems
+            .iter()
+            .map(|p| p.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "PUBLIC_URL",
+                "APP_REDIRECT_URL",
+                "CORS_ALLOWED_ORIGINS",
+                "CORS_ALLOWED_ORIGINS"
+            ]
+        );
+        let s = Settings::from_sources(None, env(&[("APP_REDIRECT_URL", "myapp://connected")]));
+        assert!(s.is_ok(), "an app's own scheme");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let s = Settings::from_sources(
+            None,
+            env(&[("TRUSTED_PROXIES", "10.0.0.7, 192.168.0.0/16,::1,")]),
+        )
+        .unwrap();
+        let listed: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["10.0.0.7/32", "192.168.0.0/16", "::1/128"]);
+        let err = Settings::from_sources(None, env(&[("TRUSTED_PROXIES", "10.0.0.7,proxy")]))
+            .unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["TRUSTED_PROXIES must list IP addresses or CIDR ranges, not `proxy`"]
+        );
+    }
+
+    #[test]
+    fn token_keys_are_32_bytes_in_hex_or_base64() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let base64 = "ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=";
+        for (given, previous) in [(hex, base64), (base64, hex)] {
+            let s = Settings::from_sources(
+                None,
+                env(&[
+                    ("TOKEN_ENCRYPTION_KEY", given),
+                    ("TOKEN_ENCRYPTION_KEY_PREVIOUS", previous),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(s.token_encryption_key, s.token_encryption_key_previous);
+            assert_eq!(s.token_encryption_key.unwrap().expose()[15], 0xff);
+        }
+        for bad in ["0011", "not a key", &hex[..62], &format!("{hex}00")] {
+            let err =
+                Settings::from_sources(None, env(&[("TOKEN_ENCRYPTION_KEY", bad)])).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{bad}");
+            assert!(
+                err.problems[0].starts_with("TOKEN_ENCRYPTION_KEY "),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(bad), "the value is a secret");
+        }
+        let s = Settings::from_sources(None, env(&[("TOKEN_ENCRYPTION_KEY", hex)])).unwrap();
+        assert!(!format!("{s:?}").contains("112233"));
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Settings::from_sources(None, env(&[("STRAVA_CLIENT_SECRET", "hunter2")])).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
@@ -481,5 +790,50 @@ mod tests {
             s.cors_allowed_origins,
             vec!["https://a.example", "https://b.example"]
         );
+    }
+
+    /// A value as an operator may write one, right or wrong.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,24}",
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,25}",
+            "[0-9a-fA-F]{62,66}",
+            "[A-Za-z0-9+/_-]{42,45}={0,2}",
+            "(http|https|ftp)://[a-z.]{1,12}(:[0-9]{1,6})?/?",
+            "([0-9*/,-]{1,5} ){4,6}[A-Za-z*]{0,4}",
+            "([0-9a-f:.]{2,20}(/[0-9]{1,3})?,?){0,3}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_configuration_loads_or_names_each_problem(
+            values in prop::collection::vec(prop::option::of(value()), KEYS.len()),
+            file in prop::option::of("\\PC{0,60}"),
+        ) {
+            let given: BTreeMap<&str, String> = KEYS
+                .iter()
+                .zip(values)
+                .filter_map(|((key, _), value)| Some((*key, value?)))
+                .collect();
+            let needs = [Requirement::StravaApp, Requirement::Webhooks, Requirement::TokenKey];
+            let loaded = Settings::from_sources_for(file.as_deref(), |k| given.get(k).cloned(), &needs);
+            let Err(err) = loaded else {
+                return Ok(());
+            };
+            for problem in &err.problems {
+                let named = KEYS.iter().any(|(key, _)| problem.starts_with(key))
+                    || problem.starts_with(CONFIG_FILE);
+                prop_assert!(named, "{problem}");
+                for key in ["TOKEN_ENCRYPTION_KEY", "TOKEN_ENCRYPTION_KEY_PREVIOUS"] {
+                    if let Some(secret) = given.get(key).filter(|s| s.trim().len() >= 8) {
+                        prop_assert!(!problem.contains(secret.trim()), "{problem}");
+                    }
+                }
+            }
+        }
     }
 }

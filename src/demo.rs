@@ -131,8 +131,11 @@ fn demo_settings(
         ("PORT", port.to_string()),
         ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
         ("STRAVA_WEBHOOK_VERIFY_TOKEN", random_token()),
+        ("TOKEN_ENCRYPTION_KEY", random_token()),
         ("ADMIN_TOKEN", random_token()),
         ("MANUAL_REFRESH_COOLDOWN_SECS", "30".to_string()),
+        // Every athlete connects from this machine at once.
+        ("CONNECT_RATE_LIMIT", "0".to_string()),
     ];
     values.extend(sim.service_env());
     Ok(Settings::from_sources(None, |key| {

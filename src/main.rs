@@ -42,16 +42,34 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load()?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Missing settings are reported with malformed ones, in one message.
+    let (needs, uses_public_url): (&[Requirement], bool) = match command {
+        Command::Serve => (
+            &[
+                Requirement::StravaApp,
+                Requirement::Webhooks,
+                Requirement::TokenKey,
+            ],
+            true,
+        ),
+        Command::Subscription { .. } => (&[Requirement::StravaApp, Requirement::Webhooks], true),
+        _ => (&[], false),
+    };
+    let settings = Settings::load(needs)?;
     // The demo prints its own guide on stdout; keep its logs to warnings.
-    let default_filter = match cli.command {
-        Some(Command::Demo(_)) => "warn",
+    let default_filter = match command {
+        Command::Demo(_) => "warn",
         _ => "info",
     };
     telemetry::init(settings.log_format, default_filter);
-    match cli.command.unwrap_or(Command::Serve) {
+    if uses_public_url {
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
+    match command {
         Command::Serve => {
-            settings.require(&[Requirement::StravaApp, Requirement::Webhooks])?;
             let app = Application::build(settings).await?;
             tracing::info!(port = app.port(), "listening");
             app.run().await

@@ -2,7 +2,8 @@
 //! work together; `main` and the tests share it, so tests run the real app on
 //! port 0 with their own database file.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -11,11 +12,13 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Requirement, Settings};
+use crate::config::{ConfigError, Requirement, Settings};
 use crate::http::auth::{Access, TokenRateLimiter};
+use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
-use crate::store::Store;
+use crate::store::token_cipher::TokenCipher;
+use crate::store::{DbError, Store};
 use crate::strava::budget::{Budget, Limits};
 use crate::strava::client::{self, StravaClient};
 use crate::strava::oauth::StravaOAuth;
@@ -72,11 +75,10 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        settings.require(&[Requirement::StravaApp])?;
+        settings.require(&[Requirement::StravaApp, Requirement::TokenKey])?;
         let settings = Arc::new(settings);
-        let path = settings.database_path.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
-        let listener = TcpListener::bind(settings.listen_address())?;
+        let (listener, store) = open(&settings).await?;
+        let store = seal_tokens(store, &settings).await?;
         let port = listener.local_addr()?.port();
 
         let webhooks = web::Data::new(Webhooks::load(&store).await?);
@@ -140,15 +142,18 @@ impl Application {
                 admin_token: settings.admin_token.clone(),
                 rate_limiter: TokenRateLimiter::new(settings.api_rate_limit),
             }),
+            limits: web::Data::new(AddressLimits::new(&settings)),
             metrics: web::Data::new(telemetry::metrics_recorder()),
         };
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(http::cors(&data.settings))
+                .wrap(from_fn(http::in_fault_shape))
                 .wrap(from_fn(http::observe))
                 .configure(http::configure(&data))
         })
         .listen(listener)?
+        .client_request_timeout(http::READ_TIMEOUT)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .run();
@@ -253,6 +258,124 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds the listen address and opens the database, once both are known to
+/// work: every problem with `HOST`, `PORT` or `DATABASE_PATH` is reported in
+/// one error naming the setting, before a migration runs.
+async fn open(settings: &Settings) -> Result<(TcpListener, Store), ConfigError> {
+    let listener = listen(&settings.host, settings.port);
+    let mut problems = Vec::new();
+    if let Err(problem) = &listener {
+        problems.push(problem.clone());
+    }
+    if let Err(problem) = check_database(&settings.database_path) {
+        problems.push(problem);
+    }
+    let listener = match listener {
+        Ok(listener) if problems.is_empty() => listener,
+        _ => return Err(ConfigError { problems }),
+    };
+    let path = settings.database_path.clone();
+    let named = |e: String| ConfigError {
+        problems: vec![format!(
+            "DATABASE_PATH `{}` cannot be used: {e}",
+            settings.database_path.display()
+        )],
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(|e| named(e.to_string()))?
+        .map_err(|e| named(e.to_string()))?;
+    Ok((listener, store))
+}
+
+/// The store with Strava's tokens sealed under `TOKEN_ENCRYPTION_KEY`:
+/// plaintext ones from before encryption, and ones sealed with
+/// `TOKEN_ENCRYPTION_KEY_PREVIOUS`, are sealed anew before anything runs.
+async fn seal_tokens(store: Store, settings: &Settings) -> Result<Store, ConfigError> {
+    let key = settings
+        .token_encryption_key
+        .as_ref()
+        .expect("required before the store opens");
+    let cipher = TokenCipher::new(key, settings.token_encryption_key_previous.as_ref());
+    let store = store.with_token_cipher(cipher);
+    let sealed = store.seal_tokens().await.map_err(|e| {
+        let problem = match e {
+            DbError::Tokens(why) => {
+                format!("TOKEN_ENCRYPTION_KEY does not open the stored tokens: {why}")
+            }
+            other => format!(
+                "DATABASE_PATH `{}`: sealing the stored tokens failed: {other}",
+                settings.database_path.display()
+            ),
+        };
+        ConfigError {
+            problems: vec![problem],
+        }
+    })?;
+    if sealed > 0 {
+        tracing::info!(
+            athletes = sealed,
+            "sealed Strava tokens with TOKEN_ENCRYPTION_KEY"
+        );
+    }
+    Ok(store)
+}
+
+/// Binds `HOST`:`PORT`, naming the setting at fault (and, for a port in
+/// use, one that is free now).
+fn listen(host: &str, port: u16) -> Result<TcpListener, String> {
+    let unresolved =
+        |why: String| format!("HOST `{host}` does not name an address of this machine ({why})");
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| unresolved(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(unresolved("no address".into()));
+    }
+    TcpListener::bind(&addrs[..]).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            let free = TcpListener::bind((addrs[0].ip(), 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| format!(", e.g. PORT={} (free now)", a.port()))
+                .unwrap_or_default();
+            format!("PORT {port} is already in use on {host}: choose another{free}, or PORT=0 for any free port")
+        }
+        std::io::ErrorKind::AddrNotAvailable => unresolved(e.to_string()),
+        _ => format!("HOST `{host}` and PORT {port} cannot be listened on: {e}"),
+    })
+}
+
+/// Whether the database file can be opened for writing, or created, without
+/// creating it.
+fn check_database(path: &Path) -> Result<(), String> {
+    let problem = |why: String| format!("DATABASE_PATH `{}` {why}", path.display());
+    if path.is_dir() {
+        return Err(problem("is a directory, not a database file".into()));
+    }
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| problem(format!("cannot be opened for writing ({e})")));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(problem(format!(
+            "is in `{}`, which is not a directory",
+            dir.display()
+        )));
+    }
+    tempfile::tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| problem(format!("cannot be created in `{}` ({e})", dir.display())))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -7,12 +7,13 @@
 //! `POST /auth/disconnect` deauthorizes at Strava and purges the athlete.
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::AthleteAuth;
 use super::error::ApiError;
+use super::per_address::{AddressLimits, Route};
 use super::Services;
 use crate::config::Settings;
 use crate::store::api_tokens;
@@ -22,6 +23,9 @@ use crate::strava::oauth::OAuthError;
 
 /// How long an issued `state` stays usable.
 pub const STATE_TTL_SECS: i64 = 600;
+/// Unexpired states kept at most: a flood of `/auth/strava` from many
+/// addresses cannot grow the table past this (connects wait instead).
+pub const MAX_PENDING_STATES: i64 = 10_000;
 /// Longer values are not ours (states are 64 hex characters).
 const MAX_STATE_LEN: usize = 128;
 const MAX_CODE_LEN: usize = 512;
@@ -29,13 +33,24 @@ const MAX_CODE_LEN: usize = 512;
 const ACTIVITY_SCOPES: [&str; 2] = ["activity:read", "activity:read_all"];
 
 #[get("/auth/strava")]
-async fn start(state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
+async fn start(
+    req: HttpRequest,
+    limits: web::Data<AddressLimits>,
+    state: web::Data<Services>,
+) -> Result<HttpResponse, ApiError> {
+    limits.check(&req, Route::Connect)?;
     let token = api_tokens::random_token();
     let now = state.clock.epoch();
-    state
+    let issued = state
         .store
-        .create_oauth_state(token.clone(), now + STATE_TTL_SECS, now)
+        .create_oauth_state(token.clone(), now + STATE_TTL_SECS, now, MAX_PENDING_STATES)
         .await?;
+    if !issued {
+        return Err(ApiError::TooManyRequests {
+            resource: "OAuth",
+            retry_after_secs: 60,
+        });
+    }
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, state.oauth.authorize_url(token)))
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -54,10 +69,13 @@ struct Callback {
 
 #[get("/auth/strava/callback")]
 async fn callback(
+    req: HttpRequest,
+    limits: web::Data<AddressLimits>,
     state: web::Data<Services>,
     settings: web::Data<Settings>,
     query: web::Query<Callback>,
 ) -> Result<HttpResponse, ApiError> {
+    limits.check(&req, Route::Connect)?;
     let query = query.into_inner();
     let given = query
         .state
@@ -80,11 +98,7 @@ async fn callback(
         });
     }
     let scope = query.scope.unwrap_or_default();
-    if !scope
-        .split(',')
-        .any(|s| ACTIVITY_SCOPES.contains(&s.trim()))
-    {
-        let wanted = requested_activity_scope(&settings.strava_scopes);
+    if let Some(wanted) = missing_activity_scope(&scope, &settings.strava_scopes) {
         return Err(forbidden(
             &format!("Missing required scope {wanted}: activities cannot be read without it"),
             "scope",
@@ -165,6 +179,15 @@ fn forbidden(message: &str, field: &str, code: &'static str) -> ApiError {
         field: field.to_string(),
         code,
     }
+}
+
+/// The activity scope the service asks for (`requested`, `STRAVA_SCOPES`)
+/// when `granted` holds none: what the athlete must grant for a sync.
+pub fn missing_activity_scope<'a>(granted: &str, requested: &'a str) -> Option<&'a str> {
+    let reads = granted
+        .split(',')
+        .any(|s| ACTIVITY_SCOPES.contains(&s.trim()));
+    (!reads).then(|| requested_activity_scope(requested))
 }
 
 /// The activity scope the service asks for (`STRAVA_SCOPES`), to name it

@@ -32,19 +32,28 @@ pub enum ApiError {
     NotFound { resource: &'static str },
     #[error("Payload Too Large")]
     PayloadTooLarge,
+    /// The body did not arrive in time.
+    #[error("Request Timeout")]
+    RequestTimeout,
     #[error("Rate Limit Exceeded")]
     TooManyRequests {
         resource: &'static str,
         retry_after_secs: u64,
     },
-    #[error("Service Unavailable")]
-    NotReady,
+    /// Storage cannot serve (a full disk, an I/O error, no connection in
+    /// time); the detail is logged, not shown.
+    #[error("Service Unavailable: {0}")]
+    Unavailable(String),
     /// Strava failed or answered something unusable while we served the
     /// request (the detail is logged, not shown).
     #[error("Strava failed: {0}")]
     Upstream(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// What the framework or a middleware refused before a handler ran (a
+    /// CORS check), re-worded in Strava's shape.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
 }
 
 impl ApiError {
@@ -63,7 +72,11 @@ impl ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -89,10 +102,12 @@ impl ResponseError for ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Refused { status, .. } => *status,
         }
     }
 
@@ -112,10 +127,14 @@ impl ResponseError for ApiError {
             } => (message.as_str(), *resource, field.as_str(), *code),
             ApiError::NotFound { resource } => ("Record Not Found", *resource, "id", "invalid"),
             ApiError::PayloadTooLarge => ("Payload Too Large", "Request", "body", "too_large"),
+            ApiError::RequestTimeout => ("Request Timeout", "Request", "body", "timeout"),
             ApiError::TooManyRequests { resource, .. } => {
                 ("Rate Limit Exceeded", *resource, "rate limit", "exceeded")
             }
-            ApiError::NotReady => ("Service Unavailable", "Service", "database", "unavailable"),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "storage unavailable during a request");
+                ("Service Unavailable", "Service", "database", "unavailable")
+            }
             ApiError::Upstream(detail) => {
                 tracing::warn!(error = %detail, "Strava failed during a request");
                 ("Bad Gateway", "Strava", "", "unavailable")
@@ -123,6 +142,9 @@ impl ResponseError for ApiError {
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
                 ("Internal Server Error", "Service", "", "error")
+            }
+            ApiError::Refused { message, .. } => {
+                (message.as_str(), "Request", "request", "invalid")
             }
         };
         let mut response = HttpResponse::build(self.status_code());

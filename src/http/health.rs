@@ -12,10 +12,10 @@ async fn healthz() -> HttpResponse {
 
 #[get("/readyz")]
 async fn readyz(state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
-    if state.store.ping().await {
+    if state.store.ready().await {
         Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
     } else {
-        Err(ApiError::NotReady)
+        Err(ApiError::Unavailable("the database is not ready".into()))
     }
 }
 

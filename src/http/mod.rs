@@ -7,19 +7,22 @@ pub mod connect;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod per_address;
 pub mod read_api;
 pub mod sync_api;
 pub mod webhook;
 pub mod webhook_admin;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
-use actix_web::{http::header, web, HttpResponse, ResponseError};
+use actix_web::{http::header, web, HttpMessage, HttpResponse, ResponseError};
+use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Settings;
@@ -35,6 +38,12 @@ use error::ApiError;
 
 /// The largest request body any route accepts (a webhook event is far smaller).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How long a request's head may take to arrive, and then its body. Strava
+/// waits two seconds for a webhook's answer and no route takes more than
+/// 16 KiB, so a client that declares a body and stalls is only holding the
+/// connection.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The core services the handlers share with the background workers; the
 /// HTTP-only pieces (settings, [`auth::Access`], the metrics handle) are
@@ -61,6 +70,7 @@ pub struct AppData {
     pub settings: web::Data<Settings>,
     pub webhooks: web::Data<Webhooks>,
     pub access: web::Data<auth::Access>,
+    pub limits: web::Data<per_address::AddressLimits>,
     pub metrics: web::Data<PrometheusHandle>,
 }
 
@@ -71,6 +81,7 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
             .app_data(data.settings.clone())
             .app_data(data.webhooks.clone())
             .app_data(data.access.clone())
+            .app_data(data.limits.clone())
             .app_data(data.metrics.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .app_data(
@@ -106,6 +117,32 @@ fn body_error(message: String, status: actix_web::http::StatusCode) -> ApiError 
     }
 }
 
+/// The answer to a body that could not be read: too slow, or broken.
+fn payload_error(error: PayloadError) -> ApiError {
+    match error {
+        PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => ApiError::RequestTimeout,
+        PayloadError::Overflow => ApiError::PayloadTooLarge,
+        other => ApiError::bad_parameter("Request", "body", other.to_string()),
+    }
+}
+
+/// The request body, failing with a timeout once `deadline` passes.
+fn with_deadline(payload: Payload, deadline: tokio::time::Instant) -> Payload {
+    let chunks = futures_util::stream::unfold(Some(payload), move |payload| async move {
+        let mut payload = payload?;
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(payload))),
+            Ok(None) => None,
+            Err(_) => {
+                let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "body read timed out");
+                Some((Err(PayloadError::Io(late)), None))
+            }
+        }
+    });
+    let chunks: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(chunks);
+    Payload::Stream { payload: chunks }
+}
+
 /// CORS for browser frontends: only the configured origins, only what the
 /// read API needs.
 pub fn cors(settings: &Settings) -> Cors {
@@ -123,13 +160,53 @@ pub fn cors(settings: &Settings) -> Cors {
         .max_age(3600)
 }
 
-/// Rejects bodies declared too large before anything reads them, records
-/// latency by route pattern, and logs the route, never the raw path (the
-/// webhook path carries a secret).
-pub async fn observe(
+/// Answers what the framework or a middleware refused without a body of ours
+/// (a CORS preflight from an unlisted origin) in Strava's fault shape, as
+/// every handler does. HTTP so malformed that actix rejects it before any
+/// middleware runs (a bad request line, conflicting lengths, too many
+/// headers) keeps actix's bare 400 or 431: nothing of ours sees it.
+pub async fn in_fault_shape(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = next.call(req).await?;
+    if !is_bare_error(&response) {
+        return Ok(response.map_into_boxed_body());
+    }
+    let (request, response) = response.into_parts();
+    let status = response.status();
+    // The framework's own words (actix-cors says which check failed), when
+    // they are a short line of text.
+    let said = actix_web::body::to_bytes_limited(response.into_body(), 200)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .filter(|text| !text.trim().is_empty());
+    let message = said.unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").to_string());
+    let fault = ApiError::Refused { status, message }.error_response();
+    Ok(ServiceResponse::new(request, fault))
+}
+
+/// An error status whose body is not JSON, so not one of our faults.
+fn is_bare_error<B>(response: &ServiceResponse<B>) -> bool {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    (status.is_client_error() || status.is_server_error()) && !json
+}
+
+/// Rejects bodies declared too large before anything reads them, gives the
+/// body [`READ_TIMEOUT`] to arrive, records latency by route pattern,
+/// and logs the route, never the raw path (the webhook path carries a
+/// secret).
+pub async fn observe(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -139,6 +216,9 @@ pub async fn observe(
         let response = ApiError::PayloadTooLarge.error_response();
         return Ok(req.into_response(response));
     }
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let payload = req.take_payload();
+    req.set_payload(with_deadline(payload, deadline));
     let started = Instant::now();
     let method = req.method().to_string();
     let response = next.call(req).await?;

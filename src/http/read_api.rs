@@ -185,3 +185,71 @@ fn client_has(req: &HttpRequest, etag: &str) -> bool {
         .map(str::trim)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A query string as a client may write one: known and unknown names,
+    /// values well-formed or not, percent-encoded or raw, sometimes repeated.
+    fn query() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("before".to_string()),
+            Just("after".into()),
+            Just("page".into()),
+            Just("per_page".into()),
+            "[a-z_%]{0,8}",
+        ];
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0i64..300).prop_map(|n| n.to_string()),
+            "[0-9]{15,30}",
+            "[ -~]{0,12}",
+            "%[0-9A-Fa-f]{2}[0-9]{0,3}",
+        ];
+        prop::collection::vec((name, value), 0..6).prop_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_query_is_a_page_or_a_400_never_a_panic(raw in query(), junk in "\\PC{0,40}") {
+            for query in [raw, junk] {
+                match parse_list_query(&query) {
+                    Ok(filter) => {
+                        prop_assert!((1..=MAX_PER_PAGE).contains(&filter.limit));
+                        prop_assert!(filter.offset >= 0);
+                    }
+                    Err(e) => {
+                        let refused = matches!(e, ApiError::BadParameter { .. });
+                        prop_assert!(refused, "{e:?}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_parameters_are_read_as_given(
+            before in any::<i64>(),
+            after in any::<i64>(),
+            page in 1i64..1_000_000,
+            per_page in 1i64..=MAX_PER_PAGE,
+        ) {
+            let query = format!("after={after}&per_page={per_page}&page={page}&before={before}");
+            let filter = parse_list_query(&query).unwrap();
+            prop_assert_eq!(filter.before, Some(before));
+            prop_assert_eq!(filter.after, Some(after));
+            prop_assert_eq!(filter.limit, per_page);
+            prop_assert_eq!(filter.offset, (page - 1) * per_page);
+        }
+    }
+}

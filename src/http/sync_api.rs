@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::auth::{AdminAuth, AthleteAuth};
+use super::connect::missing_activity_scope;
 use super::{error::ApiError, Services};
 use crate::config::Settings;
 use crate::model::Purpose;
@@ -130,6 +131,9 @@ async fn status(
     Ok(HttpResponse::Ok().json(json!({
         "athlete_id": athlete_id,
         "connection": athlete.status.as_str(),
+        // As Strava honours it: a scope it refused a call for is gone.
+        "scope": athlete.scope,
+        "missing_scope": missing_activity_scope(&athlete.scope, &settings.strava_scopes),
         "backfill": backfill,
         "last_gap_fill_at": to_time(sync.last_gap_fill_at),
         "last_webhook_at": to_time(last_webhook),

@@ -18,11 +18,18 @@ use serde::{de::Error as _, Deserialize, Deserializer};
 use serde_json::json;
 
 use super::auth::constant_time_eq;
+use super::per_address::{AddressLimits, Route};
 use super::{error::ApiError, Services, MAX_BODY_BYTES};
 use crate::config::Settings;
 use crate::model::event::{AspectType, Event, ObjectType};
 use crate::store::inbox::Received;
 use crate::webhook::Webhooks;
+
+/// How far ahead of our clock an event may be. An activity ignores events
+/// older than the newest one applied to it, so a forged event from the
+/// future would hide every genuine change until then; Strava stamps events
+/// when they happen, so only clock skew puts a real one ahead of us.
+const MAX_EVENT_AHEAD_SECS: i64 = 600;
 
 #[derive(Deserialize)]
 struct Handshake {
@@ -99,9 +106,11 @@ fn refused(field: &str) -> ApiError {
 /// The subscription handshake: echo the challenge when the verify token is ours.
 async fn handshake(
     req: HttpRequest,
+    limits: web::Data<AddressLimits>,
     settings: web::Data<Settings>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
+    limits.check(&req, Route::Webhook)?;
     check_path(&req, &webhooks)?;
     let query = web::Query::<Handshake>::from_query(req.query_string())
         .map_err(|e| ApiError::bad_parameter("Subscription", "query", e.to_string()))?;
@@ -124,25 +133,24 @@ async fn handshake(
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
+    limits: web::Data<AddressLimits>,
     state: web::Data<Services>,
     webhooks: web::Data<Webhooks>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    limits.check(&req, Route::Webhook)?;
     check_path(&req, &webhooks)?;
     let body = read_limited(payload).await?;
-    let incoming: Incoming = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_parameter("Event", "body", e.to_string()))?;
-    let claimed = incoming.subscription_id;
-    let event = Event {
-        object_type: incoming.object_type,
-        object_id: incoming.object_id,
-        aspect_type: incoming.aspect_type,
-        owner_id: incoming.owner_id,
-        event_time: incoming.event_time,
-        updates: incoming.updates.unwrap_or_default(),
-    };
-    let kind = event.kind();
+    let (event, claimed) = parse_event(&body)?;
     let now = state.clock.epoch();
+    if event.event_time > now.saturating_add(MAX_EVENT_AHEAD_SECS) {
+        return Err(ApiError::bad_parameter(
+            "Event",
+            "event_time",
+            format!("event_time is more than {MAX_EVENT_AHEAD_SECS} seconds ahead of our clock"),
+        ));
+    }
+    let kind = event.kind();
     let received = state.store.receive_event(event, claimed, now).await?;
     let outcome = match received {
         Received::Foreign => {
@@ -155,10 +163,26 @@ async fn receive(
             "accepted"
         }
         Received::Duplicate => "duplicate",
+        Received::Ignored => "ignored",
     };
     metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => outcome).increment(1);
     metrics::histogram!("webhook_ack_seconds").record(started.elapsed().as_secs_f64());
     Ok(HttpResponse::Ok().json(json!({ "status": outcome })))
+}
+
+/// An event from a request body, and the subscription id it claims.
+fn parse_event(body: &[u8]) -> Result<(Event, i64), ApiError> {
+    let incoming: Incoming = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_parameter("Event", "body", e.to_string()))?;
+    let event = Event {
+        object_type: incoming.object_type,
+        object_id: incoming.object_id,
+        aspect_type: incoming.aspect_type,
+        owner_id: incoming.owner_id,
+        event_time: incoming.event_time,
+        updates: incoming.updates.unwrap_or_default(),
+    };
+    Ok((event, incoming.subscription_id))
 }
 
 /// Reads the body, refusing more than [`MAX_BODY_BYTES`] even when it comes
@@ -166,7 +190,7 @@ async fn receive(
 async fn read_limited(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_parameter("Event", "body", e.to_string()))?;
+        let chunk = chunk.map_err(super::payload_error)?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge);
         }
@@ -185,4 +209,137 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             })),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// A JSON value of any kind, to stand where a field belongs.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::from),
+            "[0-9]{1,25}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A field's value: usually one Strava could send, sometimes anything.
+    fn field(
+        valid: impl Strategy<Value = Value> + 'static,
+    ) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            16 => valid.prop_map(Some),
+            1 => any_json().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    /// Mostly positive, as ids and times are.
+    fn id() -> impl Strategy<Value = i64> {
+        prop_oneof![9 => 1..i64::MAX, 1 => any::<i64>()]
+    }
+
+    fn event_json() -> impl Strategy<Value = Value> {
+        let updates = prop::collection::btree_map(
+            prop_oneof![
+                Just("title".to_string()),
+                Just("type".into()),
+                Just("private".into()),
+                Just("authorized".into())
+            ],
+            ".{0,20}",
+            0..4,
+        )
+        .prop_map(|m| json!(m));
+        (
+            field(prop_oneof![Just(json!("activity")), Just(json!("athlete"))]),
+            field(prop_oneof![
+                Just(json!("create")),
+                Just(json!("update")),
+                Just(json!("delete"))
+            ]),
+            field(id().prop_map(Value::from)),
+            field(id().prop_map(Value::from)),
+            field(id().prop_map(Value::from)),
+            field(prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<i64>().prop_map(|n| json!(n.to_string()))
+            ]),
+            field(updates),
+        )
+            .prop_map(
+                |(
+                    object_type,
+                    aspect_type,
+                    object_id,
+                    owner_id,
+                    event_time,
+                    subscription_id,
+                    updates,
+                )| {
+                    let fields = [
+                        ("object_type", object_type),
+                        ("aspect_type", aspect_type),
+                        ("object_id", object_id),
+                        ("owner_id", owner_id),
+                        ("event_time", event_time),
+                        ("subscription_id", subscription_id),
+                        ("updates", updates),
+                    ];
+                    Value::Object(
+                        fields
+                            .into_iter()
+                            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                            .collect(),
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_body_is_an_event_or_a_400_never_a_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = parse_event(&body) {
+                let refused = matches!(e, ApiError::BadParameter { .. });
+                prop_assert!(refused, "{e:?}");
+            }
+        }
+
+        #[test]
+        fn an_accepted_event_is_what_was_sent(value in event_json()) {
+            let body = value.to_string();
+            let Ok((event, subscription)) = parse_event(body.as_bytes()) else {
+                return Ok(());
+            };
+            for (field, got) in [
+                ("object_id", event.object_id),
+                ("owner_id", event.owner_id),
+                ("event_time", event.event_time),
+            ] {
+                prop_assert!(got > 0);
+                prop_assert_eq!(value[field].as_i64(), Some(got));
+            }
+            prop_assert!(subscription > 0);
+            prop_assert_eq!(value["object_type"].as_str(), Some(event.object_type.as_str()));
+            prop_assert_eq!(value["aspect_type"].as_str(), Some(event.aspect_type.as_str()));
+            prop_assert_eq!(json!(event.updates), value.get("updates").cloned().filter(|u| !u.is_null()).unwrap_or(json!({})));
+        }
+    }
 }

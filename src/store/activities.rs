@@ -294,7 +294,7 @@ pub fn upsert_listed(
     let mut kept = Vec::with_capacity(page.len());
     for raw in page {
         let keys: Keys = serde_json::from_str(raw.get())?;
-        if lifecycle::may_store(conn, keys.id, Applying::Nothing)? {
+        if lifecycle::may_store(conn, athlete_id, keys.id, Applying::Nothing)? {
             kept.push(raw);
         }
     }
@@ -343,6 +343,14 @@ pub fn summary_only_since(conn: &Connection, since: i64, limit: u32) -> DbResult
         .query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Who the stored activity `id` belongs to, if it is stored.
+pub fn owner(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT athlete_id FROM activities WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
 }
 
 /// Which of these activity ids are already stored for the athlete.
@@ -438,7 +446,9 @@ impl Store {
             let stored = stored_ids(c, athlete_id, &ids)?;
             let mut pending = Vec::new();
             for id in ids {
-                if !stored.contains(&id) && lifecycle::may_store(c, id, Applying::Nothing)? {
+                if !stored.contains(&id)
+                    && lifecycle::may_store(c, athlete_id, id, Applying::Nothing)?
+                {
                     pending.push(id);
                 }
             }

@@ -49,6 +49,17 @@ impl Athlete {
     }
 }
 
+/// `granted` without `refused` and the scopes that include it
+/// (`activity:read_all` includes `activity:read`).
+fn without_scope(granted: &str, refused: &str) -> String {
+    granted
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.starts_with(refused))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Inserts or refreshes an athlete from Strava's athlete JSON (every field
 /// kept); a reconnect resets the status to connected. Returns the athlete id.
 pub fn upsert(
@@ -141,9 +152,10 @@ impl Store {
         tokens: StoredTokens,
         now: i64,
     ) -> DbResult<(i64, String)> {
+        let cipher = self.cipher()?;
         self.write(move |tx| {
             let id = upsert(tx, &profile, &scope, now)?;
-            strava_tokens::put(tx, id, &tokens, now)?;
+            strava_tokens::put(tx, &cipher, id, &tokens, now)?;
             let api_token = api_tokens::issue(tx, id, now)?;
             jobs::enqueue(tx, id, Task::FirstPage, now, now)?;
             jobs::enqueue(tx, id, Task::Backfill, now, now)?;
@@ -168,7 +180,8 @@ impl Store {
 
     /// The athlete and their Strava tokens, if both are stored.
     pub async fn athlete_tokens(&self, id: i64) -> DbResult<Option<(Athlete, StoredTokens)>> {
-        self.read(move |c| Ok(get(c, id)?.zip(strava_tokens::get(c, id)?)))
+        let cipher = self.cipher()?;
+        self.read(move |c| Ok(get(c, id)?.zip(strava_tokens::get(c, &cipher, id)?)))
             .await
     }
 
@@ -232,6 +245,24 @@ impl Store {
         self.write(move |tx| set_status(tx, id, Status::NeedsReauth, now))
             .await
     }
+
+    /// Records that Strava refused a call for lack of `scope`: it, and the
+    /// scopes that include it, leave the stored scope (which the callback URL
+    /// claimed), and the athlete must connect again.
+    pub async fn refuse_scope(&self, id: i64, scope: String, now: i64) -> DbResult<()> {
+        self.write(move |tx| {
+            let Some(athlete) = get(tx, id)? else {
+                return Ok(());
+            };
+            let honoured = without_scope(&athlete.scope, &scope);
+            tx.execute(
+                "UPDATE athletes SET scope = ?2 WHERE id = ?1",
+                params![id, honoured],
+            )?;
+            set_status(tx, id, Status::NeedsReauth, now)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -248,5 +279,15 @@ mod tests {
         };
         assert!(athlete("read, activity:read_all").reads_all());
         assert!(!athlete("read,activity:read").reads_all());
+    }
+
+    #[test]
+    fn a_refused_scope_takes_the_scopes_including_it_along() {
+        let granted = "read,activity:read_all,profile:read_all";
+        assert_eq!(
+            without_scope(granted, "activity:read"),
+            "read,profile:read_all"
+        );
+        assert_eq!(without_scope(granted, "activity:write"), granted);
     }
 }

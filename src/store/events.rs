@@ -48,6 +48,12 @@ fn apply(
     }
     sync_state::record_webhook_at(tx, event.owner_id, received_at)?;
     let (owner, id, at) = (event.owner_id, event.object_id, event.event_time);
+    if event.object_type == ObjectType::Activity
+        && activities::owner(tx, id)?.is_some_and(|stored| stored != owner)
+    {
+        // Another athlete's activity: an event only touches its owner's.
+        return Ok((Status::Ignored, "not_owner"));
+    }
     Ok(match (event.object_type, event.aspect_type) {
         (ObjectType::Athlete, AspectType::Update)
             if event.updates.get("authorized").map(String::as_str) == Some("false") =>
@@ -57,10 +63,10 @@ fn apply(
         }
         (ObjectType::Athlete, _) => (Status::Ignored, "nothing_to_apply"),
         (ObjectType::Activity, AspectType::Create) => {
-            if !lifecycle::may_store(tx, id, Applying::Create(at))? {
+            if !lifecycle::may_store(tx, owner, id, Applying::Create(at))? {
                 return Ok((Status::Ignored, "deleted"));
             }
-            lifecycle::unbury(tx, id)?;
+            lifecycle::unbury(tx, owner, id)?;
             if activities::stored_ids(tx, owner, &[id])?.is_empty() {
                 jobs::enqueue(tx, owner, Task::fetch(id), now, now)?;
                 (Status::Done, "fetch_queued")
@@ -69,7 +75,7 @@ fn apply(
             }
         }
         (ObjectType::Activity, AspectType::Update) => {
-            if !lifecycle::may_store(tx, id, Applying::Nothing)? {
+            if !lifecycle::may_store(tx, owner, id, Applying::Nothing)? {
                 return Ok((Status::Ignored, "deleted"));
             }
             match activity_edits::apply_update(tx, owner, id, at, &field_updates(event), now)? {
@@ -81,7 +87,7 @@ fn apply(
         }
         (ObjectType::Activity, AspectType::Delete) => {
             // A create newer than this delete already brought it back.
-            if lifecycle::may_store(tx, id, Applying::Delete(at))? {
+            if lifecycle::may_store(tx, owner, id, Applying::Delete(at))? {
                 return Ok((Status::Ignored, "stale"));
             }
             activity_edits::delete(tx, owner, id, at)?;

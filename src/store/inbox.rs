@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{subscription, DbResult, Store};
+use super::{athletes, subscription, DbResult, Store};
 pub use crate::model::event::{AspectType, Event, ObjectType};
 
 /// Where an inbox event stands.
@@ -248,6 +248,9 @@ pub enum Received {
     Accepted,
     /// Already in the inbox: a retry or a duplicate delivery.
     Duplicate,
+    /// For an athlete who is not connected: acknowledged, not kept, so
+    /// events nobody can use cannot grow the inbox.
+    Ignored,
     /// It names another subscription than ours.
     Foreign,
 }
@@ -262,7 +265,8 @@ pub struct InboxReport {
 
 impl Store {
     /// Commits an event that carries our subscription id (or any, while none
-    /// is stored), unless an identical one is already in the inbox.
+    /// is stored) for a connected athlete, unless an identical one is
+    /// already in the inbox.
     pub async fn receive_event(
         &self,
         event: Event,
@@ -272,6 +276,9 @@ impl Store {
         self.write(move |tx| {
             if subscription::id(tx)?.is_some_and(|ours| ours != claimed_subscription) {
                 return Ok(Received::Foreign);
+            }
+            if athletes::get(tx, event.owner_id)?.is_none() {
+                return Ok(Received::Ignored);
             }
             Ok(if insert(tx, &event, now)? {
                 Received::Accepted

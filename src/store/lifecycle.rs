@@ -5,7 +5,9 @@
 //! two, the newer wins: Strava's list can lag a delete, so a listing must not
 //! bring the activity back, while a create newer than the delete (a privacy
 //! switch seen without `activity:read_all` arrives as a delete, then a
-//! create) means it is back.
+//! create) means it is back. Both count only for the athlete the event
+//! names: an event naming someone else cannot keep an activity away from its
+//! owner.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -20,13 +22,20 @@ pub enum Applying {
     Delete(i64),
 }
 
-/// Whether activity `id` may be stored once `applying` is taken into
-/// account: true unless its newest delete is at least as new as every create
-/// seen for it.
-pub fn may_store(conn: &Connection, id: i64, applying: Applying) -> DbResult<bool> {
+/// Whether the athlete's activity `id` may be stored once `applying` is
+/// taken into account: true unless the athlete's newest delete of it is at
+/// least as new as every create of it seen for them.
+pub fn may_store(
+    conn: &Connection,
+    athlete_id: i64,
+    id: i64,
+    applying: Applying,
+) -> DbResult<bool> {
     let tombstone: Option<i64> = conn
-        .prepare_cached("SELECT event_time FROM activity_tombstones WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
+        .prepare_cached(
+            "SELECT event_time FROM activity_tombstones WHERE athlete_id = ?1 AND id = ?2",
+        )?
+        .query_row(params![athlete_id, id], |r| r.get(0))
         .optional()?;
     let deleted = match applying {
         Applying::Delete(at) => Some(tombstone.map_or(at, |t| t.max(at))),
@@ -41,27 +50,28 @@ pub fn may_store(conn: &Connection, id: i64, applying: Applying) -> DbResult<boo
     Ok(conn
         .prepare_cached(
             "SELECT 1 FROM webhook_events
-             WHERE object_type = 'activity' AND object_id = ?1 AND aspect_type = 'create'
-               AND event_time > ?2",
+             WHERE object_type = 'activity' AND object_id = ?1 AND owner_id = ?2
+               AND aspect_type = 'create' AND event_time > ?3",
         )?
-        .exists(params![id, deleted])?)
+        .exists(params![id, athlete_id, deleted])?)
 }
 
-/// Records a delete at `event_time` (the newest delete time wins).
+/// Records the athlete's delete at `event_time` (the newest delete time wins).
 pub fn bury(conn: &Connection, athlete_id: i64, id: i64, event_time: i64) -> DbResult<()> {
     conn.prepare_cached(
-        "INSERT INTO activity_tombstones (id, athlete_id, event_time) VALUES (?1, ?2, ?3)
-         ON CONFLICT(id) DO UPDATE SET event_time = max(event_time, excluded.event_time)",
+        "INSERT INTO activity_tombstones (athlete_id, id, event_time) VALUES (?1, ?2, ?3)
+         ON CONFLICT(athlete_id, id) DO UPDATE SET
+             event_time = max(event_time, excluded.event_time)",
     )?
-    .execute(params![id, athlete_id, event_time])?;
+    .execute(params![athlete_id, id, event_time])?;
     Ok(())
 }
 
-/// Lifts a tombstone once a newer create brought the activity back, so
-/// later listings need not consult the inbox (which is pruned).
-pub fn unbury(conn: &Connection, id: i64) -> DbResult<()> {
-    conn.prepare_cached("DELETE FROM activity_tombstones WHERE id = ?1")?
-        .execute([id])?;
+/// Lifts the athlete's tombstone once a newer create brought the activity
+/// back, so later listings need not consult the inbox (which is pruned).
+pub fn unbury(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<()> {
+    conn.prepare_cached("DELETE FROM activity_tombstones WHERE athlete_id = ?1 AND id = ?2")?
+        .execute(params![athlete_id, id])?;
     Ok(())
 }
 
@@ -77,21 +87,24 @@ mod tests {
         store
             .write_blocking(|c| {
                 athletes::upsert(c, &serde_json::json!({"id": 1}), "read", 0)?;
-                assert!(may_store(c, 10, Applying::Nothing)?);
-                assert!(!may_store(c, 10, Applying::Delete(500))?);
+                assert!(may_store(c, 1, 10, Applying::Nothing)?);
+                assert!(!may_store(c, 1, 10, Applying::Delete(500))?);
                 bury(c, 1, 10, 500)?;
-                assert!(!may_store(c, 10, Applying::Nothing)?, "a listing lags");
-                assert!(!may_store(c, 10, Applying::Create(500))?);
-                assert!(may_store(c, 10, Applying::Create(501))?);
+                assert!(!may_store(c, 1, 10, Applying::Nothing)?, "a listing lags");
+                assert!(may_store(c, 2, 10, Applying::Nothing)?, "not theirs");
+                assert!(!may_store(c, 1, 10, Applying::Create(500))?);
+                assert!(may_store(c, 1, 10, Applying::Create(501))?);
                 c.execute(
                     "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                          owner_id, event_time, updates_json, received_at, next_attempt_at)
                      VALUES ('k', 'activity', 10, 'create', 1, 600, '{}', 600, 600)",
                     [],
                 )?;
-                assert!(may_store(c, 10, Applying::Nothing)?, "created again");
-                assert!(may_store(c, 10, Applying::Delete(550))?, "a late delete");
-                assert!(!may_store(c, 10, Applying::Delete(700))?);
+                assert!(may_store(c, 1, 10, Applying::Nothing)?, "created again");
+                assert!(may_store(c, 1, 10, Applying::Delete(550))?, "a late delete");
+                assert!(!may_store(c, 1, 10, Applying::Delete(700))?);
+                bury(c, 2, 10, 800)?;
+                assert!(may_store(c, 1, 10, Applying::Nothing)?, "another's delete");
                 Ok(())
             })
             .unwrap();

@@ -22,15 +22,20 @@ pub mod service_state;
 pub mod strava_tokens;
 pub mod subscription;
 pub mod sync_state;
+pub mod token_cipher;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use include_dir::{include_dir, Dir};
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use rusqlite_migration::Migrations;
+
+use token_cipher::TokenCipher;
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 
@@ -50,6 +55,45 @@ pub enum DbError {
     Json(#[from] serde_json::Error),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("database file: {0}")]
+    File(#[from] std::io::Error),
+    /// Strava tokens that cannot be opened, or no key to open them with.
+    #[error("Strava tokens: {0}")]
+    Tokens(String),
+}
+
+impl DbError {
+    /// Whether the storage under the database failed (a full disk, an I/O
+    /// error, a file that cannot be opened or written): nothing is wrong with
+    /// the request, and nothing will work until an operator steps in.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(self, DbError::File(_))
+            || matches!(
+                self,
+                DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if matches!(
+                    e.code,
+                    ErrorCode::DiskFull
+                        | ErrorCode::SystemIoFailure
+                        | ErrorCode::CannotOpen
+                        | ErrorCode::ReadOnly
+                        | ErrorCode::DatabaseCorrupt
+                        | ErrorCode::NotADatabase
+                )
+            )
+    }
+
+    /// Whether the database could not serve at all (a storage fault, or no
+    /// connection or lock to be had in time), as opposed to failing this
+    /// request's work.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_storage_fault()
+            || matches!(self, DbError::Pool(_))
+            || matches!(
+                self,
+                DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            )
+    }
 }
 
 pub type DbResult<T> = Result<T, DbError>;
@@ -58,12 +102,19 @@ pub type DbResult<T> = Result<T, DbError>;
 pub struct Store {
     writer: Pool<SqliteConnectionManager>,
     readers: Pool<SqliteConnectionManager>,
+    /// Set by a storage fault; cleared by [`Store::ready`] once a write that
+    /// allocates pages commits (smaller writes may still fit while others
+    /// fail).
+    failing: Arc<AtomicBool>,
+    /// Seals Strava's tokens; None where no command touches them.
+    cipher: Option<Arc<TokenCipher>>,
 }
 
 impl Store {
-    /// Opens the database file, switches it to WAL once, applies migrations and
-    /// builds the pools.
+    /// Opens the database file (creating it readable by its owner only),
+    /// switches it to WAL once, applies migrations and builds the pools.
     pub fn open(path: &Path) -> DbResult<Self> {
+        create_private(path)?;
         {
             let mut conn = Connection::open(path)?;
             // WAL is a property of the file: set it here, once, rather than in
@@ -82,7 +133,38 @@ impl Store {
             .max_size(READER_POOL_SIZE)
             .min_idle(Some(1))
             .build(manager(configure))?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            failing: Arc::default(),
+            cipher: None,
+        })
+    }
+
+    /// This store, sealing Strava's tokens with `cipher`.
+    pub fn with_token_cipher(self, cipher: TokenCipher) -> Self {
+        Self {
+            cipher: Some(Arc::new(cipher)),
+            ..self
+        }
+    }
+
+    fn cipher(&self) -> DbResult<Arc<TokenCipher>> {
+        self.cipher
+            .clone()
+            .ok_or_else(|| DbError::Tokens("no TOKEN_ENCRYPTION_KEY to open them with".into()))
+    }
+
+    /// Copies the write-ahead log into the file and empties it.
+    async fn checkpoint(&self) -> DbResult<()> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer
+                .get()?
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await?
     }
 
     /// Applies migrations to the file and returns.
@@ -98,8 +180,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || f(&*pool.get()?)).await?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f)).await?
     }
 
     /// Runs work in one `BEGIN IMMEDIATE` transaction on the writer, off the
@@ -115,30 +197,81 @@ impl Store {
 
     /// [`Store::write`] for callers already on a blocking thread.
     pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction) -> DbResult<T>) -> DbResult<T> {
-        let mut conn = self.writer.get()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let result = (|| {
+            let mut conn = self.writer.get()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if let Err(e) = &result {
+            self.note_fault(e);
+        }
+        result
     }
 
     /// [`Store::read`] for callers already on a blocking thread.
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
-        f(&*self.readers.get()?)
+        let result = self
+            .readers
+            .get()
+            .map_err(DbError::from)
+            .and_then(|c| f(&c));
+        if let Err(e) = &result {
+            self.note_fault(e);
+        }
+        result
     }
 
-    /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .is_ok()
+    /// Marks the store failing on a storage fault (logged once per spell).
+    fn note_fault(&self, error: &DbError) {
+        if error.is_storage_fault() && !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(%error, "storage failed; not ready until it takes writes again");
+        }
+    }
+
+    /// Whether the database answers and, after a storage fault, takes a
+    /// write again: one that must allocate pages and reach the disk, as the
+    /// write that failed did.
+    pub async fn ready(&self) -> bool {
+        if self.failing.load(Ordering::Relaxed)
+            && self
+                .write(|tx| service_state::probe_write(tx))
+                .await
+                .is_ok()
+        {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+        !self.failing.load(Ordering::Relaxed)
+            && self
+                .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .is_ok()
     }
 }
 
+/// Creates the database file, readable and writable by its owner only, if
+/// it does not exist yet; SQLite gives the WAL and shared-memory files the
+/// database file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every connection overwrites what it deletes (`secure_delete`), so a
+/// purged athlete's rows do not live on in the file's free space.
 fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
@@ -182,6 +315,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(synchronous, 2, "FULL: a commit is durable when it returns");
-        assert!(store.ping().await);
+        assert!(store.ready().await);
     }
 }

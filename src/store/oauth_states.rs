@@ -5,14 +5,26 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{DbResult, Store};
 
-/// Records a fresh state valid until `expires_at`, dropping expired ones.
-pub fn create(conn: &Connection, state: &str, expires_at: i64, now: i64) -> DbResult<()> {
+/// Records a fresh state valid until `expires_at`, dropping expired ones,
+/// unless `max_pending` unexpired ones are already waiting. Returns whether
+/// it was recorded.
+pub fn create(
+    conn: &Connection,
+    state: &str,
+    expires_at: i64,
+    now: i64,
+    max_pending: i64,
+) -> DbResult<bool> {
     conn.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
+    let pending: i64 = conn.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?;
+    if pending >= max_pending {
+        return Ok(false);
+    }
     conn.execute(
         "INSERT INTO oauth_states (state, expires_at) VALUES (?1, ?2)",
         params![state, expires_at],
     )?;
-    Ok(())
+    Ok(true)
 }
 
 /// Uses a state up: true only the first time, and only before it expires.
@@ -28,14 +40,16 @@ pub fn consume(conn: &Connection, state: &str, now: i64) -> DbResult<bool> {
 }
 
 impl Store {
-    /// Records a fresh OAuth state valid until `expires_at`.
+    /// Records a fresh OAuth state valid until `expires_at`, unless
+    /// `max_pending` are waiting already. Returns whether it was recorded.
     pub async fn create_oauth_state(
         &self,
         state: String,
         expires_at: i64,
         now: i64,
-    ) -> DbResult<()> {
-        self.write(move |tx| create(tx, &state, expires_at, now))
+        max_pending: i64,
+    ) -> DbResult<bool> {
+        self.write(move |tx| create(tx, &state, expires_at, now, max_pending))
             .await
     }
 
@@ -56,12 +70,15 @@ mod tests {
         let store = Store::open(&dir.path().join("s.db")).unwrap();
         store
             .write_blocking(|tx| {
-                create(tx, "fresh", 1_000, 0)?;
-                create(tx, "stale", 1_000, 0)?;
+                assert!(create(tx, "fresh", 1_000, 0, 3)?);
+                assert!(create(tx, "stale", 1_000, 0, 3)?);
                 assert!(consume(tx, "fresh", 999)?);
                 assert!(!consume(tx, "fresh", 999)?, "reused");
                 assert!(!consume(tx, "stale", 1_000)?, "expired");
                 assert!(!consume(tx, "forged", 0)?, "unknown");
+                assert!(create(tx, "a", 2_000, 1_000, 2)?, "the expired one went");
+                assert!(create(tx, "b", 2_000, 1_000, 2)?);
+                assert!(!create(tx, "c", 2_000, 1_000, 2)?, "two are waiting");
                 Ok(())
             })
             .unwrap();

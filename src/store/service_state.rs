@@ -34,3 +34,13 @@ pub fn delete(conn: &Connection, key: &str) -> DbResult<()> {
     conn.execute("DELETE FROM service_state WHERE key = ?1", [key])?;
     Ok(())
 }
+
+/// Writes a page's worth under a scratch key and takes it back: a write that
+/// must allocate pages and commit, to learn whether storage takes writes.
+pub fn probe_write(conn: &Connection) -> DbResult<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO service_state (key, value) VALUES ('probe', hex(randomblob(4096)))",
+        [],
+    )?;
+    delete(conn, "probe")
+}

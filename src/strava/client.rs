@@ -5,8 +5,11 @@
 //! Failures of Strava itself (5xx, timeouts, refused connections) are retried
 //! with exponential backoff and jitter; after several in a row the circuit
 //! opens and calls fail fast for a while instead of spending the budget on a
-//! Strava that is down. Answers are returned as raw JSON so stored records
-//! keep every field Strava sent.
+//! Strava that is down. A 401 for a token that looked valid gets one refresh
+//! and one more try; a second 401, or one for a scope the athlete did not
+//! grant, marks the athlete as needing re-authorization (see `tokens`).
+//! Answers are returned as raw JSON so stored records keep every field
+//! Strava sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,9 +209,9 @@ impl StravaClient {
         path: String,
         query: Vec<(&'static str, String)>,
     ) -> Result<Vec<u8>, StravaError> {
-        let token = self.tokens.access_token(athlete_id).await?;
+        let mut token = self.tokens.access_token(athlete_id).await?;
         let url = format!("{}{}", self.api_url, path);
-        let mut attempt = 0;
+        let (mut attempt, mut renewed) = (0, false);
         loop {
             attempt += 1;
             self.breaker().check(self.budget.clock().epoch())?;
@@ -258,9 +261,24 @@ impl StravaClient {
                     tracing::info!(endpoint, attempt, error = %e, "retrying a failed Strava call");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                other => {
+                answered => {
                     self.breaker().success();
-                    return other;
+                    match answered {
+                        // A token we believe valid, refused (revoked, or our
+                        // clock behind Strava's): refresh once and try again.
+                        Err(StravaError::InvalidToken) if !renewed => {
+                            renewed = true;
+                            token = self.tokens.renew(athlete_id, &token).await?;
+                        }
+                        Err(StravaError::InvalidToken) => {
+                            return Err(self.tokens.refused(athlete_id).await)
+                        }
+                        Err(StravaError::MissingScope(field)) => {
+                            let scope = field.strip_suffix("_permission").unwrap_or(&field);
+                            return Err(self.tokens.scope_refused(athlete_id, scope).await);
+                        }
+                        other => return other,
+                    }
                 }
             }
         }
@@ -306,7 +324,11 @@ fn refusal(status: StatusCode, body: &[u8]) -> StravaError {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
     use super::*;
+    use crate::strava::budget::PerWindow;
 
     #[test]
     fn refusals_are_typed_from_strava_faults() {
@@ -379,5 +401,90 @@ mod tests {
                 ("per_page", "200".to_string())
             ]
         );
+    }
+
+    /// One of the rate-limit headers, in any letter case.
+    fn header_name() -> impl Strategy<Value = HeaderName> {
+        let names = [
+            "x-ratelimit-usage",
+            "x-ratelimit-limit",
+            "x-readratelimit-usage",
+            "x-readratelimit-limit",
+        ];
+        (prop::sample::select(names.to_vec()), any::<u64>()).prop_map(|(name, case)| {
+            let cased: String = name
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if case >> (i % 64) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            HeaderName::try_from(cased).unwrap()
+        })
+    }
+
+    /// A header value: Strava's `"15min,daily"` or anything else a proxy or
+    /// a broken Strava could send.
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(a, b)| format!("{a},{b}").into_bytes()),
+            (any::<i64>(), any::<i64>(), " {0,2}")
+                .prop_map(|(a, b, pad)| format!("{pad}{a}{pad},{pad}{b}").into_bytes()),
+            "[0-9, ]{0,30}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn rate_limit_headers_are_read_or_ignored_never_a_panic(
+            headers in prop::collection::vec((header_name(), header_value()), 0..6),
+        ) {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.append(name, value);
+                }
+            }
+            let report = RateReport::from_headers(&map);
+            // What was read is what the header said.
+            for (read, names) in [
+                (report.usage, ["x-readratelimit-usage", "x-ratelimit-usage"]),
+                (report.limit, ["x-readratelimit-limit", "x-ratelimit-limit"]),
+            ] {
+                let Some(PerWindow { quarter, day }) = read else {
+                    continue;
+                };
+                let said = names.iter().filter_map(|n| map.get(*n)?.to_str().ok()).any(|v| {
+                    v.split_once(',').is_some_and(|(q, d)| {
+                        q.trim().parse() == Ok(quarter) && d.trim().parse() == Ok(day)
+                    })
+                });
+                prop_assert!(said, "{read:?} from {map:?}");
+            }
+        }
+
+        #[test]
+        fn any_refusal_is_typed_never_a_panic(
+            status in 400u16..600,
+            body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                ("[a-z_:]{0,30}", "[a-z]{0,10}").prop_map(|(field, code)| format!(
+                    r#"{{"message":"x","errors":[{{"resource":"AccessToken","field":"{field}","code":"{code}"}}]}}"#
+                ).into_bytes()),
+            ],
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let typed = refusal(status, &body);
+            if status.is_server_error() {
+                prop_assert!(typed.is_transient());
+            }
+        }
     }
 }

@@ -2,11 +2,14 @@
 //! before it expires, once per athlete however many callers need it at the
 //! same moment (a per-athlete lock, re-checked after waiting), and the
 //! rotated refresh token is committed before the new access token is used.
-//! A refused refresh marks the athlete as needing re-authorization; from then
-//! on nothing is sent for them (no loop of doomed refreshes) until they
-//! connect again.
+//! A token Strava refuses although it looked valid (revoked, or our clock
+//! behind Strava's) is refreshed once too. A refused refresh, a refreshed
+//! token refused again, or a call refused for a scope the athlete did not
+//! grant marks the athlete as needing re-authorization; from then on nothing
+//! is sent for them (no loop of doomed refreshes) until they connect again.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::error::StravaError;
@@ -49,17 +52,83 @@ impl Tokens {
 
     /// A usable access token for the athlete, refreshing it first if needed.
     pub async fn access_token(&self, athlete_id: i64) -> Result<String, StravaError> {
-        if let Fresh::Yes(token) = self.check(athlete_id).await? {
-            return Ok(token);
+        let stored = self.stored(athlete_id).await?;
+        if self.fresh(&stored) {
+            return Ok(stored.access_token);
         }
+        self.one_at_a_time(athlete_id, async {
+            // Whoever held the lock before us may have refreshed already.
+            let stored = self.stored(athlete_id).await?;
+            if self.fresh(&stored) {
+                Ok(stored.access_token)
+            } else {
+                self.refresh(athlete_id, &stored).await
+            }
+        })
+        .await
+    }
+
+    /// A new access token after Strava refused `rejected`, which looked
+    /// valid: refreshed once, unless another caller refused at the same
+    /// moment has stored a new one already.
+    pub async fn renew(&self, athlete_id: i64, rejected: &str) -> Result<String, StravaError> {
+        self.one_at_a_time(athlete_id, async {
+            let stored = self.stored(athlete_id).await?;
+            if stored.access_token != rejected && self.fresh(&stored) {
+                return Ok(stored.access_token);
+            }
+            self.refresh(athlete_id, &stored).await
+        })
+        .await
+    }
+
+    /// Strava refused even a renewed token: the athlete must connect again.
+    pub async fn refused(&self, athlete_id: i64) -> StravaError {
+        tracing::warn!(
+            athlete_id,
+            "Strava refused a renewed token; the athlete must re-authorize"
+        );
+        self.needs_reauth(athlete_id).await
+    }
+
+    /// Marks the athlete as needing to connect again; the error to return.
+    async fn needs_reauth(&self, athlete_id: i64) -> StravaError {
+        match self
+            .store
+            .mark_needs_reauth(athlete_id, self.clock.epoch())
+            .await
+        {
+            Ok(()) => StravaError::NeedsReauth,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Strava refused a call for `scope` the athlete did not grant, whatever
+    /// the callback claimed: the scope is dropped from what is stored, and
+    /// the athlete must connect again, granting it.
+    pub async fn scope_refused(&self, athlete_id: i64, scope: &str) -> StravaError {
+        tracing::warn!(
+            athlete_id,
+            scope,
+            "Strava refused a call for a missing scope"
+        );
+        let now = self.clock.epoch();
+        match self
+            .store
+            .refuse_scope(athlete_id, scope.to_string(), now)
+            .await
+        {
+            Ok(()) => StravaError::NeedsReauth,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Runs `work` holding the athlete's refresh lock.
+    async fn one_at_a_time<T>(&self, athlete_id: i64, work: impl Future<Output = T>) -> T {
         let lock = self.lock_for(athlete_id);
         let result = {
             let _one_at_a_time = lock.lock().await;
-            // Whoever held the lock before us may have refreshed already.
-            match self.check(athlete_id).await? {
-                Fresh::Yes(token) => Ok(token),
-                Fresh::No(stored) => self.refresh(athlete_id, &stored).await,
-            }
+            work.await
         };
         let mut locks = self.locks();
         if Arc::strong_count(&lock) <= 2 {
@@ -68,21 +137,20 @@ impl Tokens {
         result
     }
 
-    /// The stored token if it is good for a while yet, else the stored set.
-    async fn check(&self, athlete_id: i64) -> Result<Fresh, StravaError> {
+    /// The athlete's stored tokens, unless there are none to use.
+    async fn stored(&self, athlete_id: i64) -> Result<StoredTokens, StravaError> {
         let Some((athlete, tokens)) = self.store.athlete_tokens(athlete_id).await? else {
             return Err(StravaError::NotConnected);
         };
         if athlete.status == Status::NeedsReauth {
             return Err(StravaError::NeedsReauth);
         }
-        Ok(
-            if tokens.expires_at > self.clock.epoch() + REFRESH_AHEAD_SECS {
-                Fresh::Yes(tokens.access_token)
-            } else {
-                Fresh::No(tokens)
-            },
-        )
+        Ok(tokens)
+    }
+
+    /// Whether the access token is good for a while yet.
+    fn fresh(&self, tokens: &StoredTokens) -> bool {
+        tokens.expires_at > self.clock.epoch() + REFRESH_AHEAD_SECS
     }
 
     async fn refresh(&self, athlete_id: i64, stored: &StoredTokens) -> Result<String, StravaError> {
@@ -97,10 +165,7 @@ impl Tokens {
             }
             Err(OAuthError::RefreshRefused(fault)) => {
                 tracing::warn!(athlete_id, %fault, "refresh refused; the athlete must re-authorize");
-                self.store
-                    .mark_needs_reauth(athlete_id, self.clock.epoch())
-                    .await?;
-                Err(StravaError::NeedsReauth)
+                Err(self.needs_reauth(athlete_id).await)
             }
             Err(e) => Err(e.into()),
         }
@@ -113,9 +178,4 @@ impl Tokens {
     fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<tokio::sync::Mutex<()>>>> {
         self.refreshing.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-enum Fresh {
-    Yes(String),
-    No(StoredTokens),
 }

@@ -423,3 +423,105 @@ async fn a_refused_refresh_means_re_authorization_and_no_further_calls() {
     assert_eq!(status, "queued");
     assert_eq!(app.sim.calls().total, calls_then, "nothing more was sent");
 }
+
+/// `GET /api/sync` as JSON.
+async fn sync_state(app: &SimApp, token: &str) -> Value {
+    let res = app.sync_status(token).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Queues a manual refresh and returns its job id.
+async fn refresh(app: &SimApp, token: &str) -> i64 {
+    let res = app.request_sync(token).await;
+    assert_eq!(res.status(), 202);
+    res.json::<Value>().await.unwrap()["job_id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The status of one of the athlete's jobs.
+async fn job_status(app: &SimApp, token: &str, job: i64) -> Value {
+    app.sync_job(token, job)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["status"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_scope_claimed_in_the_callback_but_refused_by_strava_marks_the_athlete() {
+    let app = SimApp::start(athletes_with(5), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    app.sim
+        .update_settings(|s| s.oauth = OAuthMode::Grant("read".into()));
+    let callback = app.authorize(athlete).await;
+    // The browser edits Strava's redirect to claim more than was granted.
+    let claimed = callback.replace("scope=read", "scope=read,activity:read_all");
+    assert_ne!(claimed, callback);
+    let res = app.callback(&claimed).await;
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The first page is refused for the missing scope.
+    eventually("the athlete is marked", WAIT, || async {
+        sync_state(&app, &token).await["connection"] == "needs_reauth"
+    })
+    .await;
+    let state = sync_state(&app, &token).await;
+    assert_eq!(state["scope"], "read", "{state}");
+    assert_eq!(state["missing_scope"], "activity:read_all", "{state}");
+    let calls = app.api_calls().len();
+    assert_eq!(app.request_sync(&token).await.status(), 403);
+    assert_eq!(app.run_jobs_until_idle().await, 0);
+    assert_eq!(app.api_calls().len(), calls, "nothing more is sent");
+}
+
+#[tokio::test]
+async fn a_token_refused_before_its_expiry_is_refreshed_once_and_the_call_retried() {
+    let app = SimApp::start(athletes_with(10), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = app.connect(athlete).await;
+    backfilled(&app, athlete).await;
+    // Strava's clock runs ahead of ours: the token expired there, not here.
+    app.sim
+        .advance(std::time::Duration::from_secs(6 * 3600 + 60));
+
+    let job = refresh(&app, &token).await;
+    eventually("the refresh is done", WAIT, || async {
+        job_status(&app, &token, job).await == "done"
+    })
+    .await;
+    assert_eq!(app.token_calls(athlete), 2, "the exchange and one refresh");
+    assert_eq!(sync_state(&app, &token).await["connection"], "connected");
+}
+
+#[tokio::test]
+async fn a_revoked_token_gets_one_refresh_then_the_athlete_must_reauthorize() {
+    let app = SimApp::start(athletes_with(10), &[]).await;
+    let athlete = app.sim.athlete_ids()[0];
+    let token = app.connect(athlete).await;
+    backfilled(&app, athlete).await;
+    // Revoked at Strava, with no deauthorization event to tell us.
+    app.sim.deauthorize(athlete, None).unwrap();
+
+    let job = refresh(&app, &token).await;
+    eventually("the athlete is marked", WAIT, || async {
+        sync_state(&app, &token).await["connection"] == "needs_reauth"
+    })
+    .await;
+    assert_eq!(
+        app.sim.calls().to("POST /oauth/token"),
+        2,
+        "one refused refresh"
+    );
+    assert_eq!(
+        job_status(&app, &token, job).await,
+        "queued",
+        "the job waits for the athlete to connect again"
+    );
+}

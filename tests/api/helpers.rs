@@ -16,6 +16,8 @@ use strava_sync::store::{activities, api_tokens, athletes, Store};
 use tokio::time::Instant;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The `TOKEN_ENCRYPTION_KEY` test apps run with.
+pub const TOKEN_KEY: &str = "5d1b7c0e9f3a4b6c8d2e1f0a3b5c7d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8";
 
 /// How long a test waits for background work (a backfill page, an applied
 /// event, a started server): generous, because a loaded 2-core CI machine is
@@ -342,7 +344,7 @@ pub struct TestApp {
     /// The app's own store, for seeding and checking rows.
     pub store: Store,
     shutdown: ShutdownHandle,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Deref for TestApp {
@@ -363,8 +365,10 @@ pub fn test_settings(dir: &tempfile::TempDir, overrides: &[(&str, &str)]) -> Set
         ("STRAVA_CLIENT_ID", "1234"),
         ("STRAVA_CLIENT_SECRET", "test-client-secret"),
         ("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token"),
+        ("TOKEN_ENCRYPTION_KEY", TOKEN_KEY),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("API_RATE_LIMIT", "0"),
+        ("WEBHOOK_RATE_LIMIT", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -394,8 +398,13 @@ impl TestApp {
             api: ApiClient::new(format!("http://127.0.0.1:{port}"), ADMIN_TOKEN),
             store,
             shutdown,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The app's database file.
+    pub fn database_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("test.db")
     }
 }
 

@@ -3,9 +3,14 @@
 //! Each route's own module tests its parameters; this one makes sure no
 //! route was left out of the shared guards.
 
+use std::time::{Duration, Instant};
+
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use reqwest::Method;
 use serde_json::Value;
+use strava_sync::store::subscription;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 
@@ -146,4 +151,252 @@ async fn every_post_route_refuses_a_body_declared_too_large_and_does_nothing() {
         .unwrap();
     assert_eq!(jobs, 0);
     assert!(!paused(&app).await);
+}
+
+/// Sends `head` on a fresh connection and reads until the server closes it;
+/// returns what it answered and how long the connection stayed open.
+async fn until_closed(app: &TestApp, head: String) -> (String, Duration) {
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer));
+    read.await
+        .unwrap_or_else(|_| panic!("still open after 30 s: {head}"))
+        .unwrap();
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.seed_athlete("athlete.json").await;
+    let secret = app
+        .store
+        .write(|tx| subscription::path_secret(tx))
+        .await
+        .unwrap();
+    let routes = [
+        (format!("/webhook/{secret}"), String::new()),
+        ("/webhook/not-the-secret".into(), String::new()),
+        (
+            "/api/sync".into(),
+            format!("Authorization: Bearer {token}\r\n"),
+        ),
+        (
+            "/admin/pause".into(),
+            format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+        ),
+    ];
+    let stalled = routes.iter().map(|(path, auth)| {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"aspect"
+        );
+        until_closed(&app, head)
+    });
+    for ((path, _), (answer, open)) in routes
+        .iter()
+        .zip(futures_util::future::join_all(stalled).await)
+    {
+        assert!(open < Duration::from_secs(15), "{path} held for {open:?}");
+        // The webhook reads its body; the other routes answer without it.
+        if *path == format!("/webhook/{secret}") {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+        }
+    }
+    assert_eq!(app.readyz().await.status(), 200);
+}
+
+/// Asserts a refusal in Strava's fault shape, with the status given.
+async fn assert_fault(res: reqwest::Response, status: u16, what: &str) -> Value {
+    assert_eq!(res.status(), status, "{what}");
+    let body = res.text().await.unwrap();
+    let fault: Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: not a fault: {body}"));
+    assert!(fault["message"].is_string(), "{what}: {fault}");
+    assert!(fault["errors"][0]["code"].is_string(), "{what}: {fault}");
+    fault
+}
+
+#[tokio::test]
+async fn what_cors_refuses_is_answered_in_the_fault_shape() {
+    let app = TestApp::spawn_with(&[("CORS_ALLOWED_ORIGINS", "https://app.example")]).await;
+    let (_, token) = app.seed_athlete("athlete.json").await;
+    let preflight = |origin: &str, method: &str| {
+        app.client
+            .request(Method::OPTIONS, app.url("/api/v3/athlete"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", method)
+            .send()
+    };
+    let res = preflight("https://app.example", "GET").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    let res = preflight("https://evil.example", "GET").await.unwrap();
+    let fault = assert_fault(res, 400, "unlisted origin").await;
+    assert!(
+        fault["message"].as_str().unwrap().contains("Origin"),
+        "{fault}"
+    );
+    let res = preflight("https://app.example", "DELETE").await.unwrap();
+    assert_fault(res, 400, "a method not allowed").await;
+    // A read from an unlisted origin is served without CORS headers, so a
+    // browser keeps it from the page.
+    let res = app
+        .client
+        .get(app.url("/api/v3/athlete"))
+        .bearer_auth(&token)
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+}
+
+/// `path` of the connect routes as the client at `forwarded_for` (through
+/// a proxy).
+async fn connect_from(app: &TestApp, path: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut req = app.client.get(app.url(path));
+    if let Some(client) = forwarded_for {
+        req = req.header("X-Forwarded-For", client);
+    }
+    req.send().await.unwrap()
+}
+
+async fn pending_states(app: &TestApp) -> i64 {
+    app.store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connecting_is_limited_per_client_address_behind_a_trusted_proxy() {
+    let app = TestApp::spawn_with(&[
+        ("CONNECT_RATE_LIMIT", "5"),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    // The client wrote the first address; the proxy appended the real one.
+    let client = Some("203.0.113.7, 198.51.100.1");
+    for _ in 0..4 {
+        let res = connect_from(&app, "/auth/strava", client).await;
+        assert_eq!(res.status(), 302);
+    }
+    let callback = "/auth/strava/callback?state=forged&code=x";
+    let res = connect_from(&app, callback, Some("198.51.100.1")).await;
+    assert_eq!(
+        res.status(),
+        400,
+        "the callback counts against the limit too"
+    );
+    let res = connect_from(&app, "/auth/strava", Some("198.51.100.1")).await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_fault(res, 429, "the client's sixth request").await;
+    assert_eq!(
+        pending_states(&app).await,
+        4,
+        "the refused one stored nothing"
+    );
+
+    let res = connect_from(&app, "/auth/strava", Some("198.51.100.2")).await;
+    assert_eq!(res.status(), 302, "another client");
+    let res = connect_from(&app, "/auth/strava", None).await;
+    assert_eq!(res.status(), 302, "the proxy itself");
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_not_believed() {
+    let app = TestApp::spawn_with(&[("CONNECT_RATE_LIMIT", "3")]).await;
+    for n in 1..=3 {
+        let forged = format!("198.51.100.{n}");
+        let res = connect_from(&app, "/auth/strava", Some(&forged)).await;
+        assert_eq!(res.status(), 302);
+    }
+    let res = connect_from(&app, "/auth/strava", Some("198.51.100.4")).await;
+    assert_fault(res, 429, "a fourth address made up by the same peer").await;
+    assert_eq!(pending_states(&app).await, 3);
+}
+
+#[tokio::test]
+async fn the_webhook_callback_is_limited_per_client_address() {
+    let app = TestApp::spawn_with(&[("WEBHOOK_RATE_LIMIT", "1")]).await;
+    // One per second, bursts of five: probing for the path counts too.
+    for _ in 0..5 {
+        let res = app.post_webhook("not-the-secret", "{}").await;
+        assert_eq!(res.status(), 404);
+    }
+    let res = app.post_webhook("not-the-secret", "{}").await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_fault(res, 429, "the sixth request in a second").await;
+}
+
+/// Random list queries and webhook bodies against the running app: every
+/// one answered (a worker that panicked would drop the connection), with a
+/// status the route documents, and the app still ready.
+#[test]
+fn random_queries_and_events_are_answered_never_dropped() {
+    use proptest::prelude::*;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (app, token, secret) = runtime.block_on(async {
+        let app = TestApp::spawn().await;
+        let (_, token) = app.seed_athlete("athlete.json").await;
+        let secret = app
+            .store
+            .write(|tx| subscription::path_secret(tx))
+            .await
+            .unwrap();
+        (app, token, secret)
+    });
+    let query = prop::collection::vec(
+        (
+            prop_oneof![
+                Just("page"),
+                Just("per_page"),
+                Just("before"),
+                Just("after"),
+                Just("x")
+            ],
+            prop_oneof!["-?[0-9]{0,22}", "[ -\"$-~]{0,10}"],
+        ),
+        0..5,
+    )
+    .prop_map(|pairs| {
+        let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join("&")
+    });
+    let body = prop_oneof![
+        "[ -~]{0,200}",
+        (0i64..3, -5i64..20_000_000_000, "[a-z]{0,8}").prop_map(|(kind, n, word)| {
+            let aspect = ["create", "update", "delete"][kind as usize];
+            format!(
+                r#"{{"aspect_type":"{aspect}","event_time":{n},"object_id":{n},"object_type":"activity","owner_id":134815,"subscription_id":"{n}","updates":{{"title":"{word}"}}}}"#
+            )
+        }),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(128));
+    runner
+        .run(&(query, body), |(query, body)| {
+            runtime.block_on(async {
+                let res = app.list_activities(&token, &query).await;
+                prop_assert!([200, 400].contains(&res.status().as_u16()), "{query}");
+                let res = app.post_webhook(&secret, body.clone()).await;
+                prop_assert!([200, 400].contains(&res.status().as_u16()), "{body}");
+                Ok(())
+            })
+        })
+        .unwrap();
+    runtime.block_on(async { assert_eq!(app.readyz().await.status(), 200) });
 }

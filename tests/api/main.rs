@@ -1,6 +1,7 @@
 //! Integration tests: one binary (linking dominates build time), one module
 //! per concern. Each test spawns the real app on port 0 with a fresh database.
 
+mod at_rest;
 mod budget;
 mod connect;
 mod demo;

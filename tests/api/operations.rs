@@ -1,6 +1,9 @@
 //! Health, readiness, metrics access and start-up configuration errors.
 
-use crate::helpers::TestApp;
+use strava_sync::startup::Application;
+use strava_sync::store::subscription;
+
+use crate::helpers::{test_settings, TestApp};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer() {
@@ -49,13 +52,60 @@ fn serve_refuses_to_start_naming_missing_settings() {
         .env_clear()
         .env("DATABASE_PATH", dir.path().join("x.db"))
         .env("STRAVA_CLIENT_ID", "1")
+        .env("PORT", "70000")
+        .env("SYNC_SCHEDULE", "61 0 4 * * *")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("STRAVA_CLIENT_SECRET"), "{stderr}");
     assert!(stderr.contains("STRAVA_WEBHOOK_VERIFY_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("PORT must be a whole number from 0 to 65535"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SYNC_SCHEDULE"), "{stderr}");
     assert!(!stderr.contains("STRAVA_CLIENT_ID is"), "{stderr}");
+    assert!(!dir.path().join("x.db").exists(), "nothing started");
+}
+
+/// Why `Application::build` refused to start.
+async fn start_error(overrides: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&dir, overrides);
+    match Application::build(settings).await {
+        Ok(_) => panic!("started with {overrides:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test]
+async fn start_problems_name_their_setting_together_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("no-such-dir").join("x.db");
+    let err = start_error(&[
+        ("DATABASE_PATH", db.to_str().unwrap()),
+        ("HOST", "no such host.invalid"),
+    ])
+    .await;
+    assert!(err.contains("DATABASE_PATH"), "{err}");
+    assert!(err.contains("HOST `no such host.invalid`"), "{err}");
+    assert!(!db.parent().unwrap().exists());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let err = start_error(&[("PORT", &port)]).await;
+    assert!(
+        err.contains(&format!("PORT {port} is already in use")),
+        "{err}"
+    );
+    assert!(err.contains("PORT=0"), "{err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let inside_a_file = file.join("x.db");
+    let err = start_error(&[("DATABASE_PATH", inside_a_file.to_str().unwrap())]).await;
+    assert!(err.contains("DATABASE_PATH"), "{err}");
 }
 
 #[test]
@@ -83,4 +133,55 @@ fn migrate_applies_and_exits() {
         )
         .unwrap();
     assert_eq!(tables, 1);
+}
+
+/// Lets the app's database grow no further (`max_page_count` at its size,
+/// on the one writer connection): SQLite then fails writes with the error a
+/// full disk gives, `SQLITE_FULL`.
+async fn fill_the_disk(app: &TestApp, full: bool) {
+    app.store
+        .write(move |tx| {
+            let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let limit = if full { pages } else { i64::from(u32::MAX) };
+            tx.query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_in_the_fault_shape_and_is_not_ready() {
+    let app = TestApp::spawn().await;
+    let (athlete, _) = app.seed_athlete("athlete.json").await;
+    let secret = app
+        .store
+        .write(|tx| subscription::path_secret(tx))
+        .await
+        .unwrap();
+    fill_the_disk(&app, true).await;
+    let event = |n: i64| {
+        serde_json::json!({"aspect_type": "update", "event_time": 1_700_000_000 + n,
+            "object_id": 17_179_869_185i64, "object_type": "activity", "owner_id": athlete,
+            "subscription_id": 1, "updates": {"title": "x".repeat(500)}})
+        .to_string()
+    };
+    let mut refused = None;
+    for n in 0..2_000 {
+        let res = app.post_webhook(&secret, event(n)).await;
+        if res.status() != 200 {
+            refused = Some(res);
+            break;
+        }
+    }
+    let res = refused.expect("the full database refused an event");
+    assert_eq!(res.status(), 503);
+    let fault: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(fault["message"], "Service Unavailable", "{fault}");
+    assert_eq!(fault["errors"][0]["code"], "unavailable", "{fault}");
+    assert_eq!(app.readyz().await.status(), 503);
+
+    fill_the_disk(&app, false).await;
+    assert_eq!(app.readyz().await.status(), 200, "ready once writes commit");
+    assert_eq!(app.post_webhook(&secret, event(9_999)).await.status(), 200);
 }

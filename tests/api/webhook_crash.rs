@@ -19,7 +19,7 @@ use strava_sync::model::job::Fetch;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simulator};
 use strava_sync::store::{subscription, Store};
 
-use crate::helpers::{eventually, ApiClient, WAIT};
+use crate::helpers::{eventually, ApiClient, TOKEN_KEY, WAIT};
 use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
 
@@ -82,7 +82,10 @@ impl Server {
             .env("STRAVA_CLIENT_ID", "1234")
             .env("STRAVA_CLIENT_SECRET", "test-client-secret")
             .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token")
+            .env("TOKEN_ENCRYPTION_KEY", TOKEN_KEY)
             .env("ADMIN_TOKEN", &admin_token)
+            // Bursts from one address are the point here, not the limit.
+            .env("WEBHOOK_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -609,37 +609,40 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
     }
     let calls: i64 = hook.count("strava_calls").await;
     assert_eq!(calls, 2, "the calls still count in the ledger");
-    // Later events for the purged athlete are acknowledged and dropped.
-    hook.rename(ACTIVITY, T0 + 5, "x").await;
-    hook.drain().await;
-    assert_eq!(hook.inbox().await, ["ignored"]);
+    // Later events for the purged athlete are acknowledged, not kept.
+    assert_eq!(
+        hook.rename(ACTIVITY, T0 + 5, "x").await["status"],
+        "ignored"
+    );
+    assert!(hook.inbox().await.is_empty());
 }
 
 #[tokio::test]
-async fn events_for_unknown_athletes_are_acknowledged_and_dropped() {
+async fn events_for_unknown_athletes_are_acknowledged_and_not_kept() {
     let hook = Hook::spawn().await;
-    hook.send(&event("activity", "create", ACTIVITY, 99, T0, json!({})))
-        .await;
-    hook.send(&event(
-        "activity",
-        "update",
-        ACTIVITY,
-        99,
-        T0,
-        json!({"title": "x"}),
-    ))
-    .await;
-    hook.send(&event(
-        "athlete",
-        "update",
-        99,
-        99,
-        T0,
-        json!({"authorized": "false"}),
-    ))
-    .await;
+    for event in [
+        event("activity", "create", ACTIVITY, 99, T0, json!({})),
+        event(
+            "activity",
+            "update",
+            ACTIVITY,
+            99,
+            T0,
+            json!({"title": "x"}),
+        ),
+        event(
+            "athlete",
+            "update",
+            99,
+            99,
+            T0,
+            json!({"authorized": "false"}),
+        ),
+    ] {
+        assert_eq!(hook.send(&event).await["status"], "ignored");
+    }
+    assert!(hook.inbox().await.is_empty(), "nothing stored for nobody");
     hook.drain().await;
-    assert_eq!(hook.inbox().await, ["ignored"; 3]);
     assert_eq!(hook.count("jobs").await, 0);
     assert_eq!(hook.count("activities").await, 0);
 }
@@ -694,6 +697,65 @@ async fn malformed_incomplete_and_mistyped_events_are_refused() {
         );
     }
     assert_eq!(hook.count("webhook_events").await, 0);
+}
+
+#[tokio::test]
+async fn an_event_naming_another_athlete_touches_nothing_of_this_ones() {
+    let hook = seeded().await;
+    const OTHER: i64 = 999;
+    seed_athlete(&hook.app.store, OTHER).await;
+    // The athlete's next upload, not stored yet (its create was lost).
+    let upcoming = ACTIVITY + 1;
+    for id in [ACTIVITY, upcoming] {
+        hook.send(&event("activity", "delete", id, OTHER, T0 + 1, json!({})))
+            .await;
+    }
+    let forged = json!({"title": "Forged"});
+    hook.send(&event(
+        "activity",
+        "update",
+        ACTIVITY,
+        OTHER,
+        T0 + 2,
+        forged,
+    ))
+    .await;
+    hook.drain().await;
+
+    let name = |json: Option<String>| {
+        serde_json::from_str::<Value>(&json.unwrap()).unwrap()["name"].clone()
+    };
+    assert_eq!(name(hook.summary(ACTIVITY).await), "Morning Ride");
+    hook.rename(ACTIVITY, T0 + 3, "Genuine").await;
+    hook.drain().await;
+    assert_eq!(name(hook.summary(ACTIVITY).await), "Genuine");
+    let listed =
+        vec![serde_json::value::RawValue::from_string(summary(upcoming, ATHLETE)).unwrap()];
+    let stored = hook
+        .app
+        .store
+        .store_listing(ATHLETE, listed, now())
+        .await
+        .unwrap();
+    assert_eq!(stored.new, 1, "the athlete's listing stores their upload");
+}
+
+#[tokio::test]
+async fn an_event_from_the_future_is_refused_and_cannot_hide_later_changes() {
+    let hook = seeded().await;
+    let ahead = now() + 24 * 3600;
+    let forged = activity_event("update", ACTIVITY, ahead, json!({"title": "Forged"}));
+    let res = hook.post(forged.to_string()).await;
+    assert_eq!(res.status(), 400);
+    let fault: Value = res.json().await.unwrap();
+    assert_eq!(fault["errors"][0]["field"], "event_time", "{fault}");
+    assert_eq!(hook.count("webhook_events").await, 0);
+
+    // Strava's clock a little ahead of ours is no reason to refuse.
+    hook.rename(ACTIVITY, now() + 60, "Genuine").await;
+    hook.drain().await;
+    let summary: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(summary["name"], "Genuine");
 }
 
 #[tokio::test]
