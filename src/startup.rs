@@ -204,10 +204,6 @@ impl Application {
         self.runner.clone()
     }
 
-    /// What plans the gap-fill pass, reconciliation and enrichment.
-    pub fn planner(&self) -> Planner {
-        self.planner.clone()
-    }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
