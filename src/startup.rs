@@ -204,7 +204,6 @@ impl Application {
         self.runner.clone()
     }
 
-
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             token: self.shutdown.clone(),

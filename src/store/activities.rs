@@ -452,7 +452,7 @@ impl Store {
                     pending.push(id);
                 }
             }
-            let oldest = inbox::oldest_create_event(c, &pending)?;
+            let oldest = inbox::oldest_create_event(c, athlete_id, &pending)?;
             Ok((pending, oldest))
         })
         .await
@@ -607,7 +607,7 @@ mod tests {
             )?;
             assert_eq!(upsert_listed(c, 1, page, 0)?.new, 1);
             assert_eq!(
-                crate::store::inbox::oldest_create_event(c, &[10, 99])?,
+                crate::store::inbox::oldest_create_event(c, 1, &[10, 99])?,
                 Some(600)
             );
             Ok(())

@@ -169,14 +169,15 @@ pub fn record_failure(
 }
 
 /// The earliest create event received for any of these activities.
-pub fn oldest_create_event(conn: &Connection, ids: &[i64]) -> DbResult<Option<i64>> {
+pub fn oldest_create_event(conn: &Connection, owner_id: i64, ids: &[i64]) -> DbResult<Option<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT MIN(event_time) FROM webhook_events
-         WHERE object_type = 'activity' AND aspect_type = 'create' AND object_id = ?1",
+         WHERE object_type = 'activity' AND aspect_type = 'create' AND object_id = ?1
+           AND owner_id = ?2",
     )?;
     let mut oldest: Option<i64> = None;
     for &id in ids {
-        let t: Option<i64> = stmt.query_row([id], |r| r.get(0))?;
+        let t: Option<i64> = stmt.query_row([id, owner_id], |r| r.get(0))?;
         oldest = match (oldest, t) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -1,7 +1,8 @@
 //! The job queue's table: every statement on `jobs` lives here. A job
-//! belongs to one athlete and runs at its task's priority; the queue is
-//! ordered by priority, then due time, then age. One queued job per athlete
-//! and kind: a new task merges into the queued one ([`Task::merge`]).
+//! belongs to one athlete; the runner claims by purpose in the order the
+//! budget gives, and within a purpose by value ([`selection`]). One queued
+//! job per athlete and kind: a new task merges into the queued one
+//! ([`Task::merge`]).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -155,38 +156,43 @@ fn fetch_value() -> String {
 /// `athletes a`, `sync_state s` and the tier joins; `?2` is the start of
 /// attention (an athlete who read since is looking) and `?1` is now. Every
 /// order names both, so one statement shape binds them all.
-fn selection(purpose: Purpose) -> (&'static str, String) {
-    let looking = LOOKING;
+fn selection(purpose: Purpose) -> (String, String) {
     let value = fetch_value();
-    let readers_first = format!("{looking} DESC, {WEIGHT} DESC");
-    match purpose {
+    let readers_first = format!("{LOOKING} DESC, {WEIGHT} DESC");
+    let (kinds, order) = match purpose {
         Purpose::Interactive => (
-            "j.kind IN ('first_page', 'refresh')",
-            format!("j.not_before, {looking} DESC, j.id"),
+            "IN ('first_page', 'refresh')",
+            format!("j.not_before, {LOOKING} DESC, j.id"),
         ),
-        Purpose::Attention => (
-            "j.kind = 'webhook_fetch' AND (a.last_read_at IS NOT NULL AND a.last_read_at >= ?2)",
-            format!("{value} DESC, j.id"),
-        ),
+        Purpose::Attention => ("= 'webhook_fetch'", format!("{value} DESC, j.id")),
         Purpose::Webhook => (
-            "j.kind = 'webhook_fetch'",
-            format!("{looking} DESC, {value} DESC, j.id"),
+            "= 'webhook_fetch'",
+            format!("{LOOKING} DESC, {value} DESC, j.id"),
         ),
         Purpose::GapFill => (
-            "j.kind = 'gap_fill'",
+            "= 'gap_fill'",
             format!("{readers_first}, s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, j.id"),
         ),
-        Purpose::Backfill => ("j.kind = 'backfill'", format!("{readers_first}, j.id")),
+        Purpose::Backfill => ("= 'backfill'", format!("{readers_first}, j.id")),
         Purpose::Reconcile => (
-            "j.kind = 'reconcile'",
+            "= 'reconcile'",
             format!("{readers_first}, s.last_reconcile_at IS NOT NULL, s.last_reconcile_at, j.id"),
         ),
-        Purpose::Enrichment => (
-            "j.kind = 'enrich'",
-            format!("j.not_before, {looking} DESC, j.id"),
-        ),
-    }
+        Purpose::Enrichment => ("= 'enrich'", format!("j.not_before, {LOOKING} DESC, j.id")),
+    };
+    let filter = match purpose {
+        // Only athletes who are looking are served as attention.
+        Purpose::Attention => format!("j.kind {kinds} AND {LOOKING}"),
+        _ => format!("j.kind {kinds}"),
+    };
+    (filter, order)
 }
+
+/// How long a job may stay running before it counts as abandoned (its
+/// outcome could not be recorded) and is queued again: longer than the
+/// longest wait for a permit (a spent day waits for midnight), and every
+/// step commits its progress as it goes.
+pub const LEASE_SECS: i64 = 26 * 3600;
 
 /// Marks the best runnable job of `purpose` running and returns it: due by
 /// `now`, of a connected athlete (those needing re-authorization wait), and
@@ -255,15 +261,6 @@ pub fn queue_position(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
         .optional()?)
 }
 
-/// How many queued jobs due by `now` are of another kind than `kind`.
-pub fn due_besides(conn: &Connection, kind: &str, now: i64) -> DbResult<i64> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND kind <> ?1 AND not_before <= ?2",
-        params![kind, now],
-        |r| r.get(0),
-    )?)
-}
-
 /// Whether the athlete has a job of this kind queued or running.
 pub fn has_open(conn: &Connection, athlete_id: i64, kind: &str) -> DbResult<bool> {
     Ok(conn
@@ -328,6 +325,43 @@ fn record(conn: &Connection, id: i64, outcome: &Outcome, now: i64) -> DbResult<(
         counts.new,
         counts.updated
     ])?;
+    if let Outcome::Requeue { not_before, .. } = outcome {
+        merge_into_queued_twin(conn, id, *not_before)?;
+    }
+    Ok(())
+}
+
+/// A job put back in the queue while a task of its kind was queued for the
+/// same athlete (a create announced while a fetch ran) folds into that one,
+/// so the athlete keeps one queued job per kind.
+fn merge_into_queued_twin(conn: &Connection, id: i64, not_before: i64) -> DbResult<()> {
+    let Some(requeued) = conn
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_row)
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let twin_queued = conn
+        .prepare_cached(
+            "SELECT 1 FROM jobs WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'
+               AND id <> ?3",
+        )?
+        .exists(params![requeued.athlete_id, requeued.task.kind(), id])?;
+    if twin_queued {
+        conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+            .execute([id])?;
+        enqueue(conn, requeued.athlete_id, requeued.task, not_before, 0)?;
+    }
+    Ok(())
+}
+
+/// Drops the athlete's queued job of `kind`: work another job just did.
+pub fn drop_queued(conn: &Connection, athlete_id: i64, kind: &str) -> DbResult<()> {
+    conn.prepare_cached(
+        "DELETE FROM jobs WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'",
+    )?
+    .execute(params![athlete_id, kind])?;
     Ok(())
 }
 
@@ -376,6 +410,10 @@ impl Store {
         attention_since: i64,
     ) -> DbResult<Option<(Job, Purpose)>> {
         self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE jobs SET status = 'queued' WHERE status = 'running' AND started_at < ?1",
+            )?
+            .execute([now - LEASE_SECS])?;
             for purpose in order {
                 if let Some(job) = claim(tx, now, purpose, attention_since)? {
                     return Ok(Some((job, purpose)));
@@ -457,7 +495,7 @@ impl Store {
             };
             let mut activities = Vec::with_capacity(ids.len());
             for id in ids {
-                let announced = super::inbox::oldest_create_event(c, &[id])?;
+                let announced = super::inbox::oldest_create_event(c, athlete_id, &[id])?;
                 activities.push((id, announced.unwrap_or(queued_at)));
             }
             Ok(Some(PendingFetch {
@@ -591,5 +629,32 @@ mod tests {
                 ("refresh", Purpose::Interactive),
             ]
         );
+    }
+
+    #[test]
+    fn a_job_put_back_while_its_twin_is_queued_folds_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("j.db")).unwrap();
+        store
+            .write_blocking(|tx| {
+                athletes::upsert(tx, &serde_json::json!({"id": 7}), "read", 0)?;
+                let running = enqueue(tx, 7, Task::fetch(1), 0, 0)?;
+                let job = claim(tx, 10, Purpose::Webhook, 0)?.unwrap();
+                assert_eq!(job.id, running);
+                // A create announced while the fetch ran queues a second one.
+                let queued = enqueue(tx, 7, Task::fetch(2), 10, 10)?;
+                assert_ne!(queued, running);
+                let retry = Outcome::Requeue {
+                    counts: Counts::default(),
+                    not_before: 40,
+                    error: None,
+                };
+                record(tx, running, &retry, 10)?;
+                assert_eq!(get(tx, 7, running)?, None);
+                let merged = get(tx, 7, queued)?.unwrap().task;
+                assert_eq!(merged.without_activity(1), Some(Task::fetch(2)));
+                Ok(())
+            })
+            .unwrap();
     }
 }

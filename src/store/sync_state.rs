@@ -386,14 +386,11 @@ impl Store {
     }
 
     /// Queues detail fetches for up to `limit` summary-only activities that
-    /// started after `since`, newest first, but only while no other work is
-    /// due. Returns how many activities were picked.
+    /// started after `since`, newest first (they merge into one job per
+    /// athlete; the enrichment share rations them). Returns how many
+    /// activities were picked.
     pub async fn plan_enrichment(&self, since: i64, limit: u32, now: i64) -> DbResult<usize> {
         self.write(move |tx| {
-            let enrich = Task::Enrich(Default::default());
-            if jobs::due_besides(tx, enrich.kind(), now)? > 0 {
-                return Ok(0);
-            }
             let picks = activities::summary_only_since(tx, since, limit)?;
             for &(activity_id, athlete_id) in &picks {
                 let task = Task::Enrich(crate::model::job::Enrich {
@@ -431,6 +428,7 @@ impl Store {
     ) -> DbResult<usize> {
         self.write(move |tx| {
             set_last_gap_fill(tx, athlete_id, listed_at)?;
+            jobs::drop_queued(tx, athlete_id, Task::GapFill.kind())?;
             activities::sweep_unseen(tx, athlete_id, listed_at, (listed_after, listed_at + 1))
         })
         .await
@@ -668,7 +666,6 @@ mod tests {
                 assert_eq!(jobs::queue_position(tx, first)?, Some(1));
                 assert_eq!(jobs::queue_position(tx, second)?, Some(2));
                 assert_eq!(jobs::queue_position(tx, backfill)?, Some(3));
-                assert_eq!(jobs::due_besides(tx, Task::Refresh.kind(), 0)?, 1);
                 Ok(())
             })
             .unwrap();

@@ -42,7 +42,16 @@ impl Attention {
         if reads.is_empty() {
             return Ok(());
         }
-        self.store.record_reads(reads).await
+        let result = self.store.record_reads(reads.clone()).await;
+        if result.is_err() {
+            // Noted again, for the next flush; a newer read wins.
+            let mut unwritten = self.unwritten();
+            for (athlete_id, at) in reads {
+                let slot = unwritten.entry(athlete_id).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+        result
     }
 
     /// Athletes who read since this moment are looking.

@@ -1,9 +1,7 @@
 //! Detail enrichment: a listing gives summaries; the detailed record (full
-//! polyline, description, laps) costs one call per activity. Only budget no
-//! other work wants is spent on it, on recent activities, newest first: it is
-//! planned only while nothing else is due, reconciliation included, although
-//! its purpose ranks above reconciliation's (deletions have a deadline,
-//! details do not).
+//! polyline, description, laps) costs one call per activity. It is spent on
+//! recent activities, newest first, within the enrichment share of the day
+//! (`BUDGET_SHARES`) and whatever the other purposes leave.
 
 use crate::model::job::{Counts, Enrich};
 use crate::model::Purpose;
@@ -19,9 +17,8 @@ pub const RECENT_SECS: i64 = 14 * 86_400;
 /// At most this many activities are picked by one planning round.
 const BATCH: u32 = 25;
 
-/// Queues detail fetches for the newest summary-only activities, but only
-/// while no other work is due (they merge into one job per athlete).
-/// Returns how many activities were picked.
+/// Queues detail fetches for the newest summary-only activities (they merge
+/// into one job per athlete). Returns how many activities were picked.
 pub async fn plan(store: &Store, now: i64) -> DbResult<usize> {
     store.plan_enrichment(now - RECENT_SECS, BATCH, now).await
 }

@@ -1,7 +1,9 @@
 //! Deletion reconciliation: Strava sends no event for some deletions (and
 //! events get lost), yet a deleted activity must disappear from here within
-//! 48 hours. So, at the lowest priority, each athlete's whole list is walked
-//! again (mark) and what the walk did not see is removed (sweep).
+//! 48 hours. Recent deletions are found by the gap-fill's listing; older
+//! ones by this slower check, within the reconciliation share of the day:
+//! each athlete's whole list is walked again (mark) and what the walk did
+//! not see is removed (sweep).
 //!
 //! The walk lists everything that started before the pass began, page by
 //! page, one page per job run, so it yields to every other purpose between

@@ -1,7 +1,8 @@
 //! When background sync work is queued: the daily gap-fill pass at
 //! `SYNC_SCHEDULE` (six-field cron, UTC), and every few minutes the planning
 //! of deletion reconciliation and detail enrichment. Queuing costs no call;
-//! the job runner spends the budget on what is queued, by priority.
+//! the job runner spends the budget on what is queued, in the order the
+//! budget gives the purposes and by value within each.
 
 use std::sync::Arc;
 

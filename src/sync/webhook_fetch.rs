@@ -37,6 +37,8 @@ use super::source::ActivitySource;
 /// start precedes its upload by at least its duration, and late uploads
 /// (synced from a watch days later) by more.
 pub const LIST_MARGIN_SECS: i64 = 4 * 86_400;
+/// The furthest back an announcement can make a listing reach.
+pub const MAX_REACH_SECS: i64 = 7 * 86_400;
 /// Listings repeated for ids the first one did not show, per athlete.
 pub const MAX_RETRIES: u32 = 3;
 /// The first retry's delay; each further one waits four times longer.
@@ -60,7 +62,9 @@ pub async fn run<S: ActivitySource>(
     if pending.is_empty() {
         return Ok(Counts::default());
     }
-    let from = oldest_event.unwrap_or(now) - LIST_MARGIN_SECS;
+    // An announcement's time comes from outside: however old it claims to
+    // be, the listing reaches back no further than a week.
+    let from = (oldest_event.unwrap_or(now) - LIST_MARGIN_SECS).max(now - MAX_REACH_SECS);
     let (counts, listed) =
         gap_fill::list_recent(store, source, athlete_id, purpose, Some(from), now).await?;
     let missing = pending

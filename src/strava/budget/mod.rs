@@ -126,8 +126,9 @@ impl Budget {
     }
 
     /// Waits for a permit. Callers are served highest priority first, then in
-    /// arrival order; the count is persisted before the permit is returned,
-    /// so a crash after the call cannot forget it.
+    /// arrival order, passing those ahead whose purpose may not call now; the
+    /// count is persisted before the permit is returned, so a crash after the
+    /// call cannot forget it.
     pub async fn acquire(&self, purpose: Purpose) -> DbResult<Permit> {
         let ticket = {
             let mut state = self.lock();
@@ -147,7 +148,14 @@ impl Budget {
             let now = self.clock.epoch();
             let decision = {
                 let mut state = self.lock();
-                if state.queue.first() != Some(&ticket) {
+                let State { queue, policy, .. } = &mut *state;
+                policy.roll(now);
+                // A caller ahead whose purpose may not call now (a capped or
+                // paced one) does not hold up those behind it.
+                let ahead_may_go = queue
+                    .range(..ticket)
+                    .any(|(ahead, _)| policy.blocked(*ahead, now).is_none());
+                if ahead_may_go {
                     Err(None)
                 } else {
                     match state.policy.decide(purpose, now) {
@@ -480,5 +488,30 @@ mod tests {
         let budget = budget_at(&dir, noon_clock()).await;
         assert!(budget.snapshot().paused);
         assert_eq!(budget.servable().0, [Purpose::Interactive]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_may_not_call_now_does_not_hold_up_those_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("b.db")).unwrap();
+        // No webhook share: fetches for athletes who are looking are capped
+        // at once.
+        let shares = [(Purpose::Backfill, 100)].into();
+        let limits = Limits {
+            quarter: 100,
+            day: 1000,
+        };
+        let budget = Budget::load(store, noon_clock(), limits, shares)
+            .await
+            .unwrap();
+        let capped = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire(Purpose::Attention).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!capped.is_finished());
+        let permit = budget.acquire(Purpose::Webhook).await.unwrap();
+        assert_eq!(permit.purpose, Purpose::Webhook);
+        capped.abort();
     }
 }

@@ -37,6 +37,10 @@ use crate::model::Purpose;
 /// day's first hours may spend this much more than an even spread would.
 pub const PACE_LEAD_SECS: i64 = 2 * 3600;
 
+/// How often a purpose held back only by a slowly shrinking reserve looks
+/// again.
+const RECHECK_SECS: i64 = 60;
+
 /// A window passing this share of its limit deserves an operator's attention.
 pub const WARN_PERCENT: u32 = 80;
 
@@ -177,10 +181,13 @@ impl Policy {
         u32::try_from(reserve).unwrap_or(per_window)
     }
 
-    /// What the day leaves for everything but interactive calls.
+    /// What the day leaves for everything but interactive calls: the limit
+    /// less what interactive calls spent and still need, so the reserve
+    /// flows back as the day ends.
     fn background_day(&self, now: i64) -> u32 {
         self.limit(WindowKind::Day)
-            .saturating_sub(self.interactive_per_day(now))
+            .saturating_sub(self.spent(Purpose::Interactive))
+            .saturating_sub(self.interactive_reserve(WindowKind::Day, now))
     }
 
     /// The background purposes that may call now, the one furthest behind
@@ -275,7 +282,7 @@ impl Policy {
                 let until = if full || purpose == Purpose::Interactive {
                     end(kind)
                 } else {
-                    Some((now + 60).min(end(kind).unwrap_or(now + 60)))
+                    Some((now + RECHECK_SECS).min(end(kind).unwrap_or(now + RECHECK_SECS)))
                 };
                 return Some(Wait {
                     reason: Blocked::Full(kind),
@@ -305,8 +312,13 @@ impl Policy {
                 .sum();
             if used * day >= budget * elapsed {
                 // The allowance passes `used` one second after this point of
-                // the day.
-                let at = today.start + used * day / budget + 1 - PACE_LEAD_SECS;
+                // the day; once the curve is fully open, only the shrinking
+                // interactive reserve adds to it, so look again in a while.
+                let at = if elapsed == day {
+                    now + RECHECK_SECS
+                } else {
+                    today.start + used * day / budget + 1 - PACE_LEAD_SECS
+                };
                 return Some(Wait {
                     reason: Blocked::Pacing,
                     until: Some(at.clamp(now + 1, day_end)),
@@ -662,10 +674,11 @@ mod tests {
         // Interactive calls and athletes who are looking are not paced.
         assert!(p.decide(Purpose::Attention, MIDNIGHT + 1).is_ok());
         assert!(p.decide(Purpose::Interactive, MIDNIGHT + 1).is_ok());
-        // By noon the curve allows 976 * 14/24 = 569.3 of them (and the
+        // By noon the day keeps 12 for interactive calls still to come and
+        // the curve allows (1000 - 1 - 12) * 14/24 = 575.75 (and the
         // interactive call besides).
         take(&mut p, Purpose::GapFill, MIDNIGHT + 12 * 3600, 1000);
-        assert_eq!(p.window(WindowKind::Day).used, 570 + 1);
+        assert_eq!(p.window(WindowKind::Day).used, 576 + 1);
     }
 
     #[test]
@@ -709,7 +722,7 @@ mod tests {
         for _ in 0..600 {
             let _ = p.decide(Attention, NOON);
         }
-        assert_eq!(p.spent(Attention), 537, "55% of the 976 calls left");
+        assert_eq!(p.spent(Attention), 544, "55% of the 988 calls left");
         assert_eq!(
             p.decide(Attention, NOON).unwrap_err().reason,
             Blocked::Capped
