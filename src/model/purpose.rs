@@ -64,4 +64,13 @@ impl Purpose {
     pub fn rank(self) -> i64 {
         self as i64
     }
+
+    /// The purpose whose `BUDGET_SHARES` share a call counts against:
+    /// fetches for athletes who are looking are webhook fetches served early.
+    pub fn share_of(self) -> Purpose {
+        match self {
+            Purpose::Attention => Purpose::Webhook,
+            other => other,
+        }
+    }
 }

@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use crate::model::clock::Clock;
 use crate::store::{DbResult, Store};
 
-/// How long after a read an athlete counts as looking: a day and a bit, so
-/// someone who opens the app daily, at any hour, stays looking, while a
-/// weekly visitor is served first only around their visit.
-pub const ATTENTION_SECS: i64 = 26 * 3600;
+/// How long after a read an athlete counts as looking: long enough to cover
+/// the habit of someone who opens the app every day or two.
+pub const ATTENTION_SECS: i64 = 48 * 3600;
 
 pub struct Attention {
     store: Store,

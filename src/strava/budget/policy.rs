@@ -17,8 +17,7 @@
 //!   ([`Policy::interactive_reserve`]), which flows back as a window nears
 //!   its end;
 //! - fetches for athletes who are looking ([`Purpose::Attention`]) go next,
-//!   unpaced, up to a cap the size of the webhook share of the day, and
-//!   without taking from that share: the fetches of everyone else keep it;
+//!   unpaced, up to the webhook share of the day;
 //! - the background purposes share the day by `BUDGET_SHARES`: together they
 //!   are paced across the UTC day by an allowance curve, and within it the
 //!   purpose furthest behind its share goes first ([`Policy::servable`]), so
@@ -145,6 +144,15 @@ impl Policy {
         self.spent.get(&purpose).copied().unwrap_or(0)
     }
 
+    /// Today's calls counted against `purpose`'s share.
+    fn spent_against(&self, purpose: Purpose) -> u32 {
+        Purpose::ALL
+            .into_iter()
+            .filter(|p| p.share_of() == purpose)
+            .map(|p| self.spent(p))
+            .sum()
+    }
+
     /// Interactive calls a day, as today's pace projects them, never fewer
     /// than [`INTERACTIVE_FLOOR_PER_DAY`].
     fn interactive_per_day(&self, now: i64) -> u32 {
@@ -190,7 +198,7 @@ impl Policy {
         // Ties and purposes without a share fall back to the priority order.
         order.sort_by_key(|p| {
             let share = u64::from(self.shares.get(p).copied().unwrap_or(0));
-            let spent = u64::from(self.spent(*p));
+            let spent = u64::from(self.spent_against(*p));
             (
                 share == 0,
                 (spent * 1_000_000).checked_div(share).unwrap_or(0),
@@ -710,7 +718,7 @@ mod tests {
                 Webhook
             ]
         );
-        // Attention has a cap of its own, the size of the webhook share.
+        // Attention counts against the webhook share and is capped by it.
         for _ in 0..600 {
             let _ = p.decide(Attention, NOON);
         }
