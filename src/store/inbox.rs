@@ -75,6 +75,29 @@ pub fn insert(conn: &Connection, event: &Event, now: i64) -> DbResult<bool> {
     Ok(inserted == 1)
 }
 
+/// What the callback does with one event, inside the caller's transaction:
+/// refuse another subscription's (any is taken while none is stored),
+/// acknowledge without keeping an unconnected athlete's, and otherwise
+/// insert unless an identical one is already in the inbox.
+pub(super) fn receive(
+    conn: &Connection,
+    event: &Event,
+    claimed_subscription: i64,
+    now: i64,
+) -> DbResult<Received> {
+    if subscription::id(conn)?.is_some_and(|ours| ours != claimed_subscription) {
+        return Ok(Received::Foreign);
+    }
+    if athletes::get(conn, event.owner_id)?.is_none() {
+        return Ok(Received::Ignored);
+    }
+    Ok(if insert(conn, event, now)? {
+        Received::Accepted
+    } else {
+        Received::Duplicate
+    })
+}
+
 const COLUMNS: &str =
     "id, object_type, object_id, aspect_type, owner_id, event_time, updates_json, attempts,
      received_at, last_error";
@@ -264,31 +287,6 @@ pub struct InboxReport {
 }
 
 impl Store {
-    /// Commits an event that carries our subscription id (or any, while none
-    /// is stored) for a connected athlete, unless an identical one is
-    /// already in the inbox.
-    pub async fn receive_event(
-        &self,
-        event: Event,
-        claimed_subscription: i64,
-        now: i64,
-    ) -> DbResult<Received> {
-        self.write(move |tx| {
-            if subscription::id(tx)?.is_some_and(|ours| ours != claimed_subscription) {
-                return Ok(Received::Foreign);
-            }
-            if athletes::get(tx, event.owner_id)?.is_none() {
-                return Ok(Received::Ignored);
-            }
-            Ok(if insert(tx, &event, now)? {
-                Received::Accepted
-            } else {
-                Received::Duplicate
-            })
-        })
-        .await
-    }
-
     /// Pending events due by `now`, in the order they must be applied.
     pub async fn due_events(&self, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
         self.read(move |c| next_due(c, now, limit)).await

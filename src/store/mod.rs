@@ -14,6 +14,7 @@ pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
 mod events;
+mod group_commit;
 pub mod inbox;
 pub mod jobs;
 pub mod lifecycle;
@@ -60,6 +61,9 @@ pub enum DbError {
     /// Strava tokens that cannot be opened, or no key to open them with.
     #[error("Strava tokens: {0}")]
     Tokens(String),
+    /// The webhook inbox's committer thread is gone (it panicked).
+    #[error("the webhook inbox committer stopped")]
+    CommitterStopped,
 }
 
 impl DbError {
@@ -87,7 +91,7 @@ impl DbError {
     /// request's work.
     pub fn is_unavailable(&self) -> bool {
         self.is_storage_fault()
-            || matches!(self, DbError::Pool(_))
+            || matches!(self, DbError::Pool(_) | DbError::CommitterStopped)
             || matches!(
                 self,
                 DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
@@ -108,6 +112,8 @@ pub struct Store {
     failing: Arc<AtomicBool>,
     /// Seals Strava's tokens; None where no command touches them.
     cipher: Option<Arc<TokenCipher>>,
+    /// Commits webhook events in groups (see [`group_commit`]).
+    committer: group_commit::Committer,
 }
 
 impl Store {
@@ -138,6 +144,7 @@ impl Store {
             readers,
             failing: Arc::default(),
             cipher: None,
+            committer: Default::default(),
         })
     }
 

@@ -954,3 +954,36 @@ async fn webhook_metrics_are_exported() {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_events_are_each_answered_after_their_row_is_committed() {
+    let hook = seeded().await;
+    let sends = (0..200).map(|i| {
+        let hook = &hook;
+        async move {
+            let time = T0 + i;
+            let body = hook.rename(ACTIVITY, time, &format!("name {i}")).await;
+            assert_eq!(body["status"], "accepted");
+            // Read at once, from another connection: the 200 came after the commit.
+            let rows: i64 = hook
+                .app
+                .store
+                .read(move |c| {
+                    Ok(c.query_row(
+                        "SELECT COUNT(*) FROM webhook_events WHERE event_time = ?1",
+                        [time],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await
+                .unwrap();
+            assert_eq!(rows, 1, "event {i} answered before it was committed");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    assert_eq!(hook.count("webhook_events").await, 200);
+    // Dedup holds across events committed in one group.
+    let again = hook.rename(ACTIVITY, T0, "name 0").await;
+    assert_eq!(again["status"], "duplicate");
+}
+
