@@ -13,7 +13,7 @@ pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
-mod events;
+pub mod events;
 mod group_commit;
 pub mod inbox;
 pub mod jobs;
@@ -43,6 +43,9 @@ static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 /// How long a connection waits for the file lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READER_POOL_SIZE: u32 = 8;
+/// Prepared statements kept per connection; applying a batch of events
+/// uses more than rusqlite's default of 16, which would re-prepare them.
+const STATEMENT_CACHE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -276,6 +279,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// purged athlete's rows do not live on in the file's free space.
 fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;

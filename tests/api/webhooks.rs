@@ -987,3 +987,32 @@ async fn concurrent_events_are_each_answered_after_their_row_is_committed() {
     assert_eq!(again["status"], "duplicate");
 }
 
+#[tokio::test]
+async fn a_failing_event_in_a_batch_is_recorded_while_the_others_apply() {
+    let hook = seeded().await;
+    let others = [ACTIVITY + 1, ACTIVITY + 2];
+    seed_activities(&hook.app.store, ATHLETE, others.to_vec()).await;
+    hook.refuse_updates("json_extract(NEW.summary_json, '$.name') = 'bad'")
+        .await;
+    hook.deliver_together(vec![
+        activity_event("update", others[0], T0, json!({ "title": "good one" })),
+        activity_event("update", ACTIVITY, T0 + 1, json!({ "title": "bad" })),
+        activity_event("update", others[1], T0 + 2, json!({ "title": "good two" })),
+    ])
+    .await;
+    hook.drain().await;
+    for (id, name) in [(others[0], "good one"), (others[1], "good two")] {
+        let v: Value = serde_json::from_str(&hook.summary(id).await.unwrap()).unwrap();
+        assert_eq!(v["name"], name);
+    }
+    let v: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(
+        v["name"], "Morning Ride",
+        "the failed event was rolled back"
+    );
+    assert_eq!(hook.inbox().await, ["done", "pending", "done"]);
+    let error: String = hook
+        .scalar("SELECT last_error FROM webhook_events WHERE status = 'pending'")
+        .await;
+    assert!(error.contains("injected failure"), "{error}");
+}
