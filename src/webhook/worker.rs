@@ -21,6 +21,8 @@ use crate::sync::queue::JobQueue;
 
 /// Attempts before an event is marked failed.
 pub const MAX_ATTEMPTS: i64 = 6;
+/// How long the worker waits after being woken before applying.
+const GATHER: Duration = Duration::from_millis(10);
 /// How often the worker looks for retries that have come due.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Events applied per transaction: large enough that the commit is a small
@@ -84,7 +86,10 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = webhooks.wake.notified() => {}
+            // Let the events arriving with this one commit first, so a
+            // steady stream is applied a few per transaction rather than
+            // one commit per event competing with the callbacks' commits.
+            _ = webhooks.wake.notified() => tokio::time::sleep(GATHER).await,
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
