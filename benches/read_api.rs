@@ -6,6 +6,10 @@
 //! scenario with 32 concurrent keep-alive clients for 10 seconds. Prints
 //! requests/s, p50/p99 latency and the server's peak resident memory (VmHWM).
 //!
+//! Then memory: the server's resident set after webhook bursts, through a
+//! minute of idle, and over a soak of steady reads and webhook events
+//! (`SOAK_SECS`, 60 by default; 600 for the full soak).
+//!
 //! Run: `cargo bench --bench read_api`. The load generator shares the machine
 //! with the server, so figures are a floor for what the server alone can do.
 
@@ -17,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use futures_util::StreamExt;
 use serde_json::{json, value::RawValue, Value};
-use strava_sync::store::{activities, api_tokens, athletes, Store};
+use strava_sync::store::{activities, api_tokens, athletes, subscription, Store};
 
 const ACTIVITIES: i64 = 10_000;
 const PAGE: i64 = 200;
@@ -30,12 +35,22 @@ const FIRST_ID: i64 = 17_179_869_184;
 /// 2020-01-01T00:00:00Z; activity k starts k hours later.
 const FIRST_START: i64 = 1_577_836_800;
 const SPORTS: [&str; 5] = ["Ride", "Run", "Swim", "VirtualRide", "Walk"];
+/// Webhook bursts: how many, of how many events, from how many senders.
+const BURSTS: usize = 3;
+const BURST_EVENTS: usize = 5_000;
+const SENDERS: usize = 64;
+/// Idle after the bursts, sampled every `SAMPLE`.
+const IDLE: Duration = Duration::from_secs(60);
+const SAMPLE: Duration = Duration::from_secs(10);
+/// Soak rates: list requests and webhook events per second.
+const SOAK_READS: u64 = 100;
+const SOAK_EVENTS: u64 = 100;
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
     let started = Instant::now();
-    let token = seed(&db)?;
+    let (token, athlete, secret) = seed(&db)?;
     println!(
         "seeded {ACTIVITIES} activities in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -54,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "bench")
             .env("TOKEN_ENCRYPTION_KEY", "00".repeat(32))
             .env("API_RATE_LIMIT", "0")
+            .env("WEBHOOK_RATE_LIMIT", "0")
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -86,13 +102,92 @@ fn main() -> anyhow::Result<()> {
             let result = load(&client, &url, &token).await;
             result.print(name, &server.peak_rss_kib()?);
         }
-        anyhow::Ok(())
+        memory(&server, &client, &base, &token, athlete, &secret).await
     })
 }
 
+/// Resident memory after webhook bursts, through a minute of idle, and over
+/// a soak of steady reads and events.
+async fn memory(
+    server: &Server,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    athlete: i64,
+    secret: &str,
+) -> anyhow::Result<()> {
+    let hook = format!("{base}/webhook/{secret}");
+    let list = format!("{base}/api/v3/athlete/activities?per_page=30");
+    let mut next_event = 0;
+    let mut event = || {
+        next_event += 1;
+        json!({"aspect_type": "update", "event_time": FIRST_START + next_event,
+               "object_id": FIRST_ID + next_event % ACTIVITIES, "object_type": "activity",
+               "owner_id": athlete, "subscription_id": 1,
+               "updates": {"title": format!("renamed {next_event}")}})
+    };
+    for _ in 0..BURSTS {
+        let events: Vec<Value> = (0..BURST_EVENTS).map(|_| event()).collect();
+        futures_util::stream::iter(&events)
+            .map(|e| client.post(&hook).json(e).send())
+            .buffer_unordered(SENDERS)
+            .for_each(|_| async {})
+            .await;
+    }
+    println!(
+        "after {BURSTS} webhook bursts of {BURST_EVENTS}: {}",
+        server.peak_rss_kib()?
+    );
+    let idle_from = Instant::now();
+    while idle_from.elapsed() < IDLE {
+        tokio::time::sleep(SAMPLE).await;
+        println!(
+            "  idle {:>2} s: {}",
+            idle_from.elapsed().as_secs(),
+            server.peak_rss_kib()?
+        );
+    }
+
+    let soak = Duration::from_secs(
+        std::env::var("SOAK_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    println!(
+        "soak: {SOAK_READS} list requests/s and {SOAK_EVENTS} webhook events/s for {} s",
+        soak.as_secs()
+    );
+    let soak_from = Instant::now();
+    let mut reads = tokio::time::interval(Duration::from_secs(1) / SOAK_READS as u32);
+    let mut events = tokio::time::interval(Duration::from_secs(1) / SOAK_EVENTS as u32);
+    let mut sample = tokio::time::interval(SAMPLE);
+    let mut failures = 0usize;
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    while soak_from.elapsed() < soak {
+        tokio::select! {
+            _ = reads.tick() => inflight.push(client.get(&list).bearer_auth(token).send()),
+            _ = events.tick() => inflight.push(client.post(&hook).json(&event()).send()),
+            _ = sample.tick() => println!(
+                "  soak {:>3} s: {}",
+                soak_from.elapsed().as_secs(),
+                server.peak_rss_kib()?
+            ),
+            Some(res) = inflight.next() => {
+                if !res.is_ok_and(|r| r.status().is_success()) {
+                    failures += 1;
+                }
+            }
+        }
+    }
+    println!("soak done, {failures} failures: {}", server.peak_rss_kib()?);
+    Ok(())
+}
+
 /// One athlete, an API token, and `ACTIVITIES` summaries stored a page per
-/// transaction, as the sync paths store them. Returns the token.
-fn seed(db: &Path) -> anyhow::Result<String> {
+/// transaction, as the sync paths store them. Returns the token, the
+/// athlete and the webhook path secret.
+fn seed(db: &Path) -> anyhow::Result<(String, i64, String)> {
     let store = Store::open(db)?;
     let profile: Value = serde_json::from_str(include_str!("../fixtures/athlete.json"))?;
     let athlete = profile["id"].as_i64().context("fixture athlete id")?;
@@ -122,7 +217,8 @@ fn seed(db: &Path) -> anyhow::Result<String> {
             .collect::<anyhow::Result<Vec<Box<RawValue>>>>()?;
         store.write_blocking(|tx| activities::upsert_summaries(tx, athlete, &page, 0))?;
     }
-    Ok(token)
+    let secret = store.write_blocking(|tx| subscription::path_secret(tx))?;
+    Ok((token, athlete, secret))
 }
 
 /// Kills the server when the bench ends, however it ends.

@@ -87,20 +87,18 @@ pub fn upsert(
     Ok(id)
 }
 
+/// Cached: every webhook event looks its athlete up, on receipt and when applied.
 pub fn get(conn: &Connection, id: i64) -> DbResult<Option<Athlete>> {
     Ok(conn
-        .query_row(
-            "SELECT id, scope, status, connected_at FROM athletes WHERE id = ?1",
-            [id],
-            |r| {
-                Ok(Athlete {
-                    id: r.get(0)?,
-                    scope: r.get(1)?,
-                    status: Status::parse(&r.get::<_, String>(2)?),
-                    connected_at: r.get(3)?,
-                })
-            },
-        )
+        .prepare_cached("SELECT id, scope, status, connected_at FROM athletes WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok(Athlete {
+                id: r.get(0)?,
+                scope: r.get(1)?,
+                status: Status::parse(&r.get::<_, String>(2)?),
+                connected_at: r.get(3)?,
+            })
+        })
         .optional()?)
 }
 

@@ -1,4 +1,4 @@
-//! Applying one webhook event from the inbox, in one transaction, without
+//! Applying webhook events from the inbox, a batch per transaction, without
 //! calling Strava: creates join the athlete's queued fetch, updates and
 //! deletes are applied from the event itself, a deauthorization purges the
 //! athlete. The lifecycle rule ([`lifecycle::may_store`]) decides what a
@@ -7,30 +7,66 @@
 use rusqlite::Connection;
 
 use super::activity_edits::{self, FieldUpdates, UpdateResult};
-use super::inbox::{self, Status};
+use super::inbox::{self, Status, Stored};
 use super::lifecycle::{self, Applying};
 use super::{activities, athletes, jobs, sync_state, DbResult, Store};
 use crate::model::event::{AspectType, Event, ObjectType};
 use crate::model::job::Task;
 
+/// How one event of a batch ended.
+#[derive(Debug)]
+pub struct Settled {
+    pub stored: Stored,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Applied or ignored, and why (for the metrics).
+    Settled(&'static str),
+    /// Rolled back and recorded on the event: due again at `retry_at`, or
+    /// failed for good when there is none.
+    Failed {
+        error: String,
+        retry_at: Option<i64>,
+    },
+}
+
 impl Store {
-    /// Applies inbox event `id` and settles it, unless someone else (a
-    /// replay, a second drain) settled it first. Returns how it settled and
-    /// why, for the metrics; None when it was no longer pending.
-    pub async fn apply_event(
+    /// Applies up to `limit` events due at `now` (see [`inbox::next_due`]:
+    /// at most one per object, the earliest) in one transaction, so a
+    /// backlog costs one commit per batch rather than one per event. Each
+    /// event runs under its own savepoint: one that fails is rolled back
+    /// alone and its failure recorded, due again at `retry_at(attempts)`
+    /// (attempts counting this one) or failed when that is None, while the
+    /// others commit.
+    pub async fn apply_due_events(
         &self,
-        id: i64,
-        event: Event,
-        received_at: i64,
         now: i64,
-    ) -> DbResult<Option<&'static str>> {
+        limit: usize,
+        retry_at: impl Fn(i64) -> Option<i64> + Send + 'static,
+    ) -> DbResult<Vec<Settled>> {
         self.write(move |tx| {
-            if !inbox::is_pending(tx, id)? {
-                return Ok(None);
+            let due = inbox::next_due(tx, now, limit)?;
+            let mut out = Vec::with_capacity(due.len());
+            for stored in due {
+                tx.execute_batch("SAVEPOINT event")?;
+                let outcome = match apply(tx, &stored.event, stored.received_at, now) {
+                    Ok((status, why)) => {
+                        inbox::settle(tx, stored.id, status, now)?;
+                        Outcome::Settled(why)
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO event")?;
+                        let (error, retry_at) = (e.to_string(), retry_at(stored.attempts + 1));
+                        inbox::record_failure(tx, stored.id, &error, retry_at)?;
+                        Outcome::Failed { error, retry_at }
+                    }
+                };
+                tx.execute_batch("RELEASE event")?;
+                out.push(Settled { stored, outcome });
             }
-            let (status, outcome) = apply(tx, &event, received_at, now)?;
-            inbox::settle(tx, id, status, now)?;
-            Ok(Some(outcome))
+            Ok(out)
         })
         .await
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 use super::{athletes, subscription, DbResult, Store};
@@ -75,6 +75,29 @@ pub fn insert(conn: &Connection, event: &Event, now: i64) -> DbResult<bool> {
     Ok(inserted == 1)
 }
 
+/// What the callback does with one event, inside the caller's transaction:
+/// refuse another subscription's (any is taken while none is stored),
+/// acknowledge without keeping an unconnected athlete's, and otherwise
+/// insert unless an identical one is already in the inbox.
+pub(super) fn receive(
+    conn: &Connection,
+    event: &Event,
+    claimed_subscription: i64,
+    now: i64,
+) -> DbResult<Received> {
+    if subscription::id(conn)?.is_some_and(|ours| ours != claimed_subscription) {
+        return Ok(Received::Foreign);
+    }
+    if athletes::get(conn, event.owner_id)?.is_none() {
+        return Ok(Received::Ignored);
+    }
+    Ok(if insert(conn, event, now)? {
+        Received::Accepted
+    } else {
+        Received::Duplicate
+    })
+}
+
 const COLUMNS: &str =
     "id, object_type, object_id, aspect_type, owner_id, event_time, updates_json, attempts,
      received_at, last_error";
@@ -110,30 +133,23 @@ fn from_text<T: serde::de::DeserializeOwned>(
 /// Pending events due by `now`, oldest `event_time` first, leaving out any
 /// event of an object that still has an earlier pending event (one waiting
 /// for a retry holds the later ones back, so one object's events apply in
-/// `event_time` order).
+/// `event_time` order). Walks the pending events in that order (the
+/// `webhook_events_pending` index) and stops at `limit`, so a batch costs
+/// the same however deep the backlog.
 pub fn next_due(conn: &Connection, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM webhook_events e
+        "SELECT {COLUMNS} FROM webhook_events e INDEXED BY webhook_events_pending
          WHERE status = 'pending' AND next_attempt_at <= ?1
            AND NOT EXISTS (
                SELECT 1 FROM webhook_events p
                WHERE p.object_type = e.object_type AND p.object_id = e.object_id
                  AND p.status = 'pending'
-                 AND (p.event_time < e.event_time OR (p.event_time = e.event_time AND p.id < e.id)))
+                 AND (p.event_time, p.id) < (e.event_time, e.id))
          ORDER BY event_time, id
          LIMIT ?2"
     ))?;
     let rows = stmt.query_map(params![now, limit as i64], stored)?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Whether the event still waits to be applied.
-pub fn is_pending(conn: &Connection, id: i64) -> DbResult<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM webhook_events WHERE id = ?1 AND status = 'pending'")?
-        .query_row([id], |_| Ok(()))
-        .optional()?
-        .is_some())
 }
 
 /// Settles an event as applied or ignored.
@@ -265,47 +281,6 @@ pub struct InboxReport {
 }
 
 impl Store {
-    /// Commits an event that carries our subscription id (or any, while none
-    /// is stored) for a connected athlete, unless an identical one is
-    /// already in the inbox.
-    pub async fn receive_event(
-        &self,
-        event: Event,
-        claimed_subscription: i64,
-        now: i64,
-    ) -> DbResult<Received> {
-        self.write(move |tx| {
-            if subscription::id(tx)?.is_some_and(|ours| ours != claimed_subscription) {
-                return Ok(Received::Foreign);
-            }
-            if athletes::get(tx, event.owner_id)?.is_none() {
-                return Ok(Received::Ignored);
-            }
-            Ok(if insert(tx, &event, now)? {
-                Received::Accepted
-            } else {
-                Received::Duplicate
-            })
-        })
-        .await
-    }
-
-    /// Pending events due by `now`, in the order they must be applied.
-    pub async fn due_events(&self, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
-        self.read(move |c| next_due(c, now, limit)).await
-    }
-
-    /// Records a failed attempt to apply event `id`.
-    pub async fn record_event_failure(
-        &self,
-        id: i64,
-        error: String,
-        retry_at: Option<i64>,
-    ) -> DbResult<()> {
-        self.write(move |tx| record_failure(tx, id, &error, retry_at))
-            .await
-    }
-
     pub async fn inbox_depth(&self) -> DbResult<i64> {
         self.read(depth).await
     }

@@ -13,7 +13,8 @@ pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
-mod events;
+pub mod events;
+mod group_commit;
 pub mod inbox;
 pub mod jobs;
 pub mod lifecycle;
@@ -42,6 +43,15 @@ static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 /// How long a connection waits for the file lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READER_POOL_SIZE: u32 = 8;
+/// Readers idle this long are closed (down to one), handing their page
+/// cache back: a read burst's memory is not kept for good.
+const READER_IDLE: Duration = Duration::from_secs(30);
+/// Page cache per connection, in KiB (SQLite's default is 2,000): nine
+/// connections at the default could hold 18 MB.
+const CACHE_KIB: i64 = 1024;
+/// Prepared statements kept per connection; applying a batch of events
+/// uses more than rusqlite's default of 16, which would re-prepare them.
+const STATEMENT_CACHE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -60,6 +70,9 @@ pub enum DbError {
     /// Strava tokens that cannot be opened, or no key to open them with.
     #[error("Strava tokens: {0}")]
     Tokens(String),
+    /// The webhook inbox's committer thread is gone (it panicked).
+    #[error("the webhook inbox committer stopped")]
+    CommitterStopped,
 }
 
 impl DbError {
@@ -87,7 +100,7 @@ impl DbError {
     /// request's work.
     pub fn is_unavailable(&self) -> bool {
         self.is_storage_fault()
-            || matches!(self, DbError::Pool(_))
+            || matches!(self, DbError::Pool(_) | DbError::CommitterStopped)
             || matches!(
                 self,
                 DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
@@ -108,6 +121,8 @@ pub struct Store {
     failing: Arc<AtomicBool>,
     /// Seals Strava's tokens; None where no command touches them.
     cipher: Option<Arc<TokenCipher>>,
+    /// Commits webhook events in groups (see [`group_commit`]).
+    committer: group_commit::Committer,
 }
 
 impl Store {
@@ -132,12 +147,14 @@ impl Store {
         let readers = Pool::builder()
             .max_size(READER_POOL_SIZE)
             .min_idle(Some(1))
+            .idle_timeout(Some(READER_IDLE))
             .build(manager(configure))?;
         Ok(Self {
             writer,
             readers,
             failing: Arc::default(),
             cipher: None,
+            committer: Default::default(),
         })
     }
 
@@ -266,9 +283,12 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 }
 
 /// Every connection overwrites what it deletes (`secure_delete`), so a
-/// purged athlete's rows do not live on in the file's free space.
+/// purged athlete's rows do not live on in the file's free space, and keeps
+/// a bounded page cache.
 fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;

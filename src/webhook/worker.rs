@@ -1,5 +1,5 @@
-//! The webhook worker: drains the inbox, applying each event in its own
-//! transaction ([`Store::apply_event`]), in `event_time` order per object. It
+//! The webhook worker: drains the inbox a batch per transaction
+//! ([`Store::apply_due_events`]), in `event_time` order per object. It
 //! never calls Strava: creates join the athlete's queued fetch, updates and
 //! deletes are applied from the event itself, deauthorizations purge the
 //! athlete.
@@ -14,16 +14,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
 use crate::model::clock::Clock;
+use crate::store::events::{Outcome, Settled};
 use crate::store::inbox::Stored;
 use crate::store::{DbResult, Store};
 use crate::sync::queue::JobQueue;
 
 /// Attempts before an event is marked failed.
 pub const MAX_ATTEMPTS: i64 = 6;
+/// How long the worker waits after being woken before applying.
+const GATHER: Duration = Duration::from_millis(10);
 /// How often the worker looks for retries that have come due.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
-/// Events read per batch.
-const BATCH: usize = 200;
+/// Events applied per transaction: large enough that the commit is a small
+/// part of a batch, small enough that the webhook callbacks waiting for the
+/// writer are not held up for long.
+const BATCH: usize = 256;
 /// How often settled events past retention are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Settled events are kept this long so Strava's retries (minutes apart)
@@ -58,8 +63,8 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
     let store = &store;
     let mut last_prune: Option<Instant> = None;
     loop {
-        // Each event is applied in its own transaction, so stopping between
-        // two (or while one commits on the blocking pool) loses nothing.
+        // Each batch is applied in one transaction, so stopping between two
+        // (or while one commits on the blocking pool) loses nothing.
         tokio::select! {
             _ = shutdown.cancelled() => break,
             result = drain(store, clock.epoch()) => match result {
@@ -81,53 +86,49 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = webhooks.wake.notified() => {}
+            // Let the events arriving with this one commit first, so a
+            // steady stream is applied a few per transaction rather than
+            // one commit per event competing with the callbacks' commits.
+            _ = webhooks.wake.notified() => tokio::time::sleep(GATHER).await,
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
 }
 
 /// Applies every event due at `now` (the clock is a parameter so retries can
-/// be driven in tests without waiting). Returns how many events it tried.
+/// be driven in tests without waiting), a batch per transaction. Returns how
+/// many events it tried.
 pub async fn drain(store: &Store, now: i64) -> DbResult<usize> {
     let mut tried = 0;
     loop {
-        let batch = store.due_events(now, BATCH).await?;
+        let retry_at =
+            move |attempts| (attempts < MAX_ATTEMPTS).then(|| now + backoff_secs(attempts));
+        let batch = store.apply_due_events(now, BATCH, retry_at).await?;
         if batch.is_empty() {
             return Ok(tried);
         }
         tried += batch.len();
-        for stored in batch {
-            apply_one(store, stored, now).await?;
-        }
+        batch.iter().for_each(report);
     }
 }
 
-/// Applies one event in its own transaction; a failure is recorded on the
-/// event, not returned, so one bad event does not stop the others.
-async fn apply_one(store: &Store, stored: Stored, now: i64) -> DbResult<()> {
+/// Logs and counts how one event settled.
+fn report(settled: &Settled) {
     let Stored {
         id,
         event,
         attempts,
-        received_at,
         ..
-    } = stored;
+    } = &settled.stored;
     let kind = event.kind();
-    let result = store.apply_event(id, event, received_at, now).await;
-    let outcome = match result {
-        Ok(None) => return Ok(()),
-        Ok(Some(outcome)) => {
+    let outcome = match &settled.outcome {
+        Outcome::Settled(outcome) => {
             tracing::debug!(event = id, kind, outcome, "webhook event settled");
-            outcome
+            *outcome
         }
-        Err(e) => {
+        Outcome::Failed { error, retry_at } => {
             let attempts = attempts + 1;
-            let retry_at = (attempts < MAX_ATTEMPTS).then(|| now + backoff_secs(attempts));
-            tracing::warn!(event = id, kind, attempts, error = %e, "webhook event failed");
-            store
-                .record_event_failure(id, e.to_string(), retry_at)
-                .await?;
+            tracing::warn!(event = id, kind, attempts, %error, "webhook event failed");
             if retry_at.is_some() {
                 "retry"
             } else {
@@ -136,7 +137,6 @@ async fn apply_one(store: &Store, stored: Stored, now: i64) -> DbResult<()> {
         }
     };
     metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => outcome).increment(1);
-    Ok(())
 }
 
 #[cfg(test)]

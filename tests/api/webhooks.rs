@@ -954,3 +954,65 @@ async fn webhook_metrics_are_exported() {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_events_are_each_answered_after_their_row_is_committed() {
+    let hook = seeded().await;
+    let sends = (0..200).map(|i| {
+        let hook = &hook;
+        async move {
+            let time = T0 + i;
+            let body = hook.rename(ACTIVITY, time, &format!("name {i}")).await;
+            assert_eq!(body["status"], "accepted");
+            // Read at once, from another connection: the 200 came after the commit.
+            let rows: i64 = hook
+                .app
+                .store
+                .read(move |c| {
+                    Ok(c.query_row(
+                        "SELECT COUNT(*) FROM webhook_events WHERE event_time = ?1",
+                        [time],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await
+                .unwrap();
+            assert_eq!(rows, 1, "event {i} answered before it was committed");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    assert_eq!(hook.count("webhook_events").await, 200);
+    // Dedup holds across events committed in one group.
+    let again = hook.rename(ACTIVITY, T0, "name 0").await;
+    assert_eq!(again["status"], "duplicate");
+}
+
+#[tokio::test]
+async fn a_failing_event_in_a_batch_is_recorded_while_the_others_apply() {
+    let hook = seeded().await;
+    let others = [ACTIVITY + 1, ACTIVITY + 2];
+    seed_activities(&hook.app.store, ATHLETE, others.to_vec()).await;
+    hook.refuse_updates("json_extract(NEW.summary_json, '$.name') = 'bad'")
+        .await;
+    hook.deliver_together(vec![
+        activity_event("update", others[0], T0, json!({ "title": "good one" })),
+        activity_event("update", ACTIVITY, T0 + 1, json!({ "title": "bad" })),
+        activity_event("update", others[1], T0 + 2, json!({ "title": "good two" })),
+    ])
+    .await;
+    hook.drain().await;
+    for (id, name) in [(others[0], "good one"), (others[1], "good two")] {
+        let v: Value = serde_json::from_str(&hook.summary(id).await.unwrap()).unwrap();
+        assert_eq!(v["name"], name);
+    }
+    let v: Value = serde_json::from_str(&hook.summary(ACTIVITY).await.unwrap()).unwrap();
+    assert_eq!(
+        v["name"], "Morning Ride",
+        "the failed event was rolled back"
+    );
+    assert_eq!(hook.inbox().await, ["done", "pending", "done"]);
+    let error: String = hook
+        .scalar("SELECT last_error FROM webhook_events WHERE status = 'pending'")
+        .await;
+    assert!(error.contains("injected failure"), "{error}");
+}
