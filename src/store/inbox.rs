@@ -286,8 +286,15 @@ impl Store {
     }
 
     /// Deletes up to `limit` settled events last attempted before `before`.
+    /// Tombstones of deletes before `before` go too: by then no retry of
+    /// the create is coming and every listing has caught up with the delete.
     pub async fn prune_events(&self, before: i64, limit: usize) -> DbResult<usize> {
-        self.write(move |tx| prune(tx, before, limit)).await
+        self.write(move |tx| {
+            let pruned = prune(tx, before, limit)?;
+            super::lifecycle::prune(tx, before, limit)?;
+            Ok(pruned)
+        })
+        .await
     }
 
     /// Counts by status and the newest `failed_shown` failed events.

@@ -75,6 +75,17 @@ pub fn unbury(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<()> {
     Ok(())
 }
 
+/// Deletes up to `limit` tombstones of deletes before `before`, so forged
+/// deletes cannot grow the table without bound.
+pub fn prune(conn: &Connection, before: i64, limit: usize) -> DbResult<usize> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM activity_tombstones WHERE (athlete_id, id) IN (
+                 SELECT athlete_id, id FROM activity_tombstones WHERE event_time < ?1 LIMIT ?2)",
+        )?
+        .execute(params![before, limit as i64])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +116,23 @@ mod tests {
                 assert!(!may_store(c, 1, 10, Applying::Delete(700))?);
                 bury(c, 2, 10, 800)?;
                 assert!(may_store(c, 1, 10, Applying::Nothing)?, "another's delete");
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn old_tombstones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write_blocking(|c| {
+                athletes::upsert(c, &serde_json::json!({"id": 1}), "read", 0)?;
+                bury(c, 1, 10, 100)?;
+                bury(c, 1, 11, 900)?;
+                assert_eq!(prune(c, 500, 10)?, 1);
+                assert!(may_store(c, 1, 10, Applying::Nothing)?);
+                assert!(!may_store(c, 1, 11, Applying::Nothing)?);
                 Ok(())
             })
             .unwrap();
