@@ -246,13 +246,15 @@ fn queued_count(conn: &Connection) -> DbResult<i64> {
     )?)
 }
 
-/// Where a queued job stands in the order [`claim`] takes jobs (priority,
-/// due time, age): 1 means it is next. None when the job is not queued.
+/// Where a queued job stands among the jobs that go before it (higher
+/// purposes, then earlier due time and age): 1 means it is next. Jobs of
+/// athletes who must connect again wait outside the line. None when the job
+/// is not queued.
 pub fn queue_position(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
     Ok(conn
         .query_row(
-            "SELECT (SELECT COUNT(*) FROM jobs o
-                     WHERE o.status = 'queued'
+            "SELECT (SELECT COUNT(*) FROM jobs o JOIN athletes a ON a.id = o.athlete_id
+                     WHERE o.status = 'queued' AND a.status = 'connected'
                        AND (o.priority, o.not_before, o.id) < (j.priority, j.not_before, j.id)) + 1
              FROM jobs j WHERE j.id = ?1 AND j.status = 'queued'",
             [id],

@@ -666,6 +666,11 @@ mod tests {
                 assert_eq!(jobs::queue_position(tx, first)?, Some(1));
                 assert_eq!(jobs::queue_position(tx, second)?, Some(2));
                 assert_eq!(jobs::queue_position(tx, backfill)?, Some(3));
+                // A refresh of an athlete who must connect again waits
+                // outside the line.
+                athletes::set_status(tx, 2, athletes::Status::NeedsReauth, 0)?;
+                assert_eq!(jobs::queue_position(tx, second)?, Some(1));
+                assert_eq!(jobs::queue_position(tx, backfill)?, Some(2));
                 Ok(())
             })
             .unwrap();
