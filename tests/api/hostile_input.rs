@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use reqwest::Method;
 use serde_json::Value;
-use strava_sync::store::subscription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -175,11 +174,7 @@ async fn until_closed(app: &TestApp, head: String) -> (String, Duration) {
 async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() {
     let app = TestApp::spawn().await;
     let (_, token) = app.seed_athlete("athlete.json").await;
-    let secret = app
-        .store
-        .write(|tx| subscription::path_secret(tx))
-        .await
-        .unwrap();
+    let secret = app.store.path_secret().await.unwrap();
     let routes = [
         (format!("/webhook/{secret}"), String::new()),
         ("/webhook/not-the-secret".into(), String::new()),
@@ -353,11 +348,7 @@ fn random_queries_and_events_are_answered_never_dropped() {
     let (app, token, secret) = runtime.block_on(async {
         let app = TestApp::spawn().await;
         let (_, token) = app.seed_athlete("athlete.json").await;
-        let secret = app
-            .store
-            .write(|tx| subscription::path_secret(tx))
-            .await
-            .unwrap();
+        let secret = app.store.path_secret().await.unwrap();
         (app, token, secret)
     });
     let query = prop::collection::vec(

@@ -1,7 +1,6 @@
 //! Health, readiness, metrics access and start-up configuration errors.
 
 use strava_sync::startup::Application;
-use strava_sync::store::subscription;
 
 use crate::helpers::{test_settings, TestApp};
 
@@ -154,11 +153,7 @@ async fn fill_the_disk(app: &TestApp, full: bool) {
 async fn a_full_disk_answers_503_in_the_fault_shape_and_is_not_ready() {
     let app = TestApp::spawn().await;
     let (athlete, _) = app.seed_athlete("athlete.json").await;
-    let secret = app
-        .store
-        .write(|tx| subscription::path_secret(tx))
-        .await
-        .unwrap();
+    let secret = app.store.path_secret().await.unwrap();
     fill_the_disk(&app, true).await;
     let event = |n: i64| {
         serde_json::json!({"aspect_type": "update", "event_time": 1_700_000_000 + n,

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, SimHandle, Simulator};
-use strava_sync::store::{activities, athletes, subscription, Store};
+use strava_sync::store::{activities, athletes, Store};
 
 use crate::helpers::{eventually, TestApp, WAIT};
 use crate::webhooks::{pause_background_work, scalar};
@@ -89,11 +89,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
         ("STRAVA_API_URL", &sim.api_url()),
     ])
     .await;
-    let secret = app
-        .store
-        .write(|tx| subscription::path_secret(tx))
-        .await
-        .unwrap();
+    let secret = app.store.path_secret().await.unwrap();
     let callback = format!("{}/webhook/{secret}", app.address);
     pause_background_work(&app).await;
 
@@ -105,7 +101,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
     let id = listed["id"].as_i64().unwrap();
     assert!(created.contains(&callback), "{created}");
     assert_eq!(
-        app.store.read(subscription::id).await.unwrap(),
+        app.store.subscription_id().await.unwrap(),
         Some(id),
         "the id is kept for checking events"
     );
@@ -171,7 +167,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
     let deleted_out = cli("delete", &db, &sim, &app.address).await;
     assert!(deleted_out.contains(&id.to_string()), "{deleted_out}");
     assert!(sim.subscription().is_none());
-    assert_eq!(app.store.read(subscription::id).await.unwrap(), None);
+    assert_eq!(app.store.subscription_id().await.unwrap(), None);
 }
 
 /// A "Strava" whose push_subscriptions answer is a redirect elsewhere: the

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 use strava_sync::model::job::{Fetch, Task};
-use strava_sync::store::{activities, api_tokens, athletes, inbox, jobs, subscription, Store};
+use strava_sync::store::{activities, api_tokens, athletes, inbox, jobs, Store};
 use strava_sync::webhook::worker;
 
 use crate::helpers::{now, TestApp};
@@ -28,11 +28,7 @@ struct Hook {
 impl Hook {
     async fn spawn() -> Self {
         let app = TestApp::spawn().await;
-        let secret = app
-            .store
-            .write(|tx| subscription::path_secret(tx))
-            .await
-            .unwrap();
+        let secret = app.store.path_secret().await.unwrap();
         let callback = app.url(&format!("/webhook/{secret}"));
         pause_background_work(&app).await;
         Hook {
@@ -821,11 +817,7 @@ async fn only_our_subscription_is_accepted_once_known() {
     foreign["subscription_id"] = json!(999);
     assert_eq!(hook.post(foreign.to_string()).await.status(), 200);
 
-    hook.app
-        .store
-        .write(|tx| subscription::set_id(tx, 120475))
-        .await
-        .unwrap();
+    hook.app.store.set_subscription_id(120475).await.unwrap();
     foreign["event_time"] = json!(T0 + 1);
     let res = hook.post(foreign.to_string()).await;
     assert_eq!(res.status(), 403);
