@@ -172,15 +172,11 @@ async fn pending(
         (Purpose::Webhook, per_day, 86_400)
     };
     let secs_per_call = per_secs / i64::from(calls.max(1));
-    let opens = state
-        .budget
-        .snapshot()
-        .blocked
-        .get(purpose.as_str())
-        .and_then(|b| b.until)
-        .map_or(now, |t| t.timestamp());
-    let start = now.max(fetch.not_before).max(opens);
-    let eta = to_time(Some(start + (fetch.ahead + 1) * secs_per_call));
+    let eta = serves_again(state, purpose).map(|opens| {
+        let start = opens.timestamp().max(fetch.not_before);
+        let at = start + (fetch.ahead + 1) * secs_per_call;
+        DateTime::from_timestamp(at, 0).unwrap_or(opens)
+    });
     Ok(fetch
         .activities
         .into_iter()
@@ -194,15 +190,20 @@ async fn pending(
         .collect())
 }
 
+/// When the budget serves `purpose` again: now, when its block ends, or
+/// None while it is held with no end in sight (paused).
+fn serves_again(state: &Services, purpose: Purpose) -> Option<DateTime<Utc>> {
+    let now = state.clock.now();
+    match state.budget.snapshot().blocked.get(purpose.as_str()) {
+        None => Some(now),
+        Some(blocked) => Some(blocked.until?.max(now)),
+    }
+}
+
 /// When a queued job of `purpose` at `position` should start: once the
 /// budget serves that purpose again, about a second per job ahead of it.
 fn estimated_start(state: &Services, purpose: Purpose, position: i64) -> Option<DateTime<Utc>> {
-    let now = state.clock.now();
-    let opens = match state.budget.snapshot().blocked.get(purpose.as_str()) {
-        None => now,
-        Some(blocked) => blocked.until?.max(now),
-    };
-    Some(opens + chrono::Duration::seconds(position - 1))
+    Some(serves_again(state, purpose)? + chrono::Duration::seconds(position - 1))
 }
 
 /// Starts a gap-fill pass now, as the schedule would.
