@@ -179,7 +179,7 @@ pub fn count_for(conn: &Connection, athlete_id: i64) -> DbResult<i64> {
 }
 
 /// Strava's ActivityTotal: one sport over one period.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub count: i64,
     pub distance: f64,
@@ -191,7 +191,7 @@ pub struct Totals {
 
 /// Strava's ActivityStats, field for field. The biggest ride and climb are
 /// null while the athlete has no ride.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ActivityStats {
     pub biggest_ride_distance: Option<f64>,
     pub biggest_climb_elevation_gain: Option<f64>,

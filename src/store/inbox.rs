@@ -42,7 +42,7 @@ impl Status {
 }
 
 /// An event read back from the inbox for applying or reporting.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Stored {
     pub id: i64,
     #[serde(flatten)]
@@ -273,7 +273,7 @@ pub enum Received {
 }
 
 /// The inbox as an operator sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InboxReport {
     pub subscription_id: Option<i64>,
     pub counts: BTreeMap<&'static str, i64>,

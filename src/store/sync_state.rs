@@ -66,7 +66,7 @@ pub fn record_webhook_at(conn: &Connection, athlete_id: i64, received_at: i64) -
 }
 
 /// One athlete as `/admin/athletes` lists them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AthleteOverview {
     pub id: i64,
     pub status: String,

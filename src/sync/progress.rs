@@ -13,7 +13,7 @@ use crate::strava::client::MAX_PER_PAGE;
 
 const DAY: i64 = 86_400;
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Backfill {
     pub activities_stored: i64,
     pub pages_done: i64,

@@ -61,7 +61,7 @@ pub fn is_paced(purpose: Purpose) -> bool {
 }
 
 /// Why a call may not go now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Blocked {
     /// An operator paused background use.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::policy::Blocked;
 use super::window::WindowKind;
@@ -14,7 +15,7 @@ pub(super) fn to_time(t: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t, 0)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WindowView {
     pub window: WindowKind,
     pub started_at: Option<DateTime<Utc>>,
@@ -28,13 +29,13 @@ pub struct WindowView {
     pub exhausted: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BlockedView {
     pub reason: Blocked,
     pub until: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Forecast {
     pub calls_per_hour: f64,
     /// When today's budget runs out at the current rate; null when it lasts.

@@ -10,7 +10,7 @@ use serde::Serialize;
 pub const CLOCK_SKEW_SECS: i64 = 2;
 
 /// The two windows Strava counts in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 pub enum WindowKind {
     /// 15 minutes starting at :00, :15, :30 and :45 UTC.
     #[serde(rename = "15min")]
