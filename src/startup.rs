@@ -11,6 +11,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use utoipa_actix_web::AppExt;
 
 use crate::config::{ConfigError, Requirement, Settings};
 use crate::http::auth::{Access, TokenRateLimiter};
@@ -150,7 +151,11 @@ impl Application {
                 .wrap(http::cors(&data.settings))
                 .wrap(from_fn(http::in_fault_shape))
                 .wrap(from_fn(http::observe))
+                .into_utoipa_app()
+                .openapi(http::openapi::base())
                 .configure(http::configure(&data))
+                .openapi_service(http::openapi::service)
+                .into_app()
         })
         .listen(listener)?
         .client_request_timeout(http::READ_TIMEOUT)

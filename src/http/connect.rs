@@ -8,12 +8,14 @@
 
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::auth::AthleteAuth;
-use super::error::ApiError;
+use super::error::{ApiError, AthleteFaults, Fault};
 use super::per_address::{AddressLimits, Route};
+use super::read_api::StravaAthlete;
 use super::Services;
 use crate::config::Settings;
 use crate::store::api_tokens;
@@ -32,6 +34,19 @@ const MAX_CODE_LEN: usize = 512;
 /// Either grants reading activities; without one there is nothing to sync.
 const ACTIVITY_SCOPES: [&str; 2] = ["activity:read", "activity:read_all"];
 
+/// Sends the browser to Strava's authorize page with a fresh single-use
+/// `state`; limited per client address by `CONNECT_RATE_LIMIT`.
+#[utoipa::path(
+    tag = "connect",
+    responses(
+        (status = 302, description = "To Strava's authorize page",
+            headers(("Location" = String, description = "Strava's authorize URL"))),
+        (status = 429, description = "Past `CONNECT_RATE_LIMIT` for this client address, or \
+            10,000 connects pending", body = Fault,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Storage cannot serve", body = Fault),
+    )
+)]
 #[get("/auth/strava")]
 async fn start(
     req: HttpRequest,
@@ -59,14 +74,59 @@ async fn start(
 
 /// Strava's redirect: `state` always, then `code` and `scope`, or `error`.
 /// No `Debug`: the code and state are secrets while they live.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Callback {
+    /// The `state` `/auth/strava` issued (single use, ten minutes).
     state: Option<String>,
+    /// The authorization code to exchange.
     code: Option<String>,
+    /// The scopes the athlete granted, comma-separated.
     scope: Option<String>,
+    /// `access_denied` when the athlete refused.
     error: Option<String>,
 }
 
+/// The callback's answer when no `APP_REDIRECT_URL` is set.
+#[derive(Serialize, ToSchema)]
+struct Connected {
+    /// The API token for the read and sync API.
+    token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    #[schema(value_type = StravaAthlete)]
+    athlete: serde_json::Value,
+}
+
+/// `POST /auth/disconnect`'s answer.
+#[derive(Serialize, ToSchema)]
+struct Disconnected {
+    athlete_id: i64,
+    /// Always `disconnected`.
+    status: &'static str,
+}
+
+/// Strava's redirect back: checks the `state`, exchanges the code, stores
+/// the athlete, issues an API token and queues the first page and the
+/// backfill.
+#[utoipa::path(
+    tag = "connect",
+    params(Callback),
+    responses(
+        (status = 200, description = "Connected (no `APP_REDIRECT_URL`)", body = Connected),
+        (status = 302, description = "Connected: to `APP_REDIRECT_URL#token=...&athlete_id=...`",
+            headers(("Location" = String))),
+        (status = 400, description = "A missing, unknown, expired or used `state`, a bad code, \
+            or an error from Strava", body = Fault),
+        (status = 403, description = "The athlete denied access, or granted no activity scope",
+            body = Fault),
+        (status = 429, description = "Past `CONNECT_RATE_LIMIT` for this client address",
+            body = Fault,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 502, description = "Strava failed", body = Fault),
+        (status = 503, description = "Storage cannot serve", body = Fault),
+    )
+)]
 #[get("/auth/strava/callback")]
 async fn callback(
     req: HttpRequest,
@@ -146,10 +206,24 @@ async fn callback(
             .finish(),
         None => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(json!({"token": api_token, "token_type": "Bearer", "athlete": profile})),
+            .json(Connected {
+                token: api_token,
+                token_type: "Bearer",
+                athlete: profile,
+            }),
     })
 }
 
+/// Revokes access at Strava and deletes everything held for the athlete.
+#[utoipa::path(
+    tag = "connect",
+    security(("api_token" = [])),
+    responses(
+        (status = 200, description = "Revoked and purged", body = Disconnected),
+        (status = 502, description = "Strava failed", body = Fault),
+        AthleteFaults,
+    )
+)]
 #[post("/auth/disconnect")]
 async fn disconnect(
     auth: AthleteAuth,
@@ -169,7 +243,10 @@ async fn disconnect(
     }
     state.store.purge_athlete(athlete_id).await?;
     tracing::info!(athlete_id, "athlete disconnected and purged");
-    Ok(HttpResponse::Ok().json(json!({"athlete_id": athlete_id, "status": "disconnected"})))
+    Ok(HttpResponse::Ok().json(Disconnected {
+        athlete_id,
+        status: "disconnected",
+    }))
 }
 
 fn forbidden(message: &str, field: &str, code: &'static str) -> ApiError {
@@ -200,7 +277,7 @@ fn requested_activity_scope(scopes: &str) -> &str {
         .unwrap_or("activity:read")
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(start).service(callback).service(disconnect);
 }
 

@@ -1,9 +1,14 @@
 //! Every error the HTTP surface can answer, in Strava's fault shape. One
 //! function maps each variant to a status, so a new variant forces a decision.
 
+use std::collections::BTreeMap;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::store::DbError;
 
@@ -81,17 +86,81 @@ impl From<DbError> for ApiError {
 }
 
 /// Strava's error body: `{"message": ..., "errors": [{resource, field, code}]}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Fault<'a> {
+    /// What went wrong, for people (`Record Not Found`, `Authorization Error`, ...).
     pub message: &'a str,
+    /// What was at fault, for programs; one entry.
+    #[schema(min_items = 1)]
     pub errors: Vec<FaultError<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FaultError<'a> {
+    /// The kind of thing at fault (`Activity`, `Athlete`, `Request`, ...).
     pub resource: &'a str,
+    /// The parameter or part at fault (`per_page`, `id`, `access_token`, ...).
     pub field: &'a str,
+    /// `invalid`, `exceeded`, `unavailable`, ...
     pub code: &'a str,
+}
+
+/// A documented answer in the fault shape, for `responses(...)` lists and
+/// the groups below.
+pub fn fault_response(description: &str) -> ResponseBuilder {
+    let fault = Ref::from_schema_name(Fault::name());
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", Content::new(Some(fault)))
+}
+
+/// A 429 as [`ApiError::TooManyRequests`] answers it, `Retry-After` included.
+fn rate_limited_response(description: &str) -> ResponseBuilder {
+    let seconds = HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+        .description(Some("Seconds to wait before trying again"));
+    fault_response(description).header("Retry-After", seconds.build())
+}
+
+fn responses(list: [(&str, ResponseBuilder); 3]) -> BTreeMap<String, RefOr<Response>> {
+    list.into_iter()
+        .map(|(status, response)| (status.to_string(), response.build().into()))
+        .collect()
+}
+
+const UNAVAILABLE: &str = "Storage cannot serve (a full disk, an I/O error)";
+
+/// What every route behind an athlete's API token may answer besides its
+/// own answers (`responses(..., AthleteFaults)`).
+pub struct AthleteFaults;
+
+impl IntoResponses for AthleteFaults {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([
+            ("401", fault_response("No API token, or one we do not know")),
+            (
+                "429",
+                rate_limited_response("Past `API_RATE_LIMIT` requests per second for this token"),
+            ),
+            ("503", fault_response(UNAVAILABLE)),
+        ])
+    }
+}
+
+/// What every route behind the admin token may answer besides its own.
+pub struct AdminFaults;
+
+impl IntoResponses for AdminFaults {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([
+            ("401", fault_response("No admin token, or the wrong one")),
+            (
+                "404",
+                fault_response("`ADMIN_TOKEN` is not set: the admin surface does not exist"),
+            ),
+            ("503", fault_response(UNAVAILABLE)),
+        ])
+    }
 }
 
 impl ResponseError for ApiError {

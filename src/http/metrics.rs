@@ -3,13 +3,23 @@
 
 use actix_web::{get, web, HttpResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::auth::AdminAuth;
-use super::error::ApiError;
+use super::error::{AdminFaults, ApiError};
 use super::Services;
 
 /// Renders every metric; athletes by tier and status are counted now, so
 /// the gauge is never stale.
+#[utoipa::path(
+    tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String,
+            content_type = "text/plain; version=0.0.4"),
+        AdminFaults,
+    )
+)]
 #[get("/metrics")]
 async fn scrape(
     _: AdminAuth,
@@ -24,6 +34,6 @@ async fn scrape(
         .body(metrics.render()))
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(scrape);
 }

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod per_address;
 pub mod read_api;
 pub mod sync_api;
@@ -24,6 +25,7 @@ use actix_web::middleware::Next;
 use actix_web::{http::header, web, HttpMessage, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::config::Settings;
 use crate::model::clock::Clock;
@@ -74,8 +76,11 @@ pub struct AppData {
     pub metrics: web::Data<PrometheusHandle>,
 }
 
-/// Registers every route, the extractor error handlers and the middleware.
-pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
+/// Registers every route and the extractor error handlers. Each module
+/// registers its handlers through utoipa-actix-web's `ServiceConfig`, which
+/// takes only handlers with a `#[utoipa::path]` and adds each to the
+/// document [`openapi::service`] serves.
+pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
     move |cfg| {
         cfg.app_data(data.services.clone())
             .app_data(data.settings.clone())

@@ -11,9 +11,14 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::{AdditionalProperties, KnownFormat, SchemaFormat, SchemaType};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{auth::AthleteAuth, error::ApiError, Services};
-use crate::store::activities::ListFilter;
+use super::error::{ApiError, AthleteFaults, Fault};
+use super::{auth::AthleteAuth, Services};
+use crate::store::activities::{ActivityStats, ListFilter};
 use crate::store::api_tokens::to_hex;
 use crate::store::DbResult;
 
@@ -21,7 +26,115 @@ use crate::store::DbResult;
 const MAX_PER_PAGE: i64 = 200;
 const DEFAULT_PER_PAGE: i64 = 30;
 
+/// The list parameters, with Strava's names and bounds. The document's
+/// parameters come from this type; `tests/api/openapi.rs` checks that the
+/// bounds it gives are the ones [`parse_list_query`] enforces.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only activities that started before this time (epoch seconds, exclusive).
+    before: Option<i64>,
+    /// Only activities that started after this time (epoch seconds, exclusive).
+    after: Option<i64>,
+    /// The page, from 1; a page past the end is `[]`.
+    #[param(minimum = 1, default = 1)]
+    page: Option<i64>,
+    /// Activities per page.
+    #[param(minimum = 1, maximum = 200, default = 30)]
+    per_page: Option<i64>,
+}
+
+/// Strava's athlete profile (DetailedAthlete) as Strava last sent it. Stored
+/// JSON is served byte for byte, so only the fields clients key on are
+/// described, and whatever else Strava sent is there too.
+pub struct StravaAthlete;
+
+impl PartialSchema for StravaAthlete {
+    fn schema() -> RefOr<Schema> {
+        verbatim("An athlete profile (Strava's DetailedAthlete), as Strava sent it")
+            .property("id", int64())
+            .required("id")
+            .property("username", nullable(Type::String))
+            .property("firstname", nullable(Type::String))
+            .property("lastname", nullable(Type::String))
+            .property("city", nullable(Type::String))
+            .property("country", nullable(Type::String))
+            .property("sex", nullable(Type::String))
+            .property("premium", nullable(Type::Boolean))
+            .property("created_at", date_time())
+            .property("profile", nullable(Type::String))
+            .into()
+    }
+}
+
+impl ToSchema for StravaAthlete {}
+
+/// A SummaryActivity or DetailedActivity as Strava sent it (see
+/// [`StravaAthlete`] for why only some fields are described).
+pub struct StravaActivity;
+
+impl PartialSchema for StravaActivity {
+    fn schema() -> RefOr<Schema> {
+        let owner = verbatim("The owner (Strava's MetaAthlete)")
+            .property("id", int64())
+            .required("id");
+        verbatim("An activity (Strava's SummaryActivity, or DetailedActivity once fetched)")
+            .property("id", int64())
+            .required("id")
+            .property("athlete", owner)
+            .required("athlete")
+            .property("resource_state", nullable(Type::Integer))
+            .property("name", nullable(Type::String))
+            .property("sport_type", nullable(Type::String))
+            .property("type", nullable(Type::String))
+            .property("start_date", date_time())
+            .property("start_date_local", date_time())
+            .property("timezone", nullable(Type::String))
+            .property("distance", nullable(Type::Number))
+            .property("moving_time", nullable(Type::Integer))
+            .property("elapsed_time", nullable(Type::Integer))
+            .property("total_elevation_gain", nullable(Type::Number))
+            .property("private", nullable(Type::Boolean))
+            .into()
+    }
+}
+
+impl ToSchema for StravaActivity {}
+
+/// An object whose unnamed fields pass through.
+fn verbatim(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+}
+
+fn int64() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+}
+
+fn nullable(kind: Type) -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(SchemaType::from_iter([kind, Type::Null]))
+}
+
+fn date_time() -> ObjectBuilder {
+    nullable(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+}
+
 /// `GET /api/v3/athlete`: the profile as Strava last sent it.
+#[utoipa::path(
+    tag = "read API",
+    security(("api_token" = [])),
+    params(("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer, or `*`")),
+    responses(
+        (status = 200, description = "The profile", body = StravaAthlete, headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 404, description = "No profile stored", body = Fault),
+        AthleteFaults,
+    )
+)]
 #[get("/api/v3/athlete")]
 async fn athlete(
     auth: AthleteAuth,
@@ -35,7 +148,21 @@ async fn athlete(
     )
 }
 
-/// `GET /api/v3/athlete/activities`: one page of summaries, newest first.
+/// `GET /api/v3/athlete/activities`: one page of summaries, newest first
+/// (ties by id).
+#[utoipa::path(
+    tag = "read API",
+    security(("api_token" = [])),
+    params(ListParams, ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer, or `*`")),
+    responses(
+        (status = 200, description = "One page, newest first", body = [StravaActivity],
+            headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 400, description = "A malformed, out of range or repeated parameter, named \
+            in `errors[0].field`", body = Fault),
+        AthleteFaults,
+    )
+)]
 #[get("/api/v3/athlete/activities")]
 async fn list_activities(
     auth: AthleteAuth,
@@ -51,6 +178,18 @@ async fn list_activities(
 }
 
 /// `GET /api/v3/activities/{id}`: the detail when fetched, else the summary.
+#[utoipa::path(
+    tag = "read API",
+    security(("api_token" = [])),
+    params(("id" = i64, Path, description = "The activity's Strava id"), ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer, or `*`")),
+    responses(
+        (status = 200, description = "The activity", body = StravaActivity, headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 400, description = "An id that is not a 64-bit integer", body = Fault),
+        (status = 404, description = "Absent, or another athlete's", body = Fault),
+        AthleteFaults,
+    )
+)]
 #[get("/api/v3/activities/{id}")]
 async fn activity(
     auth: AthleteAuth,
@@ -65,6 +204,19 @@ async fn activity(
 
 /// `GET /api/v3/athletes/{id}/stats`: Strava's ActivityStats from the local
 /// copy; only the token's own athlete has any.
+#[utoipa::path(
+    tag = "read API",
+    security(("api_token" = [])),
+    params(("id" = i64, Path, description = "The token's own athlete id"), ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer, or `*`")),
+    responses(
+        (status = 200, description = "Ride, run and swim totals", body = ActivityStats,
+            headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag", headers(("ETag" = String, description = "A strong tag of the exact body"))),
+        (status = 400, description = "An id that is not a 64-bit integer", body = Fault),
+        (status = 404, description = "Another athlete's id", body = Fault),
+        AthleteFaults,
+    )
+)]
 #[get("/api/v3/athletes/{id}/stats")]
 async fn stats(
     auth: AthleteAuth,
@@ -83,7 +235,7 @@ async fn stats(
     Ok(json_with_etag(&req, body))
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(athlete)
         .service(list_activities)
         .service(activity)
@@ -126,13 +278,17 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
             .map(Some)
             .map_err(|_| invalid(name, format!("{name} must be an integer")))
     };
-    let before = value("before")?;
-    let after = value("after")?;
-    let page = value("page")?.unwrap_or(1);
+    let given = ListParams {
+        before: value("before")?,
+        after: value("after")?,
+        page: value("page")?,
+        per_page: value("per_page")?,
+    };
+    let page = given.page.unwrap_or(1);
     if page < 1 {
         return Err(invalid("page", "page must be at least 1".into()));
     }
-    let per_page = value("per_page")?.unwrap_or(DEFAULT_PER_PAGE);
+    let per_page = given.per_page.unwrap_or(DEFAULT_PER_PAGE);
     if !(1..=MAX_PER_PAGE).contains(&per_page) {
         return Err(invalid(
             "per_page",
@@ -140,8 +296,8 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
         ));
     }
     Ok(ListFilter {
-        before,
-        after,
+        before: given.before,
+        after: given.after,
         limit: per_page,
         // A page far past the end simply finds nothing.
         offset: (page - 1).saturating_mul(per_page),

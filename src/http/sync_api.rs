@@ -2,30 +2,129 @@
 //! operator's "gap-fill now" (`/admin/sync/run`). Nothing here calls Strava:
 //! a refresh is queued at interactive priority for the job runner.
 
+use std::collections::BTreeMap;
+
 use actix_web::{get, post, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::auth::{AdminAuth, AthleteAuth};
 use super::connect::missing_activity_scope;
-use super::{error::ApiError, Services};
+use super::error::{AdminFaults, ApiError, AthleteFaults, Fault};
+use super::Services;
 use crate::config::Settings;
 use crate::model::Purpose;
 use crate::store::sync_state::RefreshRequest;
-use crate::strava::budget::Blocked;
+use crate::strava::budget::{Blocked, BlockedView};
 use crate::sync::{gap_fill, progress};
 
-#[derive(Serialize)]
+/// `POST /api/sync`'s answer.
+#[derive(Serialize, ToSchema)]
 struct Queued {
     job_id: i64,
+    /// Always `queued`.
     status: &'static str,
+    /// 1 for the next job to run.
     queue_position: i64,
+    /// Null while the budget is paused.
     estimated_start: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/sync/jobs/{id}`.
+#[derive(Serialize, ToSchema)]
+struct JobStatus {
+    job_id: i64,
+    /// `first_page`, `refresh`, `webhook_fetch`, `gap_fill`, `backfill`,
+    /// `enrich` or `reconcile`.
+    kind: &'static str,
+    /// `queued`, `running`, `done` or `failed`.
+    status: String,
+    counts: JobCounts,
+    created_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Only while queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_position: Option<i64>,
+    /// Only while queued; null while the budget is paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_start: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct JobCounts {
+    fetched: i64,
+    new: i64,
+    updated: i64,
+}
+
+/// `GET /api/sync`: the athlete's sync state, as a frontend shows it.
+#[derive(Serialize, ToSchema)]
+struct SyncStatus {
+    athlete_id: i64,
+    /// `connected` or `needs_reauth`.
+    connection: &'static str,
+    /// As Strava honours it: a scope it refused a call for is gone.
+    scope: String,
+    /// The activity scope to grant when reconnecting, else null.
+    missing_scope: Option<String>,
+    backfill: progress::Backfill,
+    last_gap_fill_at: Option<DateTime<Utc>>,
+    last_webhook_at: Option<DateTime<Utc>>,
+    last_reconcile_at: Option<DateTime<Utc>>,
+    reconcile_in_progress: bool,
+    /// Queued jobs by kind.
+    queued: BTreeMap<String, i64>,
+    /// Announced activities not fetched yet.
+    pending: Vec<Pending>,
+    budget: BudgetState,
+}
+
+/// An announced activity not fetched yet.
+#[derive(Serialize, ToSchema)]
+struct Pending {
+    id: i64,
+    announced_at: Option<DateTime<Utc>>,
+    /// Null while the budget is paused.
+    estimated_available_at: Option<DateTime<Utc>>,
+}
+
+/// What of the budget holds this athlete's sync back.
+#[derive(Serialize, ToSchema)]
+struct BudgetState {
+    paused: bool,
+    /// Purposes that may not call right now, with why and until when.
+    blocked: BTreeMap<&'static str, BlockedView>,
+    /// When a spent window opens again.
+    next_window_opens_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /admin/sync/run`'s answer.
+#[derive(Serialize, ToSchema)]
+struct PassQueued {
+    /// Always `queued`.
+    status: &'static str,
+    /// Athletes given a gap-fill job.
+    athletes: usize,
 }
 
 /// Queues a refresh (a catch-up from the newest stored activity) at the
 /// highest priority, once per cooldown.
+#[utoipa::path(
+    tag = "sync",
+    security(("api_token" = [])),
+    responses(
+        AthleteFaults,
+        (status = 202, description = "Queued", body = Queued),
+        (status = 403, description = "The athlete must connect again", body = Fault),
+        (status = 429, description = "Within `MANUAL_REFRESH_COOLDOWN_SECS` of the last \
+            refresh, or past `API_RATE_LIMIT`", body = Fault,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    )
+)]
 #[post("/api/sync")]
 async fn refresh(
     auth: AthleteAuth,
@@ -69,6 +168,17 @@ fn needs_reauth() -> ApiError {
 }
 
 /// One of the athlete's jobs: its status with counts, or its error.
+#[utoipa::path(
+    tag = "sync",
+    security(("api_token" = [])),
+    params(("id" = i64, Path, description = "A job id from `POST /api/sync`")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 400, description = "An id that is not a 64-bit integer", body = Fault),
+        (status = 404, description = "No such job, or another athlete's", body = Fault),
+        AthleteFaults,
+    )
+)]
 #[get("/api/sync/jobs/{id}")]
 async fn job(
     auth: AthleteAuth,
@@ -81,24 +191,28 @@ async fn job(
         .job_with_position(athlete_id, id)
         .await?
         .ok_or(ApiError::NotFound { resource: "Job" })?;
-    let mut body = json!({
-        "job_id": job.id,
-        "kind": job.task.kind(),
-        "status": job.status,
-        "counts": {"fetched": job.fetched, "new": job.new, "updated": job.updated},
-        "created_at": to_time(Some(job.created_at)),
-    });
-    if let Some(error) = &job.error {
-        body["error"] = json!(error);
-    }
-    if let Some(position) = position {
-        body["queue_position"] = json!(position);
-        body["estimated_start"] = json!(estimated_start(&state, job.task.purpose(), position));
-    }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(JobStatus {
+        job_id: job.id,
+        kind: job.task.kind(),
+        status: job.status,
+        counts: JobCounts {
+            fetched: job.fetched,
+            new: job.new,
+            updated: job.updated,
+        },
+        created_at: to_time(Some(job.created_at)),
+        error: job.error,
+        queue_position: position,
+        estimated_start: position.map(|p| estimated_start(&state, job.task.purpose(), p)),
+    }))
 }
 
 /// The athlete's sync state, as a frontend shows it.
+#[utoipa::path(
+    tag = "sync",
+    security(("api_token" = [])),
+    responses((status = 200, description = "The sync state", body = SyncStatus), AthleteFaults)
+)]
 #[get("/api/sync")]
 async fn status(
     auth: AthleteAuth,
@@ -128,25 +242,25 @@ async fn status(
         .filter(|b| matches!(b.reason, Blocked::Full(_) | Blocked::RateLimited(_)))
         .filter_map(|b| b.until)
         .min();
-    Ok(HttpResponse::Ok().json(json!({
-        "athlete_id": athlete_id,
-        "connection": athlete.status.as_str(),
-        // As Strava honours it: a scope it refused a call for is gone.
-        "scope": athlete.scope,
-        "missing_scope": missing_activity_scope(&athlete.scope, &settings.strava_scopes),
-        "backfill": backfill,
-        "last_gap_fill_at": to_time(sync.last_gap_fill_at),
-        "last_webhook_at": to_time(last_webhook),
-        "last_reconcile_at": to_time(sync.last_reconcile_at),
-        "reconcile_in_progress": sync.reconcile_cursor.is_some(),
-        "queued": queued.into_iter().map(|(kind, n)| (kind, json!(n))).collect::<serde_json::Map<_, _>>(),
-        "pending": pending(&state, &settings, athlete_id).await?,
-        "budget": {
-            "paused": budget.paused,
-            "blocked": budget.blocked,
-            "next_window_opens_at": next_window_opens_at,
+    Ok(HttpResponse::Ok().json(SyncStatus {
+        athlete_id,
+        connection: athlete.status.as_str(),
+        missing_scope: missing_activity_scope(&athlete.scope, &settings.strava_scopes)
+            .map(str::to_string),
+        scope: athlete.scope,
+        backfill,
+        last_gap_fill_at: to_time(sync.last_gap_fill_at),
+        last_webhook_at: to_time(last_webhook),
+        last_reconcile_at: to_time(sync.last_reconcile_at),
+        reconcile_in_progress: sync.reconcile_cursor.is_some(),
+        queued: queued.into_iter().collect(),
+        pending: pending(&state, &settings, athlete_id).await?,
+        budget: BudgetState {
+            paused: budget.paused,
+            blocked: budget.blocked,
+            next_window_opens_at,
         },
-    })))
+    }))
 }
 
 /// Announced activities not fetched yet, each with when it was announced and
@@ -158,7 +272,7 @@ async fn pending(
     state: &Services,
     settings: &Settings,
     athlete_id: i64,
-) -> Result<Vec<serde_json::Value>, ApiError> {
+) -> Result<Vec<Pending>, ApiError> {
     let now = state.clock.epoch();
     let since = state.attention.since();
     let Some(fetch) = state.store.pending_fetch(athlete_id, now, since).await? else {
@@ -180,12 +294,10 @@ async fn pending(
     Ok(fetch
         .activities
         .into_iter()
-        .map(|(id, announced_at)| {
-            json!({
-                "id": id,
-                "announced_at": to_time(Some(announced_at)),
-                "estimated_available_at": eta,
-            })
+        .map(|(id, announced_at)| Pending {
+            id,
+            announced_at: to_time(Some(announced_at)),
+            estimated_available_at: eta,
         })
         .collect())
 }
@@ -207,6 +319,11 @@ fn estimated_start(state: &Services, purpose: Purpose, position: i64) -> Option<
 }
 
 /// Starts a gap-fill pass now, as the schedule would.
+#[utoipa::path(
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 202, description = "A pass is queued", body = PassQueued), AdminFaults)
+)]
 #[post("/admin/sync/run")]
 async fn run_gap_fill(
     _: AdminAuth,
@@ -218,14 +335,17 @@ async fn run_gap_fill(
     let queued =
         gap_fill::start_pass(&state.store, settings.strava_rate_limit_daily, since, now).await?;
     state.jobs.wake();
-    Ok(HttpResponse::Accepted().json(json!({"status": "queued", "athletes": queued})))
+    Ok(HttpResponse::Accepted().json(PassQueued {
+        status: "queued",
+        athletes: queued,
+    }))
 }
 
 fn to_time(t: Option<i64>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t, 0))
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(refresh)
         .service(job)
         .service(status)

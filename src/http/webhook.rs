@@ -1,5 +1,6 @@
 //! Strava's webhook callback at `/webhook/{path_secret}`: the subscription
-//! handshake (GET) and event delivery (POST).
+//! handshake (GET) and event delivery (POST). Other methods answer the
+//! app's 404, as for any unknown route.
 //!
 //! An event is validated, checked against our subscription id and committed
 //! to the inbox before the 200, so an acknowledged event survives a crash;
@@ -12,14 +13,18 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::{de::Error as _, Deserialize, Deserializer};
-use serde_json::json;
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
+use utoipa::openapi::schema::OneOfBuilder;
+use utoipa::openapi::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::auth::constant_time_eq;
+use super::error::{ApiError, Fault};
 use super::per_address::{AddressLimits, Route};
-use super::{error::ApiError, Services, MAX_BODY_BYTES};
+use super::{Services, MAX_BODY_BYTES};
 use crate::config::Settings;
 use crate::model::event::{AspectType, Event, ObjectType};
 use crate::store::inbox::Received;
@@ -31,33 +36,60 @@ use crate::webhook::Webhooks;
 /// when they happen, so only clock skew puts a real one ahead of us.
 const MAX_EVENT_AHEAD_SECS: i64 = 600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Handshake {
+    /// `subscribe`.
     #[serde(rename = "hub.mode")]
     mode: String,
+    /// Echoed back.
     #[serde(rename = "hub.challenge")]
     challenge: String,
+    /// `STRAVA_WEBHOOK_VERIFY_TOKEN`.
     #[serde(rename = "hub.verify_token")]
     verify_token: String,
+}
+
+/// The handshake's answer.
+#[derive(Serialize, ToSchema)]
+struct Challenge {
+    #[serde(rename = "hub.challenge")]
+    challenge: String,
 }
 
 /// An event as Strava posts it. Unknown fields are ignored; `updates` may be
 /// absent or null (treated as `{}`) so a slightly different sender loses
 /// nothing.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Incoming {
     object_type: ObjectType,
     #[serde(deserialize_with = "positive")]
+    #[schema(minimum = 1)]
     object_id: i64,
     aspect_type: AspectType,
+    /// The athlete's id.
     #[serde(deserialize_with = "positive")]
+    #[schema(minimum = 1)]
     owner_id: i64,
+    /// Epoch seconds; at most 10 minutes ahead of our clock.
     #[serde(deserialize_with = "positive")]
+    #[schema(minimum = 1)]
     event_time: i64,
+    /// What changed (`title`, `type`, `private`, `authorized`).
     #[serde(default)]
     updates: Option<BTreeMap<String, String>>,
+    /// Ours, once `subscription create` stored it.
     #[serde(deserialize_with = "subscription_id")]
+    #[schema(schema_with = subscription_id_schema)]
     subscription_id: i64,
+}
+
+/// The event's answer.
+#[derive(Serialize, ToSchema)]
+struct Acknowledged {
+    /// `accepted`, `duplicate` (applied once already) or `ignored` (an
+    /// athlete who is not connected).
+    status: &'static str,
 }
 
 fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -69,6 +101,21 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
             "expected a positive integer, got {n}"
         )))
     }
+}
+
+/// `subscription_id` as [`subscription_id`] reads it.
+fn subscription_id_schema() -> OneOfBuilder {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*[0-9]+\s*$")),
+        )
 }
 
 /// Strava has sent `subscription_id` both as a number and as a string.
@@ -85,7 +132,7 @@ fn subscription_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 
 /// 404 unless the path carries our secret, exactly as for any unknown route.
 fn check_path(req: &HttpRequest, webhooks: &Webhooks) -> Result<(), ApiError> {
-    let given = req.match_info().get("secret").unwrap_or_default();
+    let given = req.match_info().get("path_secret").unwrap_or_default();
     if constant_time_eq(given.as_bytes(), webhooks.path_secret.as_bytes()) {
         Ok(())
     } else {
@@ -104,6 +151,22 @@ fn refused(field: &str) -> ApiError {
 }
 
 /// The subscription handshake: echo the challenge when the verify token is ours.
+#[utoipa::path(
+    tag = "webhook",
+    params(("path_secret" = String, Path, description = "The callback's secret, made on first \
+        start (`strava-sync subscription show`)"), Handshake),
+    responses(
+        (status = 200, description = "The challenge, echoed", body = Challenge),
+        (status = 400, description = "A missing parameter, or `hub.mode` not `subscribe`",
+            body = Fault),
+        (status = 403, description = "Not our verify token", body = Fault),
+        (status = 404, description = "Not our path secret", body = Fault),
+        (status = 429, description = "Past `WEBHOOK_RATE_LIMIT` for this client address",
+            body = Fault,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    )
+)]
+#[get("/webhook/{path_secret}")]
 async fn handshake(
     req: HttpRequest,
     limits: web::Data<AddressLimits>,
@@ -126,10 +189,31 @@ async fn handshake(
     {
         return Err(refused("hub.verify_token"));
     }
-    Ok(HttpResponse::Ok().json(json!({ "hub.challenge": query.challenge })))
+    Ok(HttpResponse::Ok().json(Challenge {
+        challenge: query.into_inner().challenge,
+    }))
 }
 
 /// Receives one event: validate, commit to the inbox, wake the worker, 200.
+/// The 200 comes once the event is committed.
+#[utoipa::path(
+    tag = "webhook",
+    params(("path_secret" = String, Path, description = "The callback's secret")),
+    request_body = Incoming,
+    responses(
+        (status = 200, description = "Committed, a repeat, or ignored", body = Acknowledged),
+        (status = 400, description = "Not an event, or `event_time` more than 10 minutes \
+            ahead", body = Fault),
+        (status = 403, description = "Another subscription's event", body = Fault),
+        (status = 404, description = "Not our path secret", body = Fault),
+        (status = 413, description = "A body over 16 KiB", body = Fault),
+        (status = 429, description = "Past `WEBHOOK_RATE_LIMIT` for this client address",
+            body = Fault,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Storage cannot serve: Strava retries", body = Fault),
+    )
+)]
+#[post("/webhook/{path_secret}")]
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
@@ -167,7 +251,7 @@ async fn receive(
     };
     metrics::counter!("webhook_events_total", "kind" => kind, "outcome" => outcome).increment(1);
     metrics::histogram!("webhook_ack_seconds").record(started.elapsed().as_secs_f64());
-    Ok(HttpResponse::Ok().json(json!({ "status": outcome })))
+    Ok(HttpResponse::Ok().json(Acknowledged { status: outcome }))
 }
 
 /// An event from a request body, and the subscription id it claims.
@@ -199,16 +283,8 @@ async fn read_limited(mut payload: web::Payload) -> Result<web::BytesMut, ApiErr
     Ok(body)
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/webhook/{secret}")
-            .route(web::get().to(handshake))
-            .route(web::post().to(receive))
-            // Other methods learn nothing either, not even that the path exists.
-            .default_service(web::to(|| async {
-                HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
-            })),
-    );
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(handshake).service(receive);
 }
 
 #[cfg(test)]

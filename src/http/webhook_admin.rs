@@ -3,20 +3,43 @@
 //! (`POST /admin/webhooks/replay`).
 
 use actix_web::{get, post, web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{auth::AdminAuth, error::ApiError, Services};
+use super::error::{AdminFaults, ApiError};
+use super::{auth::AdminAuth, Services};
+use crate::store::inbox::InboxReport;
 use crate::webhook::Webhooks;
 
 /// How many failed events the listing shows (newest first).
 const FAILED_SHOWN: usize = 100;
 
+/// `POST /admin/webhooks/replay`'s answer.
+#[derive(Serialize, ToSchema)]
+struct Replayed {
+    /// Failed events queued again.
+    replayed: usize,
+}
+
+/// Inbox counts by status, and the newest failed events.
+#[utoipa::path(
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The inbox", body = InboxReport), AdminFaults)
+)]
 #[get("/admin/webhooks")]
 async fn overview(_: AdminAuth, state: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     let report = state.store.inbox_report(FAILED_SHOWN).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
+/// Queues every failed event to be applied again.
+#[utoipa::path(
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Queued again", body = Replayed), AdminFaults)
+)]
 #[post("/admin/webhooks/replay")]
 async fn replay(
     _: AdminAuth,
@@ -28,9 +51,9 @@ async fn replay(
     if replayed > 0 {
         webhooks.wake.notify_one();
     }
-    Ok(HttpResponse::Ok().json(json!({ "replayed": replayed })))
+    Ok(HttpResponse::Ok().json(Replayed { replayed }))
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(overview).service(replay);
 }
