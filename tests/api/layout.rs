@@ -56,7 +56,7 @@ fn top_module(path: &Path) -> String {
 }
 
 /// The files outside `allowed` (paths relative to `src/`) that contain `needle`.
-fn files_containing(needle: &str, allowed: &[&str]) -> Vec<PathBuf> {
+pub fn files_containing(needle: &str, allowed: &[&str]) -> Vec<PathBuf> {
     sources()
         .into_iter()
         .filter(|(path, code)| {

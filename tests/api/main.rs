@@ -8,6 +8,7 @@ mod demo;
 mod helpers;
 mod hostile_input;
 mod layout;
+mod openapi;
 mod operations;
 mod read_api;
 mod scheduling;
