@@ -17,6 +17,8 @@ use crate::http::auth::{Access, TokenRateLimiter};
 use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
+use crate::outbox::delivery::Deliverer;
+use crate::outbox::ChangeWatch;
 use crate::store::token_cipher::TokenCipher;
 use crate::store::{DbError, Store};
 use crate::strava::budget::{Budget, Limits};
@@ -44,6 +46,8 @@ pub struct Application {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<JobRunner>,
+    /// Posts logged changes to the application, when `APP_WEBHOOK_URL` is set.
+    deliverer: Option<Deliverer>,
     /// Whether `run` starts the cron schedule (see [`Application::without_schedule`]).
     schedule: bool,
     /// Whether `run` starts the job runner (see [`Application::with_jobs_run_by_hand`]).
@@ -125,6 +129,16 @@ impl Application {
             clock: clock.clone(),
             daily_limit: settings.strava_rate_limit_daily,
         };
+        let changes = ChangeWatch::default();
+        let deliverer = match &settings.app_webhook {
+            Some(hook) => Some(Deliverer::new(
+                store.clone(),
+                clock.clone(),
+                hook.clone(),
+                changes.clone(),
+            )?),
+            None => None,
+        };
         let services = web::Data::new(Services {
             store,
             attention,
@@ -133,6 +147,7 @@ impl Application {
             strava,
             oauth,
             jobs,
+            changes,
         });
         let data = AppData {
             services: services.clone(),
@@ -144,6 +159,7 @@ impl Application {
             }),
             limits: web::Data::new(AddressLimits::new(&settings)),
             metrics: web::Data::new(telemetry::metrics_recorder()),
+            streams: web::Data::default(),
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -168,6 +184,7 @@ impl Application {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runner,
+            deliverer,
             schedule: true,
             run_jobs: true,
         })
@@ -222,6 +239,7 @@ impl Application {
             shutdown,
             tasks,
             runner,
+            deliverer,
             schedule,
             run_jobs,
             ..
@@ -236,6 +254,15 @@ impl Application {
             jobs: services.jobs.clone(),
         };
         tasks.spawn(worker::run(worker, shutdown.clone()));
+        tasks.spawn(services.changes.clone().run(
+            services.store.clone(),
+            services.clock.clone(),
+            deliverer.is_some(),
+            shutdown.clone(),
+        ));
+        if let Some(deliverer) = deliverer {
+            tasks.spawn(deliverer.run(shutdown.clone()));
+        }
         if run_jobs {
             tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         }

@@ -30,6 +30,13 @@ pub enum ApiError {
     /// Absent, or another athlete's: the two are indistinguishable on purpose.
     #[error("Record Not Found")]
     NotFound { resource: &'static str },
+    /// What the request points at existed once and is gone for good (a
+    /// change feed cursor older than the log keeps).
+    #[error("{message}")]
+    Gone {
+        resource: &'static str,
+        message: String,
+    },
     #[error("Payload Too Large")]
     PayloadTooLarge,
     /// The body did not arrive in time.
@@ -101,6 +108,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Gone { .. } => StatusCode::GONE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -126,6 +134,9 @@ impl ResponseError for ApiError {
                 code,
             } => (message.as_str(), *resource, field.as_str(), *code),
             ApiError::NotFound { resource } => ("Record Not Found", *resource, "id", "invalid"),
+            ApiError::Gone { resource, message } => {
+                (message.as_str(), *resource, "since", "expired")
+            }
             ApiError::PayloadTooLarge => ("Payload Too Large", "Request", "body", "too_large"),
             ApiError::RequestTimeout => ("Request Timeout", "Request", "body", "timeout"),
             ApiError::TooManyRequests { resource, .. } => {

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod connect;
+pub mod delivery_admin;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -27,6 +29,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Settings;
 use crate::model::clock::Clock;
+use crate::outbox::ChangeWatch;
 use crate::store::Store;
 use crate::strava::budget::Budget;
 use crate::strava::client::StravaClient;
@@ -61,6 +64,8 @@ pub struct Services {
     pub oauth: Arc<StravaOAuth>,
     /// Enqueue work for the job runner and wake it.
     pub jobs: Arc<JobQueue>,
+    /// Wakes the change feed's streams when a change is logged.
+    pub changes: ChangeWatch,
 }
 
 /// Everything `configure` registers besides the routes.
@@ -72,6 +77,7 @@ pub struct AppData {
     pub access: web::Data<auth::Access>,
     pub limits: web::Data<per_address::AddressLimits>,
     pub metrics: web::Data<PrometheusHandle>,
+    pub streams: web::Data<changes::OpenStreams>,
 }
 
 /// Registers every route, the extractor error handlers and the middleware.
@@ -83,6 +89,7 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
             .app_data(data.access.clone())
             .app_data(data.limits.clone())
             .app_data(data.metrics.clone())
+            .app_data(data.streams.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .app_data(
                 web::JsonConfig::default()
@@ -100,6 +107,8 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
             .configure(connect::configure)
             .configure(admin::configure)
             .configure(read_api::configure)
+            .configure(changes::configure)
+            .configure(delivery_admin::configure)
             .configure(sync_api::configure)
             .configure(webhook::configure)
             .configure(webhook_admin::configure)

@@ -7,8 +7,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::changes;
 use super::lifecycle::{self, Applying};
 use super::{inbox, DbResult, Store};
+use crate::model::app_event::ChangeKind;
 
 /// What a batch upsert changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +30,10 @@ struct Owner {
     id: i64,
 }
 
-/// Stores a page of SummaryActivity objects for one athlete. Call it inside
-/// one transaction per page. Records owned by another athlete (by the JSON,
-/// or by the row already stored under that id) are skipped.
+/// Stores a page of SummaryActivity objects for one athlete, and logs what
+/// changed. Call it inside one transaction per page. Records owned by another
+/// athlete (by the JSON, or by the row already stored under that id) are
+/// skipped.
 pub fn upsert_summaries(
     conn: &Connection,
     athlete_id: i64,
@@ -60,12 +63,26 @@ pub fn upsert_summaries(
         match before {
             None => {
                 insert.execute(params![keys.id, athlete_id, raw.get(), at])?;
+                changes::record_activity(
+                    conn,
+                    athlete_id,
+                    keys.id,
+                    ChangeKind::ActivityCreated,
+                    at,
+                )?;
                 out.new += 1;
             }
             Some((owner, _)) if owner != athlete_id => {}
             Some((_, old)) => {
                 update.execute(params![keys.id, raw.get(), at])?;
                 if old != raw.get() {
+                    changes::record_activity(
+                        conn,
+                        athlete_id,
+                        keys.id,
+                        ChangeKind::ActivityUpdated,
+                        at,
+                    )?;
                     out.updated += 1;
                 }
             }
@@ -74,7 +91,8 @@ pub fn upsert_summaries(
     Ok(out)
 }
 
-/// Stores one DetailedActivity for its athlete. The summary stays as listed;
+/// Stores one DetailedActivity for its athlete, and logs the change. The
+/// summary stays as listed;
 /// when no summary is stored yet, the detail (a superset of it) also serves as
 /// the summary so the activity is listed at once. A record owned by another
 /// athlete is skipped.
@@ -108,11 +126,13 @@ pub fn upsert_detail(
              updated_at = CASE WHEN ?5 THEN excluded.updated_at ELSE updated_at END",
     )?
     .execute(params![keys.id, athlete_id, detail.get(), at, changed])?;
-    Ok(match (before, changed) {
-        (None, _) => Upserted { new: 1, updated: 0 },
-        (Some(_), true) => Upserted { new: 0, updated: 1 },
-        (Some(_), false) => Upserted::default(),
-    })
+    let (kind, upserted) = match (before, changed) {
+        (None, _) => (ChangeKind::ActivityCreated, Upserted { new: 1, updated: 0 }),
+        (Some(_), true) => (ChangeKind::ActivityUpdated, Upserted { new: 0, updated: 1 }),
+        (Some(_), false) => return Ok(Upserted::default()),
+    };
+    changes::record_activity(conn, athlete_id, keys.id, kind, at)?;
+    Ok(upserted)
 }
 
 /// Which slice of an athlete's activities a list request wants. Bounds are
@@ -316,18 +336,35 @@ pub fn mark_seen(conn: &Connection, athlete_id: i64, ids: &[i64], at: i64) -> Db
 /// Deletes the athlete's activities that started in `started` (exclusive
 /// bounds, as Strava's `after` and `before`) and were last seen before
 /// `seen_before`: what a complete listing of that span begun at `seen_before`
-/// no longer showed. Returns how many went.
+/// no longer showed, and logs each deletion at `seen_before`. Returns how
+/// many went.
 pub fn sweep_unseen(
     conn: &Connection,
     athlete_id: i64,
     seen_before: i64,
     started: (i64, i64),
 ) -> DbResult<usize> {
-    Ok(conn.execute(
-        "DELETE FROM activities
-         WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time > ?3 AND start_time < ?4",
-        params![athlete_id, seen_before, started.0, started.1],
-    )?)
+    let gone: Vec<i64> = conn
+        .prepare_cached(
+            "DELETE FROM activities
+             WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time > ?3 AND start_time < ?4
+             RETURNING id",
+        )?
+        .query_map(
+            params![athlete_id, seen_before, started.0, started.1],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    for &id in &gone {
+        changes::record_activity(
+            conn,
+            athlete_id,
+            id,
+            ChangeKind::ActivityDeleted,
+            seen_before,
+        )?;
+    }
+    Ok(gone.len())
 }
 
 /// Summary-only activities of connected athletes that started after `since`

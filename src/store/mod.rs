@@ -13,6 +13,7 @@ pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
+pub mod changes;
 pub mod events;
 mod group_commit;
 pub mod inbox;

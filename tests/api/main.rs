@@ -1,6 +1,7 @@
 //! Integration tests: one binary (linking dominates build time), one module
 //! per concern. Each test spawns the real app on port 0 with a fresh database.
 
+mod app_events;
 mod at_rest;
 mod budget;
 mod connect;
@@ -10,6 +11,7 @@ mod hostile_input;
 mod layout;
 mod operations;
 mod read_api;
+mod receiver;
 mod scheduling;
 mod sim_app;
 mod simulator;
