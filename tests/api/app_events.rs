@@ -23,22 +23,39 @@ fn config() -> SimConfig {
     }
 }
 
-/// A service posting its events to `receiver`, jobs run by hand.
-async fn start(receiver: &Receiver) -> SimApp {
-    let app = SimApp::start_with_jobs_by_hand(
-        config(),
-        &[
-            ("APP_WEBHOOK_URL", receiver.url.as_str()),
+/// A service posting its events to `receiver` (if any), jobs run by hand.
+async fn start(receiver: Option<&Receiver>) -> SimApp {
+    let hook = receiver.map(|r| {
+        [
+            ("APP_WEBHOOK_URL", r.url.as_str()),
             ("APP_WEBHOOK_SECRET", SECRET),
-        ],
-    )
-    .await;
+        ]
+    });
+    let app =
+        SimApp::start_with_jobs_by_hand(config(), hook.as_ref().map_or(&[], |h| &h[..])).await;
     app.state()
         .store
         .set_subscription_id(SUBSCRIPTION)
         .await
         .unwrap();
     app
+}
+
+/// Uploads an activity on the simulated Strava, announcing nothing.
+fn upload(app: &SimApp, athlete: u64) -> u64 {
+    app.sim
+        .create_activity(athlete, NewActivity::default(), None)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Waits for the service's first delivery attempt, whatever it was answered.
+async fn first_attempt(receiver: &Receiver) {
+    eventually("a first delivery attempt", WAIT, || async {
+        !receiver.received().is_empty()
+    })
+    .await;
 }
 
 /// Posts a Strava webhook event to the service, as Strava would.
@@ -91,7 +108,7 @@ async fn feed(app: &SimApp, token: &str, since: i64) -> (Vec<Value>, i64) {
 #[tokio::test]
 async fn created_renamed_and_deleted_activities_reach_the_app_signed_and_in_order() {
     let receiver = Receiver::start().await;
-    let app = start(&receiver).await;
+    let app = start(Some(&receiver)).await;
     let athlete = app.sim.athlete_ids()[0];
     connect(&app, athlete).await;
     let history = accepted(&receiver, 4).await;
@@ -105,12 +122,7 @@ async fn created_renamed_and_deleted_activities_reach_the_app_signed_and_in_orde
         ]
     );
 
-    let new = app
-        .sim
-        .create_activity(athlete, NewActivity::default(), None)
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let new = upload(&app, athlete);
     strava_event(&app, "create", new, athlete, json!({})).await;
     eventually("the create is applied", WAIT, || async {
         app.run_jobs_until_idle().await;
@@ -164,14 +176,11 @@ async fn created_renamed_and_deleted_activities_reach_the_app_signed_and_in_orde
 async fn a_receiver_answering_500_gets_the_event_again_and_later_events_wait_their_turn() {
     let receiver = Receiver::start().await;
     receiver.script(&[Answer::Status(500)]);
-    let app = start(&receiver).await;
+    let app = start(Some(&receiver)).await;
     let athlete = app.sim.athlete_ids()[0];
     connect(&app, athlete).await;
 
-    eventually("the first attempt is refused", WAIT, || async {
-        !receiver.received().is_empty()
-    })
-    .await;
+    first_attempt(&receiver).await;
     // The retry is due within seconds of the service's clock.
     app.advance(10);
     let events = accepted(&receiver, 4).await;
@@ -202,20 +211,12 @@ async fn a_receiver_answering_500_gets_the_event_again_and_later_events_wait_the
 async fn a_hanging_receiver_delays_neither_the_webhook_ack_nor_sync_jobs() {
     let receiver = Receiver::start().await;
     receiver.otherwise(Answer::Hang);
-    let app = start(&receiver).await;
+    let app = start(Some(&receiver)).await;
     let athlete = app.sim.athlete_ids()[0];
     let token = connect(&app, athlete).await;
-    eventually("a delivery hangs", WAIT, || async {
-        !receiver.received().is_empty()
-    })
-    .await;
+    first_attempt(&receiver).await;
 
-    let new = app
-        .sim
-        .create_activity(athlete, NewActivity::default(), None)
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let new = upload(&app, athlete);
     let sent = Instant::now();
     strava_event(&app, "create", new, athlete, json!({})).await;
     assert!(
@@ -238,13 +239,10 @@ async fn a_hanging_receiver_delays_neither_the_webhook_ack_nor_sync_jobs() {
 async fn after_a_day_of_failures_an_event_waits_in_the_failed_list_until_replayed() {
     let receiver = Receiver::start().await;
     receiver.otherwise(Answer::Status(503));
-    let app = start(&receiver).await;
+    let app = start(Some(&receiver)).await;
     let athlete = app.sim.athlete_ids()[0];
     connect(&app, athlete).await;
-    eventually("a first attempt", WAIT, || async {
-        !receiver.received().is_empty()
-    })
-    .await;
+    first_attempt(&receiver).await;
     // Past the day of retries, the head of the line fails at its next
     // attempt, and so does every later event that is already a day old.
     app.advance(25 * 3600);
@@ -269,12 +267,7 @@ async fn after_a_day_of_failures_an_event_waits_in_the_failed_list_until_replaye
 
 #[tokio::test]
 async fn the_feed_answers_exactly_the_changes_after_a_cursor_and_only_the_tokens_athletes() {
-    let app = SimApp::start_with_jobs_by_hand(config(), &[]).await;
-    app.state()
-        .store
-        .set_subscription_id(SUBSCRIPTION)
-        .await
-        .unwrap();
+    let app = start(None).await;
     let [a, b] = app.sim.athlete_ids()[..] else {
         panic!("two athletes")
     };
@@ -345,12 +338,7 @@ async fn read_events<B: AsRef<[u8]>>(
 
 #[tokio::test]
 async fn a_browser_sees_a_rename_live_and_resumes_from_the_last_event_id() {
-    let app = SimApp::start_with_jobs_by_hand(config(), &[]).await;
-    app.state()
-        .store
-        .set_subscription_id(SUBSCRIPTION)
-        .await
-        .unwrap();
+    let app = start(None).await;
     let athlete = app.sim.athlete_ids()[0];
     let token = connect(&app, athlete).await;
 
@@ -383,7 +371,7 @@ async fn a_browser_sees_a_rename_live_and_resumes_from_the_last_event_id() {
 
 #[tokio::test]
 async fn bad_cursors_limits_and_floods_of_streams_get_faults() {
-    let app = SimApp::start_with_jobs_by_hand(config(), &[]).await;
+    let app = start(None).await;
     let athlete = app.sim.athlete_ids()[0];
     let token = connect(&app, athlete).await;
 
@@ -452,7 +440,7 @@ async fn bad_cursors_limits_and_floods_of_streams_get_faults() {
 async fn a_deauthorization_is_told_and_takes_the_athletes_earlier_changes_with_it() {
     let receiver = Receiver::start().await;
     receiver.otherwise(Answer::Hang);
-    let app = start(&receiver).await;
+    let app = start(Some(&receiver)).await;
     let athlete = app.sim.athlete_ids()[0];
     let token = connect(&app, athlete).await;
     let (before, _) = feed(&app, &token, 0).await;
