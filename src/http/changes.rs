@@ -32,7 +32,6 @@ pub const STREAMS_PER_ATHLETE: usize = 5;
 const STREAMS_IN_ALL: usize = 10_000;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChangesQuery {
     since: Option<i64>,
     limit: Option<usize>,

@@ -367,6 +367,25 @@ async fn a_browser_sees_a_rename_live_and_resumes_from_the_last_event_id() {
     let resumed = read_events(&mut stream, &mut buffer, 2).await;
     assert_eq!(resumed[0].0, history[3].0);
     assert_eq!(resumed[1].0, live[0].0);
+    drop(stream);
+
+    // A browser's EventSource sends no Authorization header: the token
+    // comes as Strava also takes it, in `access_token`.
+    let from_browser = |token: &str| {
+        app.client
+            .get(app.url(&format!("/api/v3/athlete/changes?access_token={token}")))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let res = from_browser(&token).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let mut buffer = String::new();
+    assert_eq!(
+        read_events(&mut stream, &mut buffer, 5).await[4].0,
+        live[0].0
+    );
+    assert_eq!(from_browser("forged").await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -383,7 +402,6 @@ async fn bad_cursors_limits_and_floods_of_streams_get_faults() {
         "limit=0",
         "limit=1001",
         "limit=-5",
-        "cursor=3",
     ] {
         let res = app.changes(&token, query).await;
         assert_eq!(res.status(), 400, "{query}");
