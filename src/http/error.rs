@@ -37,6 +37,10 @@ pub enum ApiError {
         resource: &'static str,
         message: String,
     },
+    /// An activity Strava announced whose fetch is still queued: absent for
+    /// now, unlike a deleted one (`GET /api/sync` says when it should come).
+    #[error("Record Not Fetched Yet")]
+    NotFetchedYet,
     #[error("Payload Too Large")]
     PayloadTooLarge,
     /// The body did not arrive in time.
@@ -109,6 +113,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Gone { .. } => StatusCode::GONE,
+            ApiError::NotFetchedYet => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -134,6 +139,7 @@ impl ResponseError for ApiError {
                 code,
             } => (message.as_str(), *resource, field.as_str(), *code),
             ApiError::NotFound { resource } => ("Record Not Found", *resource, "id", "invalid"),
+            ApiError::NotFetchedYet => ("Record Not Fetched Yet", "Activity", "id", "pending"),
             ApiError::Gone { resource, message } => {
                 (message.as_str(), *resource, "since", "expired")
             }

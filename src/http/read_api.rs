@@ -60,7 +60,12 @@ async fn activity(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("Activity", &id)?;
     let json = state.store.activity_json(auth.athlete_id, id).await;
-    serve_stored(&req, "Activity", json)
+    match serve_stored(&req, "Activity", json) {
+        Err(ApiError::NotFound { .. }) if state.store.is_announced(auth.athlete_id, id).await? => {
+            Err(ApiError::NotFetchedYet)
+        }
+        served => served,
+    }
 }
 
 /// `GET /api/v3/athletes/{id}/stats`: Strava's ActivityStats from the local
