@@ -8,8 +8,6 @@ CREATE TABLE changes (
     kind            TEXT NOT NULL,
     activity_id     INTEGER,
     occurred_at     INTEGER NOT NULL,
-    -- The activity as stored right after the change (created, updated).
-    data            TEXT,
     delivery        TEXT NOT NULL DEFAULT 'pending'
                     CHECK (delivery IN ('pending', 'delivered', 'failed')),
     attempts        INTEGER NOT NULL DEFAULT 0,

@@ -20,7 +20,8 @@ async fn scrape(
         ::metrics::gauge!("athletes", "tier" => tier, "status" => status).set(n as f64);
     }
     let deliveries = state.store.delivery_report(0).await?;
-    for (delivery, n) in deliveries.counts {
+    let counts = deliveries.counts;
+    for (delivery, n) in [("pending", counts.pending), ("failed", counts.failed)] {
         ::metrics::gauge!("app_events", "delivery" => delivery).set(n as f64);
     }
     let oldest = deliveries

@@ -4,8 +4,6 @@
 //! change feed reads it by cursor; deliveries to the application walk it in
 //! order per athlete.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -16,9 +14,9 @@ use crate::model::app_event::{AppEvent, ChangeKind};
 /// The highest id pruning removed: a cursor below it may have missed changes.
 const PRUNED_THROUGH: &str = "changes_pruned_through";
 
-/// Appends an activity's change. Created and updated carry the activity as
-/// stored now (the detail when fetched, else the summary); call it after the
-/// write it describes.
+/// Appends an activity's change. The activity itself is not copied: an
+/// event carries it as stored when the event is read (see [`EVENTS`]), so
+/// the log stays small however large a backfill is.
 pub fn record_activity(
     conn: &Connection,
     athlete_id: i64,
@@ -27,18 +25,10 @@ pub fn record_activity(
     at: i64,
 ) -> DbResult<()> {
     conn.prepare_cached(
-        "INSERT INTO changes (athlete_id, kind, activity_id, occurred_at, retry_from, data)
-         VALUES (?1, ?2, ?3, ?4, ?4,
-             CASE WHEN ?5 THEN (SELECT COALESCE(detail_json, summary_json)
-                                FROM activities WHERE id = ?3) END)",
+        "INSERT INTO changes (athlete_id, kind, activity_id, occurred_at, retry_from)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
     )?
-    .execute(params![
-        athlete_id,
-        kind.as_str(),
-        activity_id,
-        at,
-        kind != ChangeKind::ActivityDeleted
-    ])?;
+    .execute(params![athlete_id, kind.as_str(), activity_id, at])?;
     Ok(())
 }
 
@@ -64,7 +54,15 @@ pub fn forget_athlete(conn: &Connection, athlete_id: i64) -> DbResult<()> {
     Ok(())
 }
 
-const EVENT_COLUMNS: &str = "id, kind, athlete_id, activity_id, occurred_at, data";
+/// Events as read from the log, `c` the change: a created or updated
+/// activity comes with its JSON as stored now (the detail when fetched, else
+/// the summary), none once it is deleted.
+const EVENTS: &str = "SELECT c.id, c.kind, c.athlete_id, c.activity_id, c.occurred_at,
+         CASE WHEN c.kind IN ('activity.created', 'activity.updated')
+              THEN (SELECT COALESCE(a.detail_json, a.summary_json) FROM activities a
+                    WHERE a.id = c.activity_id AND a.athlete_id = c.athlete_id) END,
+         c.attempts, c.retry_from, c.last_error
+     FROM changes c";
 
 fn event(r: &Row) -> rusqlite::Result<AppEvent> {
     let kind: String = r.get(1)?;
@@ -128,9 +126,14 @@ pub struct FailedDelivery {
 }
 
 #[derive(Debug, Serialize)]
+pub struct DeliveryCounts {
+    pub pending: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct DeliveryReport {
-    /// Changes by delivery state.
-    pub counts: BTreeMap<String, i64>,
+    pub counts: DeliveryCounts,
     /// When the oldest change not delivered yet happened.
     pub oldest_pending_at: Option<i64>,
     pub failed: Vec<FailedDelivery>,
@@ -154,8 +157,7 @@ impl Store {
             }
             let changes = c
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM changes WHERE athlete_id = ?1 AND id > ?2
-                     ORDER BY id LIMIT ?3"
+                    "{EVENTS} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3"
                 ))?
                 .query_map(params![athlete_id, since, limit as i64], event)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -182,15 +184,12 @@ impl Store {
     pub async fn due_deliveries(&self, now: i64, limit: usize) -> DbResult<Vec<DueDelivery>> {
         self.read(move |c| {
             let rows = c
-                .prepare_cached(
-                    "SELECT c.id, c.kind, c.athlete_id, c.activity_id, c.occurred_at, c.data,
-                            c.attempts, c.retry_from
-                     FROM (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
-                           GROUP BY athlete_id) AS head
-                     JOIN changes AS c ON c.id = head.id
+                .prepare_cached(&format!(
+                    "{EVENTS} JOIN (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
+                                    GROUP BY athlete_id) AS head ON c.id = head.id
                      WHERE c.next_attempt_at <= ?1
-                     ORDER BY c.next_attempt_at, c.id LIMIT ?2",
-                )?
+                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
+                ))?
                 .query_map(params![now, limit as i64], |r| {
                     Ok(DueDelivery {
                         event: event(r)?,
@@ -229,17 +228,24 @@ impl Store {
     /// the newest `failed_shown` failed deliveries.
     pub async fn delivery_report(&self, failed_shown: usize) -> DbResult<DeliveryReport> {
         self.read(move |c| {
-            let counts = c
-                .prepare_cached("SELECT delivery, COUNT(*) FROM changes GROUP BY delivery")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+            // Only the states the partial indexes hold: counting the
+            // delivered would read the whole log on every scrape.
+            let count = |state: &str| -> DbResult<i64> {
+                Ok(
+                    c.prepare_cached("SELECT COUNT(*) FROM changes WHERE delivery = ?1")?
+                        .query_row([state], |r| r.get(0))?,
+                )
+            };
+            let counts = DeliveryCounts {
+                pending: count("pending")?,
+                failed: count("failed")?,
+            };
             let oldest_pending_at = c
                 .prepare_cached("SELECT MIN(occurred_at) FROM changes WHERE delivery = 'pending'")?
                 .query_row([], |r| r.get(0))?;
             let failed = c
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS}, attempts, last_error FROM changes
-                     WHERE delivery = 'failed' ORDER BY id DESC LIMIT ?1"
+                    "{EVENTS} WHERE c.delivery = 'failed' ORDER BY c.id DESC LIMIT ?1"
                 ))?
                 .query_map([failed_shown as i64], |r| {
                     Ok(FailedDelivery {
@@ -248,7 +254,7 @@ impl Store {
                             ..event(r)?
                         },
                         attempts: r.get(6)?,
-                        last_error: r.get(7)?,
+                        last_error: r.get(8)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
