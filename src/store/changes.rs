@@ -321,3 +321,95 @@ fn latest(c: &Connection) -> DbResult<i64> {
             .query_row([], |r| r.get(0))?,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write_blocking(|tx| {
+                for (athlete, at) in [(1, 10), (2, 11), (1, 12), (2, 13), (1, 14)] {
+                    record_athlete(tx, athlete, ChangeKind::AthleteConnected, at)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    async fn heads(store: &Store, now: i64) -> Vec<i64> {
+        let due = store.due_deliveries(now, 10).await.unwrap();
+        due.iter().map(|d| d.event.id).collect()
+    }
+
+    #[tokio::test]
+    async fn each_athletes_next_change_waits_for_the_one_before() {
+        let (_dir, store) = store();
+        assert_eq!(heads(&store, 0).await, [1, 2]);
+        store
+            .record_deliveries(vec![
+                (1, Delivery::Delivered),
+                (
+                    2,
+                    Delivery::Retry {
+                        error: "503".into(),
+                        at: 100,
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(heads(&store, 99).await, [3], "2 waits, and 4 behind it");
+        assert_eq!(heads(&store, 100).await, [3, 2]);
+        store
+            .record_deliveries(vec![(
+                3,
+                Delivery::Failed {
+                    error: "gone".into(),
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            heads(&store, 100).await,
+            [5, 2],
+            "a failed change stops no one"
+        );
+        let report = store.delivery_report(10).await.unwrap();
+        assert_eq!((report.counts.pending, report.counts.failed), (3, 1));
+        assert_eq!(report.oldest_pending_at, Some(11));
+        assert_eq!(store.replay_failed_deliveries(200).await.unwrap(), 1);
+        assert_eq!(
+            heads(&store, 100).await,
+            [3, 2],
+            "the replayed one goes first again"
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_marks_how_far_a_cursor_may_lag() {
+        let (_dir, store) = store();
+        store
+            .record_deliveries(vec![(1, Delivery::Delivered), (2, Delivery::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(store.prune_changes(12, 0, 100).await.unwrap(), 2);
+        assert!(store.changes_after(1, 1, 10).await.unwrap().is_none());
+        let page = store.changes_after(1, 2, 10).await.unwrap().unwrap();
+        assert_eq!(
+            page.changes.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [3, 5]
+        );
+        assert_eq!(page.next_cursor, 5);
+        let first = store.changes_after(1, 0, 1).await.unwrap().unwrap();
+        assert_eq!(first.next_cursor, 3, "a full page points past itself only");
+        assert_eq!(
+            store.prune_changes(0, 14, 100).await.unwrap(),
+            2,
+            "undelivered, once old enough"
+        );
+    }
+}
