@@ -76,6 +76,9 @@ async fn changes(
             format!("limit must be between 1 and {MAX_LIMIT}"),
         ));
     }
+    // Watching begins before the first read, so a change logged in between
+    // still wakes the stream.
+    let newest = state.changes.subscribe();
     // Read before a stream starts, so an expired cursor is a plain 410.
     let page = state
         .store
@@ -100,8 +103,9 @@ async fn changes(
         store: state.store.clone(),
         athlete_id: auth.athlete_id,
         cursor: page.next_cursor,
+        caught_up: page.changes.len() < limit,
         queued: page.changes.into(),
-        newest: state.changes.subscribe(),
+        newest,
         closing: state.changes.closing(),
         keep_alive_at: Instant::now() + KEEP_ALIVE,
         _permit: permit,
@@ -131,6 +135,9 @@ struct Feed {
     store: Store,
     athlete_id: i64,
     cursor: i64,
+    /// Whether the last read found everything up to the cursor; if not, the
+    /// next read comes at once rather than at the next change.
+    caught_up: bool,
     queued: VecDeque<AppEvent>,
     newest: watch::Receiver<i64>,
     closing: CancellationToken,
@@ -147,12 +154,14 @@ impl Feed {
                 self.keep_alive_at = Instant::now() + KEEP_ALIVE;
                 return Some((sse(&event), self));
             }
-            tokio::select! {
-                _ = self.closing.cancelled() => return None,
-                changed = self.newest.changed() => changed.ok()?,
-                _ = tokio::time::sleep_until(self.keep_alive_at) => {
-                    self.keep_alive_at = Instant::now() + KEEP_ALIVE;
-                    return Some((Bytes::from_static(b": keep-alive\n\n"), self));
+            if self.caught_up {
+                tokio::select! {
+                    _ = self.closing.cancelled() => return None,
+                    changed = self.newest.changed() => changed.ok()?,
+                    _ = tokio::time::sleep_until(self.keep_alive_at) => {
+                        self.keep_alive_at = Instant::now() + KEEP_ALIVE;
+                        return Some((Bytes::from_static(b": keep-alive\n\n"), self));
+                    }
                 }
             }
             match self
@@ -162,6 +171,7 @@ impl Feed {
             {
                 Ok(Some(page)) => {
                     self.cursor = page.next_cursor;
+                    self.caught_up = page.changes.len() < DEFAULT_LIMIT;
                     self.queued.extend(page.changes);
                 }
                 Ok(None) => return None,
