@@ -254,6 +254,10 @@ impl Application {
             jobs: services.jobs.clone(),
         };
         tasks.spawn(worker::run(worker, shutdown.clone()));
+        tasks.spawn(telemetry::run_upkeep(
+            telemetry::metrics_recorder(),
+            shutdown.clone(),
+        ));
         tasks.spawn(services.changes.clone().run(
             services.store.clone(),
             services.clock.clone(),
