@@ -55,6 +55,34 @@ impl fmt::Debug for TokenKey {
     }
 }
 
+/// Where strava-sync posts its own events, and the key that signs them
+/// (`APP_WEBHOOK_SECRET` after `whsec_`, base64-decoded, as the Standard
+/// Webhooks convention has it); `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppWebhook {
+    pub url: String,
+    key: Vec<u8>,
+}
+
+impl AppWebhook {
+    pub fn new(url: impl Into<String>, key: Vec<u8>) -> Self {
+        Self {
+            url: url.into(),
+            key,
+        }
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl fmt::Debug for AppWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppWebhook {{ url: {:?}, key: [redacted] }}", self.url)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -84,6 +112,8 @@ pub struct Settings {
     pub manual_refresh_cooldown_secs: u64,
     pub admin_token: Option<Secret>,
     pub app_redirect_url: Option<String>,
+    /// Unset: no events are sent to the application.
+    pub app_webhook: Option<AppWebhook>,
     pub cors_allowed_origins: Vec<String>,
     /// Requests per second per API token; 0 turns rate limiting off.
     pub api_rate_limit: u32,
@@ -144,6 +174,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("MANUAL_REFRESH_COOLDOWN_SECS", Some("300")),
     ("ADMIN_TOKEN", None),
     ("APP_REDIRECT_URL", None),
+    ("APP_WEBHOOK_URL", None),
+    ("APP_WEBHOOK_SECRET", None),
     ("CORS_ALLOWED_ORIGINS", None),
     ("API_RATE_LIMIT", Some("20")),
     (
@@ -247,6 +279,7 @@ impl Settings {
             manual_refresh_cooldown_secs: p.number("MANUAL_REFRESH_COOLDOWN_SECS", u64::MAX),
             admin_token: p.optional("ADMIN_TOKEN").map(Secret),
             app_redirect_url: p.redirect("APP_REDIRECT_URL"),
+            app_webhook: p.app_webhook(),
             cors_allowed_origins: p.origins("CORS_ALLOWED_ORIGINS"),
             api_rate_limit: p.number("API_RATE_LIMIT", u32::MAX),
             trusted_proxies: p.networks("TRUSTED_PROXIES"),
@@ -468,6 +501,38 @@ impl Parser<'_> {
             }
         }
         out
+    }
+
+    /// `APP_WEBHOOK_URL` and `APP_WEBHOOK_SECRET`, set together or not at
+    /// all; the secret is `whsec_` and at least 16 bytes in base64.
+    fn app_webhook(&mut self) -> Option<AppWebhook> {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        let (url, secret) = match (
+            self.optional("APP_WEBHOOK_URL"),
+            self.optional("APP_WEBHOOK_SECRET"),
+        ) {
+            (None, None) => return None,
+            (Some(_), None) | (None, Some(_)) => {
+                self.problems.push(
+                    "APP_WEBHOOK_URL and APP_WEBHOOK_SECRET must be set together".to_string(),
+                );
+                return None;
+            }
+            (Some(_), Some(secret)) => (self.url("APP_WEBHOOK_URL"), secret),
+        };
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|b64| STANDARD.decode(b64).ok())
+            .filter(|key| key.len() >= 16);
+        if key.is_none() {
+            self.problems.push(
+                "APP_WEBHOOK_SECRET must be `whsec_` followed by at least 16 random bytes in \
+                 base64 (`echo whsec_$(openssl rand -base64 32)` makes one)"
+                    .to_string(),
+            );
+        }
+        Some(AppWebhook::new(url, key?))
     }
 
     /// Any absolute URL (an app may take the browser back by its own scheme).
@@ -790,6 +855,51 @@ mod tests {
             s.cors_allowed_origins,
             vec!["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn the_app_webhook_needs_both_settings_and_a_standard_webhooks_secret() {
+        let load = |pairs: &[(&str, &str)]| Settings::from_sources(None, env(pairs));
+        let url = ("APP_WEBHOOK_URL", "https://app.example/hooks");
+        let s = load(&[
+            url,
+            (
+                "APP_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ])
+        .unwrap();
+        let hook = s.app_webhook.unwrap();
+        assert_eq!(hook.url, "https://app.example/hooks");
+        assert_eq!(hook.key().len(), 24);
+        assert!(!format!("{hook:?}").contains("MfKQ"));
+        for bad in [
+            vec![url],
+            vec![(
+                "APP_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )],
+            vec![
+                url,
+                ("APP_WEBHOOK_SECRET", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ],
+            vec![url, ("APP_WEBHOOK_SECRET", "whsec_not base64!")],
+            vec![url, ("APP_WEBHOOK_SECRET", "whsec_c2hvcnQ=")],
+            vec![
+                ("APP_WEBHOOK_URL", "ftp://app.example"),
+                (
+                    "APP_WEBHOOK_SECRET",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ),
+            ],
+        ] {
+            let err = load(&bad).unwrap_err();
+            assert!(
+                err.problems.iter().any(|p| p.contains("APP_WEBHOOK")),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(load(&[]).unwrap().app_webhook.is_none());
     }
 
     /// A value as an operator may write one, right or wrong.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod model;
+pub mod outbox;
 pub mod simulator;
 pub mod startup;
 pub mod store;

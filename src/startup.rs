@@ -18,6 +18,8 @@ use crate::http::auth::{Access, TokenRateLimiter};
 use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
 use crate::model::clock::{Clock, SystemClock};
+use crate::outbox::delivery::Deliverer;
+use crate::outbox::ChangeWatch;
 use crate::store::token_cipher::TokenCipher;
 use crate::store::{DbError, Store};
 use crate::strava::budget::{Budget, Limits};
@@ -45,6 +47,8 @@ pub struct Application {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<JobRunner>,
+    /// Posts logged changes to the application, when `APP_WEBHOOK_URL` is set.
+    deliverer: Option<Deliverer>,
     /// Whether `run` starts the cron schedule (see [`Application::without_schedule`]).
     schedule: bool,
     /// Whether `run` starts the job runner (see [`Application::with_jobs_run_by_hand`]).
@@ -126,6 +130,16 @@ impl Application {
             clock: clock.clone(),
             daily_limit: settings.strava_rate_limit_daily,
         };
+        let changes = ChangeWatch::default();
+        let deliverer = match &settings.app_webhook {
+            Some(hook) => Some(Deliverer::new(
+                store.clone(),
+                clock.clone(),
+                hook.clone(),
+                changes.clone(),
+            )?),
+            None => None,
+        };
         let services = web::Data::new(Services {
             store,
             attention,
@@ -134,6 +148,7 @@ impl Application {
             strava,
             oauth,
             jobs,
+            changes,
         });
         let data = AppData {
             services: services.clone(),
@@ -145,6 +160,7 @@ impl Application {
             }),
             limits: web::Data::new(AddressLimits::new(&settings)),
             metrics: web::Data::new(telemetry::metrics_recorder()),
+            streams: web::Data::default(),
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -173,6 +189,7 @@ impl Application {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runner,
+            deliverer,
             schedule: true,
             run_jobs: true,
         })
@@ -227,6 +244,7 @@ impl Application {
             shutdown,
             tasks,
             runner,
+            deliverer,
             schedule,
             run_jobs,
             ..
@@ -241,6 +259,19 @@ impl Application {
             jobs: services.jobs.clone(),
         };
         tasks.spawn(worker::run(worker, shutdown.clone()));
+        tasks.spawn(telemetry::run_upkeep(
+            telemetry::metrics_recorder(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(services.changes.clone().run(
+            services.store.clone(),
+            services.clock.clone(),
+            deliverer.is_some(),
+            shutdown.clone(),
+        ));
+        if let Some(deliverer) = deliverer {
+            tasks.spawn(deliverer.run(shutdown.clone()));
+        }
         if run_jobs {
             tasks.spawn(runner.run(shutdown.clone(), tasks.clone()));
         }

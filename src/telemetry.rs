@@ -3,8 +3,10 @@
 //! the service); metrics in a Prometheus recorder.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -42,4 +44,19 @@ pub fn metrics_recorder() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets until `shutdown`.
+/// The recorder keeps every sample until then, so without a scrape (or
+/// this) each request's latency would stay in memory for good.
+pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(UPKEEP) => handle.run_upkeep(),
+        }
+    }
 }

@@ -70,12 +70,26 @@ fn data<T: 'static>(req: &HttpRequest) -> web::Data<T> {
         .clone()
 }
 
+/// The API token: a bearer token, or, as Strava also takes it, the
+/// `access_token` query parameter, which a browser's `EventSource` (it sends
+/// no headers of its own) needs for the change feed.
+fn api_token(req: &HttpRequest) -> Option<String> {
+    if let Some(token) = bearer(req) {
+        return Some(token.to_owned());
+    }
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()?
+        .into_inner()
+        .into_iter()
+        .find_map(|(key, value)| (key == "access_token" && !value.is_empty()).then_some(value))
+}
+
 impl FromRequest for AthleteAuth {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let token = bearer(req).map(str::to_owned);
+        let token = api_token(req);
         let (services, access) = (data::<Services>(req), data::<Access>(req));
         Box::pin(async move {
             let token = token.ok_or(ApiError::Unauthorized)?;

@@ -241,7 +241,10 @@ async fn disconnect(
         Err(StravaError::Db(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::Upstream(e.to_string())),
     }
-    state.store.purge_athlete(athlete_id).await?;
+    state
+        .store
+        .purge_athlete(athlete_id, state.clock.epoch())
+        .await?;
     tracing::info!(athlete_id, "athlete disconnected and purged");
     Ok(HttpResponse::Ok().json(Disconnected {
         athlete_id,

@@ -35,6 +35,17 @@ pub enum ApiError {
     /// Absent, or another athlete's: the two are indistinguishable on purpose.
     #[error("Record Not Found")]
     NotFound { resource: &'static str },
+    /// What the request points at existed once and is gone for good (a
+    /// change feed cursor older than the log keeps).
+    #[error("{message}")]
+    Gone {
+        resource: &'static str,
+        message: String,
+    },
+    /// An activity Strava announced whose fetch is still queued: absent for
+    /// now, unlike a deleted one (`GET /api/sync` says when it should come).
+    #[error("Record Not Fetched Yet")]
+    NotFetchedYet,
     #[error("Payload Too Large")]
     PayloadTooLarge,
     /// The body did not arrive in time.
@@ -170,6 +181,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Gone { .. } => StatusCode::GONE,
+            ApiError::NotFetchedYet => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -195,6 +208,10 @@ impl ResponseError for ApiError {
                 code,
             } => (message.as_str(), *resource, field.as_str(), *code),
             ApiError::NotFound { resource } => ("Record Not Found", *resource, "id", "invalid"),
+            ApiError::NotFetchedYet => ("Record Not Fetched Yet", "Activity", "id", "pending"),
+            ApiError::Gone { resource, message } => {
+                (message.as_str(), *resource, "since", "expired")
+            }
             ApiError::PayloadTooLarge => ("Payload Too Large", "Request", "body", "too_large"),
             ApiError::RequestTimeout => ("Request Timeout", "Request", "body", "timeout"),
             ApiError::TooManyRequests { resource, .. } => {

@@ -9,8 +9,8 @@ use super::auth::AdminAuth;
 use super::error::{AdminFaults, ApiError};
 use super::Services;
 
-/// Renders every metric; athletes by tier and status are counted now, so
-/// the gauge is never stale.
+/// Renders every metric; athletes by tier and status and the events waiting
+/// for delivery are counted now, so those gauges are never stale.
 #[utoipa::path(
     tag = "operations",
     security(("admin_token" = [])),
@@ -29,6 +29,15 @@ async fn scrape(
     for (tier, status, n) in state.store.athletes_by_tier().await? {
         ::metrics::gauge!("athletes", "tier" => tier, "status" => status).set(n as f64);
     }
+    let deliveries = state.store.delivery_report(0).await?;
+    let counts = deliveries.counts;
+    for (delivery, n) in [("pending", counts.pending), ("failed", counts.failed)] {
+        ::metrics::gauge!("app_events", "delivery" => delivery).set(n as f64);
+    }
+    let oldest = deliveries
+        .oldest_pending_at
+        .map_or(0, |at| state.clock.epoch() - at);
+    ::metrics::gauge!("app_events_oldest_undelivered_seconds").set(oldest as f64);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render()))

@@ -3,12 +3,15 @@
 
 pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod connect;
+pub mod delivery_admin;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod per_address;
+mod query;
 pub mod read_api;
 pub mod sync_api;
 pub mod webhook;
@@ -29,6 +32,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::config::Settings;
 use crate::model::clock::Clock;
+use crate::outbox::ChangeWatch;
 use crate::store::Store;
 use crate::strava::budget::Budget;
 use crate::strava::client::StravaClient;
@@ -63,6 +67,8 @@ pub struct Services {
     pub oauth: Arc<StravaOAuth>,
     /// Enqueue work for the job runner and wake it.
     pub jobs: Arc<JobQueue>,
+    /// Wakes the change feed's streams when a change is logged.
+    pub changes: ChangeWatch,
 }
 
 /// Everything `configure` registers besides the routes.
@@ -74,6 +80,7 @@ pub struct AppData {
     pub access: web::Data<auth::Access>,
     pub limits: web::Data<per_address::AddressLimits>,
     pub metrics: web::Data<PrometheusHandle>,
+    pub streams: web::Data<changes::OpenStreams>,
 }
 
 /// Registers every route and the extractor error handlers. Each module
@@ -88,6 +95,7 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
             .app_data(data.access.clone())
             .app_data(data.limits.clone())
             .app_data(data.metrics.clone())
+            .app_data(data.streams.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .app_data(
                 web::JsonConfig::default()
@@ -105,6 +113,8 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
             .configure(connect::configure)
             .configure(admin::configure)
             .configure(read_api::configure)
+            .configure(changes::configure)
+            .configure(delivery_admin::configure)
             .configure(sync_api::configure)
             .configure(webhook::configure)
             .configure(webhook_admin::configure)

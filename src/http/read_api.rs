@@ -17,6 +17,7 @@ use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, AthleteFaults, Fault};
+use super::query::QueryParams;
 use super::{auth::AthleteAuth, Services};
 use crate::store::activities::{ActivityStats, ListFilter};
 use crate::store::api_tokens::to_hex;
@@ -199,7 +200,12 @@ async fn activity(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("Activity", &id)?;
     let json = state.store.activity_json(auth.athlete_id, id).await;
-    serve_stored(&req, "Activity", json)
+    match serve_stored(&req, "Activity", json) {
+        Err(ApiError::NotFound { .. }) if state.store.is_announced(auth.athlete_id, id).await? => {
+            Err(ApiError::NotFetchedYet)
+        }
+        served => served,
+    }
 }
 
 /// `GET /api/v3/athletes/{id}/stats`: Strava's ActivityStats from the local
@@ -263,38 +269,17 @@ fn parse_id(resource: &'static str, raw: &str) -> Result<i64, ApiError> {
 /// parameters are ignored, as Strava does; a known one given twice, empty or
 /// out of range is a 400 naming it.
 fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
-        .map_err(|e| ApiError::bad_parameter("Request", "query", e.to_string()))?
-        .into_inner();
-    let value = |name: &'static str| -> Result<Option<i64>, ApiError> {
-        let mut given = pairs.iter().filter(|(k, _)| k == name);
-        let Some((_, raw)) = given.next() else {
-            return Ok(None);
-        };
-        if given.next().is_some() {
-            return Err(invalid(name, format!("{name} is given more than once")));
-        }
-        raw.parse()
-            .map(Some)
-            .map_err(|_| invalid(name, format!("{name} must be an integer")))
-    };
+    let params = QueryParams::parse(query, "Activity")?;
     let given = ListParams {
-        before: value("before")?,
-        after: value("after")?,
-        page: value("page")?,
-        per_page: value("per_page")?,
+        before: params.integer("before")?,
+        after: params.integer("after")?,
+        page: Some(params.bounded("page", 1..=i64::MAX, 1)?),
+        per_page: Some(params.bounded("per_page", 1..=MAX_PER_PAGE, DEFAULT_PER_PAGE)?),
     };
-    let page = given.page.unwrap_or(1);
-    if page < 1 {
-        return Err(invalid("page", "page must be at least 1".into()));
-    }
-    let per_page = given.per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(invalid(
-            "per_page",
-            format!("per_page must be between 1 and {MAX_PER_PAGE}"),
-        ));
-    }
+    let (page, per_page) = (
+        given.page.unwrap_or(1),
+        given.per_page.unwrap_or(DEFAULT_PER_PAGE),
+    );
     Ok(ListFilter {
         before: given.before,
         after: given.after,
@@ -302,10 +287,6 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
         // A page far past the end simply finds nothing.
         offset: (page - 1).saturating_mul(per_page),
     })
-}
-
-fn invalid(field: &'static str, message: String) -> ApiError {
-    ApiError::bad_parameter("Activity", field, message)
 }
 
 /// A JSON answer with a strong ETag over its exact bytes, or 304 when the

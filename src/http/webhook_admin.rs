@@ -15,11 +15,11 @@ use crate::webhook::Webhooks;
 /// How many failed events the listing shows (newest first).
 const FAILED_SHOWN: usize = 100;
 
-/// `POST /admin/webhooks/replay`'s answer.
+/// What a replay of failed events (inbox or deliveries) answers.
 #[derive(Serialize, ToSchema)]
-struct Replayed {
+pub(super) struct Replayed {
     /// Failed events queued again.
-    replayed: usize,
+    pub(super) replayed: usize,
 }
 
 /// Inbox counts by status, and the newest failed events.

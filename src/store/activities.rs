@@ -7,8 +7,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::changes;
 use super::lifecycle::{self, Applying};
+use super::page_anchors::PageAnchors;
 use super::{inbox, DbResult, Store};
+use crate::model::app_event::ChangeKind;
 
 /// What a batch upsert changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +31,10 @@ struct Owner {
     id: i64,
 }
 
-/// Stores a page of SummaryActivity objects for one athlete. Call it inside
-/// one transaction per page. Records owned by another athlete (by the JSON,
-/// or by the row already stored under that id) are skipped.
+/// Stores a page of SummaryActivity objects for one athlete, and logs what
+/// changed. Call it inside one transaction per page. Records owned by another
+/// athlete (by the JSON, or by the row already stored under that id) are
+/// skipped.
 pub fn upsert_summaries(
     conn: &Connection,
     athlete_id: i64,
@@ -60,12 +64,26 @@ pub fn upsert_summaries(
         match before {
             None => {
                 insert.execute(params![keys.id, athlete_id, raw.get(), at])?;
+                changes::record_activity(
+                    conn,
+                    athlete_id,
+                    keys.id,
+                    ChangeKind::ActivityCreated,
+                    at,
+                )?;
                 out.new += 1;
             }
             Some((owner, _)) if owner != athlete_id => {}
             Some((_, old)) => {
                 update.execute(params![keys.id, raw.get(), at])?;
                 if old != raw.get() {
+                    changes::record_activity(
+                        conn,
+                        athlete_id,
+                        keys.id,
+                        ChangeKind::ActivityUpdated,
+                        at,
+                    )?;
                     out.updated += 1;
                 }
             }
@@ -74,7 +92,8 @@ pub fn upsert_summaries(
     Ok(out)
 }
 
-/// Stores one DetailedActivity for its athlete. The summary stays as listed;
+/// Stores one DetailedActivity for its athlete, and logs the change. The
+/// summary stays as listed;
 /// when no summary is stored yet, the detail (a superset of it) also serves as
 /// the summary so the activity is listed at once. A record owned by another
 /// athlete is skipped.
@@ -108,11 +127,13 @@ pub fn upsert_detail(
              updated_at = CASE WHEN ?5 THEN excluded.updated_at ELSE updated_at END",
     )?
     .execute(params![keys.id, athlete_id, detail.get(), at, changed])?;
-    Ok(match (before, changed) {
-        (None, _) => Upserted { new: 1, updated: 0 },
-        (Some(_), true) => Upserted { new: 0, updated: 1 },
-        (Some(_), false) => Upserted::default(),
-    })
+    let (kind, upserted) = match (before, changed) {
+        (None, _) => (ChangeKind::ActivityCreated, Upserted { new: 1, updated: 0 }),
+        (Some(_), true) => (ChangeKind::ActivityUpdated, Upserted { new: 0, updated: 1 }),
+        (Some(_), false) => return Ok(Upserted::default()),
+    };
+    changes::record_activity(conn, athlete_id, keys.id, kind, at)?;
+    Ok(upserted)
 }
 
 /// Which slice of an athlete's activities a list request wants. Bounds are
@@ -133,18 +154,51 @@ const LIST_SQL: &str = "SELECT summary_json FROM activities
      ORDER BY start_time DESC, id DESC
      LIMIT ?4 OFFSET ?5";
 
+/// [`LIST_SQL`] of the unfiltered list from just after the key `(?2, ?3)`
+/// (see [`super::page_anchors`]): the row value is the index range, so the
+/// rows before the anchor are never stepped over.
+const LIST_AFTER_SQL: &str = "SELECT summary_json FROM activities
+     WHERE athlete_id = ?1 AND (start_time, id) < (?2, ?3)
+     ORDER BY start_time DESC, id DESC
+     LIMIT ?4 OFFSET ?5";
+
 /// One page of an athlete's summaries as a JSON array, newest first (ties by
 /// id, newest first), built by joining the stored texts: nothing is parsed or
-/// re-serialised, so every field and number comes back exactly as stored.
-pub fn list_json(conn: &Connection, athlete_id: i64, filter: &ListFilter) -> DbResult<String> {
-    // Absent bounds become the widest ones, so one statement serves all.
-    let mut stmt = conn.prepare_cached(LIST_SQL)?;
+/// re-serialised, so every field and number comes back exactly as stored. A
+/// deep unfiltered page starts from its anchor; read it in one transaction.
+pub fn list_json(
+    conn: &Connection,
+    anchors: &PageAnchors,
+    athlete_id: i64,
+    filter: &ListFilter,
+) -> DbResult<String> {
+    let unfiltered = filter.before.is_none() && filter.after.is_none();
+    let anchor = match unfiltered {
+        true => anchors.before(conn, athlete_id, filter.offset)?,
+        false => None,
+    };
+    let (mut stmt, bounds, offset) = match anchor {
+        Some((skipped, key)) => (
+            conn.prepare_cached(LIST_AFTER_SQL)?,
+            key,
+            filter.offset - skipped,
+        ),
+        // Absent bounds become the widest ones, so one statement serves all.
+        None => (
+            conn.prepare_cached(LIST_SQL)?,
+            (
+                filter.before.unwrap_or(i64::MAX),
+                filter.after.unwrap_or(i64::MIN),
+            ),
+            filter.offset,
+        ),
+    };
     let mut rows = stmt.query(params![
         athlete_id,
-        filter.before.unwrap_or(i64::MAX),
-        filter.after.unwrap_or(i64::MIN),
+        bounds.0,
+        bounds.1,
         filter.limit,
-        filter.offset,
+        offset
     ])?;
     let mut out = String::from("[");
     while let Some(row) = rows.next()? {
@@ -316,18 +370,35 @@ pub fn mark_seen(conn: &Connection, athlete_id: i64, ids: &[i64], at: i64) -> Db
 /// Deletes the athlete's activities that started in `started` (exclusive
 /// bounds, as Strava's `after` and `before`) and were last seen before
 /// `seen_before`: what a complete listing of that span begun at `seen_before`
-/// no longer showed. Returns how many went.
+/// no longer showed, and logs each deletion at `seen_before`. Returns how
+/// many went.
 pub fn sweep_unseen(
     conn: &Connection,
     athlete_id: i64,
     seen_before: i64,
     started: (i64, i64),
 ) -> DbResult<usize> {
-    Ok(conn.execute(
-        "DELETE FROM activities
-         WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time > ?3 AND start_time < ?4",
-        params![athlete_id, seen_before, started.0, started.1],
-    )?)
+    let gone: Vec<i64> = conn
+        .prepare_cached(
+            "DELETE FROM activities
+             WHERE athlete_id = ?1 AND last_seen_at < ?2 AND start_time > ?3 AND start_time < ?4
+             RETURNING id",
+        )?
+        .query_map(
+            params![athlete_id, seen_before, started.0, started.1],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    for &id in &gone {
+        changes::record_activity(
+            conn,
+            athlete_id,
+            id,
+            ChangeKind::ActivityDeleted,
+            seen_before,
+        )?;
+    }
+    Ok(gone.len())
 }
 
 /// Summary-only activities of connected athletes that started after `since`
@@ -383,7 +454,13 @@ impl Store {
         athlete_id: i64,
         filter: ListFilter,
     ) -> DbResult<String> {
-        self.read(move |c| list_json(c, athlete_id, &filter)).await
+        let anchors = self.page_anchors.clone();
+        self.read(move |c| {
+            // The anchors' state and the page, read as one snapshot.
+            let snapshot = c.unchecked_transaction()?;
+            list_json(&snapshot, &anchors, athlete_id, &filter)
+        })
+        .await
     }
 
     /// The JSON served for one of the athlete's activities.
@@ -462,7 +539,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{athletes, Store};
+    use crate::store::{activity_edits, athletes, Store};
 
     const ATHLETE: &str = include_str!("../../fixtures/athlete.json");
     const SUMMARIES: &str = include_str!("../../fixtures/activities.json");
@@ -481,19 +558,26 @@ mod tests {
     #[test]
     fn the_list_walks_the_index_without_sorting() {
         let (_dir, store, _) = store_with_athlete();
-        let plan: Vec<String> = store
-            .read_blocking(|c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {LIST_SQL}"))?;
-                let rows = stmt.query_map(params![1, 2, 0, 30, 8970], |r| r.get(3))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains("USING INDEX activities_athlete_start"),
-            "{plan}"
-        );
-        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        for (sql, range) in [
+            (LIST_SQL, "(athlete_id=? AND start_time>? AND start_time<?)"),
+            // The seek lands on the anchor's start time; its ties are
+            // filtered by id.
+            (LIST_AFTER_SQL, "(athlete_id=? AND start_time<?)"),
+        ] {
+            let plan: Vec<String> = store
+                .read_blocking(|c| {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt.query_map(params![1, 2, 0, 30, 470], |r| r.get(3))?;
+                    Ok(rows.collect::<Result<_, _>>()?)
+                })
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains(&format!("USING INDEX activities_athlete_start {range}")),
+                "{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
     }
 
     #[test]
@@ -552,6 +636,57 @@ mod tests {
                 f(tx)
             })
             .unwrap();
+    }
+
+    /// The ids of a listed page, in order.
+    fn page_ids(json: &str) -> Vec<i64> {
+        let page: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+        page.iter().map(|a| a["id"].as_i64().unwrap()).collect()
+    }
+
+    #[test]
+    fn deep_pages_from_anchors_are_the_pages_an_offset_gives_as_the_list_changes() {
+        let anchors = PageAnchors::default();
+        with_athlete(|c| {
+            // 1,234 activities, four to a start time, so anchors fall inside ties.
+            let page: Vec<_> = (0..1234)
+                .map(|i| {
+                    let start = chrono::DateTime::from_timestamp(1_700_000_000 + i / 4 * 60, 0);
+                    summary(i, &start.unwrap().to_rfc3339())
+                })
+                .collect();
+            upsert_summaries(c, 1, &page, 0)?;
+            let mut expected: Vec<i64> = (0..1234).collect();
+            expected.sort_by_key(|&i| std::cmp::Reverse((i / 4, i)));
+            let check = |expected: &[i64]| -> DbResult<()> {
+                for per_page in [1, 30, 200] {
+                    for offset in (0..1300).step_by(per_page as usize * 7 + 13) {
+                        let filter = ListFilter {
+                            before: None,
+                            after: None,
+                            limit: per_page,
+                            offset,
+                        };
+                        let want: Vec<i64> = expected
+                            .iter()
+                            .skip(offset as usize)
+                            .take(per_page as usize)
+                            .copied()
+                            .collect();
+                        let got = page_ids(&list_json(c, &anchors, 1, &filter)?);
+                        assert_eq!(got, want, "per_page {per_page}, offset {offset}");
+                    }
+                }
+                Ok(())
+            };
+            check(&expected)?;
+            // A deletion and an insertion near the top shift every deep page.
+            activity_edits::delete(c, 1, 1200, 0, 0)?;
+            upsert_summaries(c, 1, &[summary(5000, "2030-01-01T00:00:00Z")], 0)?;
+            expected.retain(|&i| i != 1200);
+            expected.insert(0, 5000);
+            check(&expected)
+        });
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{lifecycle, DbResult};
+use super::{changes, lifecycle, DbResult};
+use crate::model::app_event::ChangeKind;
 
 /// The fields an update event can carry, already translated to Strava's
 /// activity JSON.
@@ -100,15 +101,27 @@ pub fn apply_update(
             .execute([id])?;
         }
     }
+    changes::record_activity(conn, athlete_id, id, ChangeKind::ActivityUpdated, now)?;
     Ok(UpdateResult::Applied)
 }
 
 /// Deletes an activity and records its tombstone (the newest delete time
-/// wins). Returns whether a stored activity was removed.
-pub fn delete(conn: &Connection, athlete_id: i64, id: i64, event_time: i64) -> DbResult<bool> {
+/// wins), logging the deletion at `now`. Returns whether a stored activity
+/// was removed.
+pub fn delete(
+    conn: &Connection,
+    athlete_id: i64,
+    id: i64,
+    event_time: i64,
+    now: i64,
+) -> DbResult<bool> {
     lifecycle::bury(conn, athlete_id, id, event_time)?;
-    Ok(conn
+    let removed = conn
         .prepare_cached("DELETE FROM activities WHERE id = ?1 AND athlete_id = ?2")?
         .execute(params![id, athlete_id])?
-        > 0)
+        > 0;
+    if removed {
+        changes::record_activity(conn, athlete_id, id, ChangeKind::ActivityDeleted, now)?;
+    }
+    Ok(removed)
 }

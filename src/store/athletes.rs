@@ -4,7 +4,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::strava_tokens::{self, StoredTokens};
-use super::{api_tokens, jobs, DbResult, Store};
+use super::{api_tokens, changes, jobs, DbResult, Store};
+use crate::model::app_event::ChangeKind;
 use crate::model::job::Task;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,8 @@ fn without_scope(granted: &str, refused: &str) -> String {
 }
 
 /// Inserts or refreshes an athlete from Strava's athlete JSON (every field
-/// kept); a reconnect resets the status to connected. Returns the athlete id.
+/// kept); a reconnect resets the status to connected, and a change of status
+/// is logged. Returns the athlete id.
 pub fn upsert(
     conn: &Connection,
     profile: &serde_json::Value,
@@ -73,6 +75,7 @@ pub fn upsert(
         id: i64,
     }
     let id = Id::deserialize(profile)?.id;
+    let was_connected = get(conn, id)?.is_some_and(|a| a.status == Status::Connected);
     conn.execute(
         "INSERT INTO athletes (id, profile_json, scope, status, connected_at, updated_at)
          VALUES (?1, ?2, ?3, 'connected', ?4, ?4)
@@ -84,6 +87,9 @@ pub fn upsert(
         "INSERT OR IGNORE INTO sync_state (athlete_id) VALUES (?1)",
         [id],
     )?;
+    if !was_connected {
+        changes::record_athlete(conn, id, ChangeKind::AthleteConnected, at)?;
+    }
     Ok(id)
 }
 
@@ -113,20 +119,28 @@ pub fn profile_json(conn: &Connection, id: i64) -> DbResult<Option<String>> {
         .optional()?)
 }
 
+/// Sets the athlete's status, logging a change of it.
 pub fn set_status(conn: &Connection, id: i64, status: Status, at: i64) -> DbResult<()> {
-    conn.execute(
-        "UPDATE athletes SET status = ?2, updated_at = ?3 WHERE id = ?1",
+    let changed = conn.execute(
+        "UPDATE athletes SET status = ?2, updated_at = ?3 WHERE id = ?1 AND status != ?2",
         params![id, status.as_str(), at],
-    )?;
+    )? > 0;
+    if changed {
+        let kind = match status {
+            Status::Connected => ChangeKind::AthleteConnected,
+            Status::NeedsReauth => ChangeKind::AthleteNeedsReauth,
+        };
+        changes::record_athlete(conn, id, kind, at)?;
+    }
     Ok(())
 }
 
 /// Deletes everything held for an athlete: tokens, activities, jobs, sync
-/// state and API tokens (by cascade), plus tombstones and inbox events, and
-/// takes their id off the call ledger (the calls still count in the budget's
-/// history). Call it inside one transaction. Returns whether the athlete
-/// existed.
-pub fn purge(conn: &Connection, id: i64) -> DbResult<bool> {
+/// state and API tokens (by cascade), plus tombstones, inbox events and
+/// logged changes, and takes their id off the call ledger (the calls still
+/// count in the budget's history); logs `athlete.deauthorized` at `at`. Call
+/// it inside one transaction. Returns whether the athlete existed.
+pub fn purge(conn: &Connection, id: i64, at: i64) -> DbResult<bool> {
     conn.execute(
         "DELETE FROM activity_tombstones WHERE athlete_id = ?1",
         [id],
@@ -136,7 +150,12 @@ pub fn purge(conn: &Connection, id: i64) -> DbResult<bool> {
         "UPDATE strava_calls SET athlete_id = NULL WHERE athlete_id = ?1",
         [id],
     )?;
-    Ok(conn.execute("DELETE FROM athletes WHERE id = ?1", [id])? > 0)
+    changes::forget_athlete(conn, id)?;
+    let existed = conn.execute("DELETE FROM athletes WHERE id = ?1", [id])? > 0;
+    if existed {
+        changes::record_athlete(conn, id, ChangeKind::AthleteDeauthorized, at)?;
+    }
+    Ok(existed)
 }
 
 impl Store {
@@ -163,8 +182,8 @@ impl Store {
     }
 
     /// Deletes everything held for an athlete (see [`purge`]).
-    pub async fn purge_athlete(&self, id: i64) -> DbResult<bool> {
-        self.write(move |tx| purge(tx, id)).await
+    pub async fn purge_athlete(&self, id: i64, now: i64) -> DbResult<bool> {
+        self.write(move |tx| purge(tx, id, now)).await
     }
 
     pub async fn athlete(&self, id: i64) -> DbResult<Option<Athlete>> {

@@ -94,7 +94,7 @@ fn apply(
         (ObjectType::Athlete, AspectType::Update)
             if event.updates.get("authorized").map(String::as_str) == Some("false") =>
         {
-            athletes::purge(tx, owner)?;
+            athletes::purge(tx, owner, now)?;
             (Status::Done, "purged")
         }
         (ObjectType::Athlete, _) => (Status::Ignored, "nothing_to_apply"),
@@ -126,7 +126,7 @@ fn apply(
             if lifecycle::may_store(tx, owner, id, Applying::Delete(at))? {
                 return Ok((Status::Ignored, "stale"));
             }
-            activity_edits::delete(tx, owner, id, at)?;
+            activity_edits::delete(tx, owner, id, at, now)?;
             jobs::forget_activity(tx, owner, id)?;
             (Status::Done, "deleted")
         }

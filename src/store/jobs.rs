@@ -453,6 +453,19 @@ impl Store {
         .await
     }
 
+    /// Whether Strava announced this activity to the athlete and its fetch
+    /// is still queued, which the read API tells apart from an absent one.
+    pub async fn is_announced(&self, athlete_id: i64, activity_id: i64) -> DbResult<bool> {
+        self.read(move |c| {
+            Ok(
+                queued_of_kind(c, athlete_id, "webhook_fetch")?.is_some_and(|queued| {
+                    queued.task.clone().without_activity(activity_id).as_ref() != Some(&queued.task)
+                }),
+            )
+        })
+        .await
+    }
+
     /// The athlete's announced activities not fetched yet, and where their
     /// fetch stands among the others (see [`PendingFetch`]).
     pub async fn pending_fetch(

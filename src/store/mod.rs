@@ -13,12 +13,14 @@ pub mod activity_edits;
 pub mod api_tokens;
 pub mod athletes;
 pub mod budget;
+pub mod changes;
 pub mod events;
 mod group_commit;
 pub mod inbox;
 pub mod jobs;
 pub mod lifecycle;
 pub mod oauth_states;
+mod page_anchors;
 pub mod service_state;
 pub mod strava_tokens;
 pub mod subscription;
@@ -123,6 +125,8 @@ pub struct Store {
     cipher: Option<Arc<TokenCipher>>,
     /// Commits webhook events in groups (see [`group_commit`]).
     committer: group_commit::Committer,
+    /// Where deep list pages start (see [`page_anchors`]).
+    page_anchors: page_anchors::PageAnchors,
 }
 
 impl Store {
@@ -155,6 +159,7 @@ impl Store {
             failing: Arc::default(),
             cipher: None,
             committer: Default::default(),
+            page_anchors: Default::default(),
         })
     }
 

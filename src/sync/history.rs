@@ -120,7 +120,7 @@ mod tests {
         store
             .write(|tx| {
                 athletes::upsert(tx, &serde_json::json!({"id": 1}), "activity:read_all", 0)?;
-                activity_edits::delete(tx, 1, 10, 500)?;
+                activity_edits::delete(tx, 1, 10, 500, 500)?;
                 Ok(())
             })
             .await

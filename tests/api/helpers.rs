@@ -320,6 +320,44 @@ impl ApiClient {
             .await
     }
 
+    // The change feed (`src/http/changes.rs`) and its deliveries
+    // (`delivery_admin.rs`).
+
+    /// `GET /api/v3/athlete/changes?{query}` as JSON.
+    pub async fn changes(&self, token: &str, query: &str) -> reqwest::Response {
+        self.get_as(token, &Self::with_query("/api/v3/athlete/changes", query))
+            .await
+    }
+
+    /// The change feed as Server-Sent Events, resuming after `last_event_id`.
+    pub async fn changes_stream(
+        &self,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .get(self.url(&Self::with_query("/api/v3/athlete/changes", query)))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// `GET /admin/deliveries`.
+    pub async fn admin_deliveries(&self) -> reqwest::Response {
+        self.get_as(&self.admin_token, "/admin/deliveries").await
+    }
+
+    /// `POST /admin/deliveries/replay`.
+    pub async fn admin_deliveries_replay(&self) -> reqwest::Response {
+        self.post_as(&self.admin_token, "/admin/deliveries/replay")
+            .await
+    }
+
     // Operations (`src/http/metrics.rs`, `health.rs`).
 
     /// `GET /metrics`, with the admin token.

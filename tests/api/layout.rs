@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("strava", 3),
     ("sync", 4),
     ("webhook", 5),
+    ("outbox", 5),
     ("http", 6),
     ("startup", 7),
     ("demo", 8),

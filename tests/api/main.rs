@@ -1,6 +1,7 @@
 //! Integration tests: one binary (linking dominates build time), one module
 //! per concern. Each test spawns the real app on port 0 with a fresh database.
 
+mod app_events;
 mod at_rest;
 mod budget;
 mod connect;
@@ -11,6 +12,7 @@ mod layout;
 mod openapi;
 mod operations;
 mod read_api;
+mod receiver;
 mod scheduling;
 mod sim_app;
 mod simulator;

@@ -418,6 +418,15 @@ async fn real_answers_match_their_documented_schemas() {
     .await;
     c.expect(404, "GET", stats, "/api/v3/athletes/1/stats", api, None)
         .await;
+    let feed = "/api/v3/athlete/changes";
+    let changes = c.expect(200, "GET", feed, feed, api, None).await;
+    assert!(
+        !changes["changes"].as_array().unwrap().is_empty(),
+        "{changes}"
+    );
+    c.expect(400, "GET", feed, &format!("{feed}?limit=0"), api, None)
+        .await;
+    c.expect(401, "GET", feed, feed, None, None).await;
 
     // Sync.
     c.expect(200, "GET", "/api/sync", "/api/sync", api, None)
@@ -498,6 +507,11 @@ async fn real_answers_match_their_documented_schemas() {
     )
     .await;
     let replay = "/admin/webhooks/replay";
+    c.expect(200, "POST", replay, replay, admin, None).await;
+    let deliveries = "/admin/deliveries";
+    c.expect(200, "GET", deliveries, deliveries, admin, None)
+        .await;
+    let replay = "/admin/deliveries/replay";
     c.expect(200, "POST", replay, replay, admin, None).await;
     c.expect(200, "GET", "/metrics", "/metrics", admin, None)
         .await;

@@ -196,6 +196,14 @@ async fn pending_lists_an_announced_activity_until_it_is_fetched() {
         eta >= now && eta <= now + chrono::Duration::minutes(15),
         "{eta}"
     );
+    // Reading it meanwhile says it is on its way, not that it is gone.
+    let res = app.get_activity(&token, id).await;
+    assert_eq!(res.status(), 404);
+    let fault: Value = res.json().await.unwrap();
+    assert_eq!(fault["errors"][0]["code"], "pending", "{fault}");
+    let absent = app.get_activity(&token, id + 1000).await;
+    let fault: Value = absent.json().await.unwrap();
+    assert_eq!(fault["errors"][0]["code"], "invalid", "{fault}");
 
     app.run_jobs_until_idle().await;
     assert_eq!(sync_status(&app, &token).await["pending"], json!([]));

@@ -1,0 +1,268 @@
+//! The change feed (API token): `GET /api/v3/athlete/changes?since=` answers
+//! the athlete's changes after a cursor and the cursor to ask from next; with
+//! `Accept: text/event-stream` the same changes come as Server-Sent Events,
+//! live, resuming from `Last-Event-ID`, so a browser app needs no polling.
+//! Only the token's athlete's changes are ever read.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use futures_util::{stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::error::{ApiError, AthleteFaults, Fault};
+use super::query::QueryParams;
+use super::{auth::AthleteAuth, Services};
+use crate::model::app_event::AppEvent;
+use crate::store::Store;
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+/// A comment line this often keeps proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Open streams per athlete: a page in several tabs, not a flood.
+pub const STREAMS_PER_ATHLETE: usize = 5;
+/// Open streams in all, so held connections stay bounded.
+const STREAMS_IN_ALL: usize = 10_000;
+
+/// The feed's parameters (the document's come from this type).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ChangesParams {
+    /// Answer the changes after this cursor (an event's `id`, or a
+    /// `next_cursor`); 0 is the start of what is kept.
+    #[param(minimum = 0, default = 0)]
+    since: Option<i64>,
+    /// Changes per answer.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<i64>,
+}
+
+/// One answer of the feed.
+#[derive(Serialize, ToSchema)]
+struct ChangesPage {
+    /// Oldest first.
+    changes: Vec<AppEvent>,
+    /// Where to ask from next.
+    next_cursor: i64,
+}
+
+/// The athlete's changes after a cursor: as JSON, or, with `Accept:
+/// text/event-stream`, as Server-Sent Events that go on live (resuming
+/// after `Last-Event-ID`).
+#[utoipa::path(
+    tag = "read API",
+    security(("api_token" = [])),
+    params(
+        ChangesParams,
+        ("Last-Event-ID" = Option<i64>, Header, description = "With `Accept: text/event-stream`: resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "The changes after the cursor, or their live stream",
+            content((ChangesPage = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "A malformed or out-of-range `since`, `limit` or `Last-Event-ID`", body = Fault),
+        (status = 410, description = "Changes after this cursor were pruned: read the activities again", body = Fault),
+        AthleteFaults,
+    )
+)]
+#[get("/api/v3/athlete/changes")]
+async fn changes(
+    auth: AthleteAuth,
+    state: web::Data<Services>,
+    streams: web::Data<OpenStreams>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let params = QueryParams::parse(req.query_string(), "Changes")?;
+    let given = ChangesParams {
+        since: Some(params.bounded("since", 0..=i64::MAX, 0)?),
+        limit: Some(params.bounded("limit", 1..=MAX_LIMIT, DEFAULT_LIMIT)?),
+    };
+    let live = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let resume = match req.headers().get("last-event-id") {
+        Some(v) if live => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|c| *c >= 0)
+                .ok_or_else(|| {
+                    params.invalid("Last-Event-ID", "Last-Event-ID must be an event id".into())
+                })?,
+        ),
+        _ => None,
+    };
+    let since = resume.or(given.since).unwrap_or(0);
+    let limit = given.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    // Watching begins before the first read, so a change logged in between
+    // still wakes the stream.
+    let newest = state.changes.subscribe();
+    // Read before a stream starts, so an expired cursor is a plain 410.
+    let page = state
+        .store
+        .changes_after(auth.athlete_id, since, limit)
+        .await?
+        .ok_or(ApiError::Gone {
+            resource: "Changes",
+            message: "Changes after this cursor were pruned: read the activities again and \
+                      follow the feed from its next_cursor"
+                .into(),
+        })?;
+    if !live {
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(ChangesPage {
+                changes: page.changes,
+                next_cursor: page.next_cursor,
+            }));
+    }
+    let permit = streams.open(auth.athlete_id)?;
+    let feed = Feed {
+        store: state.store.clone(),
+        athlete_id: auth.athlete_id,
+        cursor: page.next_cursor,
+        caught_up: page.changes.len() < limit,
+        queued: page.changes.into(),
+        newest,
+        closing: state.changes.closing(),
+        keep_alive_at: Instant::now() + KEEP_ALIVE,
+        _permit: permit,
+    };
+    let opening = Bytes::from_static(b": strava-sync change feed\nretry: 2000\n\n");
+    let events = stream::unfold(feed, Feed::next).map(Ok::<_, Infallible>);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        // Proxies such as nginx would otherwise hold the events back.
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(stream::once(async { Ok::<_, Infallible>(opening) }).chain(events)))
+}
+
+/// One open stream: what it has read up to, what it has yet to send.
+struct Feed {
+    store: Store,
+    athlete_id: i64,
+    cursor: i64,
+    /// Whether the last read found everything up to the cursor; if not, the
+    /// next read comes at once rather than at the next change.
+    caught_up: bool,
+    queued: VecDeque<AppEvent>,
+    newest: watch::Receiver<i64>,
+    closing: CancellationToken,
+    keep_alive_at: Instant,
+    _permit: StreamPermit,
+}
+
+impl Feed {
+    /// The next chunk to send; None ends the stream (shutdown, an expired
+    /// cursor, storage failing).
+    async fn next(mut self) -> Option<(Bytes, Self)> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                self.keep_alive_at = Instant::now() + KEEP_ALIVE;
+                return Some((sse(&event), self));
+            }
+            if self.caught_up {
+                tokio::select! {
+                    _ = self.closing.cancelled() => return None,
+                    changed = self.newest.changed() => changed.ok()?,
+                    _ = tokio::time::sleep_until(self.keep_alive_at) => {
+                        self.keep_alive_at = Instant::now() + KEEP_ALIVE;
+                        return Some((Bytes::from_static(b": keep-alive\n\n"), self));
+                    }
+                }
+            }
+            match self
+                .store
+                .changes_after(self.athlete_id, self.cursor, DEFAULT_LIMIT as usize)
+                .await
+            {
+                Ok(Some(page)) => {
+                    self.cursor = page.next_cursor;
+                    self.caught_up = page.changes.len() < DEFAULT_LIMIT as usize;
+                    self.queued.extend(page.changes);
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::error!(error = %e, "change feed read failed");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// One event as SSE: its id (the cursor to resume from) and its JSON. A
+/// line break in JSON can only be whitespace between tokens; each `\n`
+/// starts another `data:` line (the client joins them back) and `\r`, which
+/// SSE would read as a line end, is left out.
+fn sse(event: &AppEvent) -> Bytes {
+    let json = serde_json::to_string(event).expect("an event serialises");
+    let mut out = format!("id: {}\n", event.id);
+    for line in json.replace('\r', "").split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// Counts open streams, per athlete and in all.
+#[derive(Default)]
+pub struct OpenStreams {
+    open: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+impl OpenStreams {
+    fn open(&self, athlete_id: i64) -> Result<StreamPermit, ApiError> {
+        let mut open = self.open.lock().expect("stream counts stay consistent");
+        let in_all: usize = open.values().sum();
+        let mine = open.entry(athlete_id).or_default();
+        if *mine >= STREAMS_PER_ATHLETE || in_all >= STREAMS_IN_ALL {
+            return Err(ApiError::TooManyRequests {
+                resource: "Changes",
+                retry_after_secs: KEEP_ALIVE.as_secs(),
+            });
+        }
+        *mine += 1;
+        Ok(StreamPermit {
+            open: self.open.clone(),
+            athlete_id,
+        })
+    }
+}
+
+/// Held by a stream; dropping it (the client left) frees the place.
+struct StreamPermit {
+    open: Arc<Mutex<HashMap<i64, usize>>>,
+    athlete_id: i64,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("stream counts stay consistent");
+        if let Some(n) = open.get_mut(&self.athlete_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.athlete_id);
+            }
+        }
+    }
+}
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(changes);
+}

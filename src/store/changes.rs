@@ -1,0 +1,415 @@
+//! The change log (`changes`): every change to what an athlete can read,
+//! appended by the store function that makes it, inside the same transaction,
+//! so no change is told without being made or made without being told. The
+//! change feed reads it by cursor; deliveries to the application walk it in
+//! order per athlete.
+
+use rusqlite::{params, Connection, Row};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{service_state, DbResult, Store};
+use crate::model::app_event::{AppEvent, ChangeKind};
+
+/// The highest id pruning removed: a cursor below it may have missed changes.
+const PRUNED_THROUGH: &str = "changes_pruned_through";
+
+/// Appends an activity's change. The activity itself is not copied: an
+/// event carries it as stored when the event is read (see [`EVENTS`]), so
+/// the log stays small however large a backfill is.
+pub fn record_activity(
+    conn: &Connection,
+    athlete_id: i64,
+    activity_id: i64,
+    kind: ChangeKind,
+    at: i64,
+) -> DbResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO changes (athlete_id, kind, activity_id, occurred_at, retry_from)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+    )?
+    .execute(params![athlete_id, kind.as_str(), activity_id, at])?;
+    Ok(())
+}
+
+/// Appends a change of the athlete's own state (connected, needs
+/// re-authorization, deauthorized).
+pub fn record_athlete(
+    conn: &Connection,
+    athlete_id: i64,
+    kind: ChangeKind,
+    at: i64,
+) -> DbResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO changes (athlete_id, kind, occurred_at, retry_from) VALUES (?1, ?2, ?3, ?3)",
+    )?
+    .execute(params![athlete_id, kind.as_str(), at])?;
+    Ok(())
+}
+
+/// Removes an athlete's earlier changes: they hold the data a
+/// deauthorization must delete. Their `athlete.deauthorized` comes after.
+pub fn forget_athlete(conn: &Connection, athlete_id: i64) -> DbResult<()> {
+    conn.execute("DELETE FROM changes WHERE athlete_id = ?1", [athlete_id])?;
+    Ok(())
+}
+
+/// Events as read from the log, `c` the change: a created or updated
+/// activity comes with its JSON as stored now (the detail when fetched, else
+/// the summary), none once it is deleted.
+const EVENTS: &str = "SELECT c.id, c.kind, c.athlete_id, c.activity_id, c.occurred_at,
+         CASE WHEN c.kind IN ('activity.created', 'activity.updated')
+              THEN (SELECT COALESCE(a.detail_json, a.summary_json) FROM activities a
+                    WHERE a.id = c.activity_id AND a.athlete_id = c.athlete_id) END,
+         c.attempts, c.retry_from, c.last_error
+     FROM changes c";
+
+fn event(r: &Row) -> rusqlite::Result<AppEvent> {
+    let kind: String = r.get(1)?;
+    let data: Option<String> = r.get(5)?;
+    Ok(AppEvent {
+        id: r.get(0)?,
+        kind: ChangeKind::parse(&kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown change kind {kind}").into(),
+            )
+        })?,
+        athlete_id: r.get(2)?,
+        activity_id: r.get(3)?,
+        occurred_at: r.get(4)?,
+        data: data.map(RawValue::from_string).transpose().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into())
+        })?,
+    })
+}
+
+/// One page of an athlete's changes.
+#[derive(Debug)]
+pub struct ChangePage {
+    pub changes: Vec<AppEvent>,
+    /// Where the next read starts: past this page, and, once the athlete's
+    /// changes are all read, past everyone's, so an idle cursor never falls
+    /// behind pruning.
+    pub next_cursor: i64,
+}
+
+/// A change waiting to be delivered.
+#[derive(Debug)]
+pub struct DueDelivery {
+    pub event: AppEvent,
+    pub attempts: i64,
+    pub retry_from: i64,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Retry {
+        error: String,
+        at: i64,
+    },
+    /// Given up: waits for an operator's replay.
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FailedDelivery {
+    #[serde(flatten)]
+    pub event: AppEvent,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryCounts {
+    pub pending: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryReport {
+    pub counts: DeliveryCounts,
+    /// When the oldest change not delivered yet happened.
+    pub oldest_pending_at: Option<i64>,
+    pub failed: Vec<FailedDelivery>,
+}
+
+impl Store {
+    /// The athlete's changes after `since`, at most `limit`; None when
+    /// changes after `since` were pruned (the reader must start again).
+    pub async fn changes_after(
+        &self,
+        athlete_id: i64,
+        since: i64,
+        limit: usize,
+    ) -> DbResult<Option<ChangePage>> {
+        self.read(move |c| {
+            let pruned: i64 = service_state::get(c, PRUNED_THROUGH)?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if since > 0 && since < pruned {
+                return Ok(None);
+            }
+            let changes = c
+                .prepare_cached(&format!(
+                    "{EVENTS} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3"
+                ))?
+                .query_map(params![athlete_id, since, limit as i64], event)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next_cursor = match changes.last() {
+                Some(last) if changes.len() == limit => last.id,
+                _ => latest(c)?.max(since),
+            };
+            Ok(Some(ChangePage {
+                changes,
+                next_cursor,
+            }))
+        })
+        .await
+    }
+
+    /// The newest change's id (0 when there is none).
+    pub async fn latest_change(&self) -> DbResult<i64> {
+        self.read(latest).await
+    }
+
+    /// The oldest undelivered change of each athlete, when due at `now`:
+    /// a later change waits for the earlier one, so each athlete's events
+    /// arrive in order.
+    pub async fn due_deliveries(&self, now: i64, limit: usize) -> DbResult<Vec<DueDelivery>> {
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(&format!(
+                    "{EVENTS} JOIN (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
+                                    GROUP BY athlete_id) AS head ON c.id = head.id
+                     WHERE c.next_attempt_at <= ?1
+                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
+                ))?
+                .query_map(params![now, limit as i64], |r| {
+                    Ok(DueDelivery {
+                        event: event(r)?,
+                        attempts: r.get(6)?,
+                        retry_from: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Records how delivery attempts ended, in one transaction.
+    pub async fn record_deliveries(&self, outcomes: Vec<(i64, Delivery)>) -> DbResult<()> {
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE changes SET delivery = ?2, attempts = attempts + 1,
+                     next_attempt_at = ?3, last_error = ?4
+                 WHERE id = ?1 AND delivery = 'pending'",
+            )?;
+            for (id, outcome) in outcomes {
+                let (state, at, error) = match outcome {
+                    Delivery::Delivered => ("delivered", 0, None),
+                    Delivery::Retry { error, at } => ("pending", at, Some(error)),
+                    Delivery::Failed { error } => ("failed", 0, Some(error)),
+                };
+                stmt.execute(params![id, state, at, error])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts by delivery state, the oldest undelivered change's time and
+    /// the newest `failed_shown` failed deliveries.
+    pub async fn delivery_report(&self, failed_shown: usize) -> DbResult<DeliveryReport> {
+        self.read(move |c| {
+            // Only the states the partial indexes hold: counting the
+            // delivered would read the whole log on every scrape.
+            let count = |state: &str| -> DbResult<i64> {
+                Ok(
+                    c.prepare_cached("SELECT COUNT(*) FROM changes WHERE delivery = ?1")?
+                        .query_row([state], |r| r.get(0))?,
+                )
+            };
+            let counts = DeliveryCounts {
+                pending: count("pending")?,
+                failed: count("failed")?,
+            };
+            let oldest_pending_at = c
+                .prepare_cached("SELECT MIN(occurred_at) FROM changes WHERE delivery = 'pending'")?
+                .query_row([], |r| r.get(0))?;
+            let failed = c
+                .prepare_cached(&format!(
+                    "{EVENTS} WHERE c.delivery = 'failed' ORDER BY c.id DESC LIMIT ?1"
+                ))?
+                .query_map([failed_shown as i64], |r| {
+                    Ok(FailedDelivery {
+                        event: AppEvent {
+                            data: None,
+                            ..event(r)?
+                        },
+                        attempts: r.get(6)?,
+                        last_error: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(DeliveryReport {
+                counts,
+                oldest_pending_at,
+                failed,
+            })
+        })
+        .await
+    }
+
+    /// Puts every failed delivery back in line, retrying from `now`.
+    /// Returns how many.
+    pub async fn replay_failed_deliveries(&self, now: i64) -> DbResult<usize> {
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE changes SET delivery = 'pending', attempts = 0, next_attempt_at = 0,
+                     retry_from = ?1
+                 WHERE delivery = 'failed'",
+                [now],
+            )?)
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` changes: delivered ones from before `before`,
+    /// and any from before `any_before`. Returns how many.
+    pub async fn prune_changes(
+        &self,
+        before: i64,
+        any_before: i64,
+        limit: usize,
+    ) -> DbResult<usize> {
+        self.write(move |tx| {
+            let pruned: Option<i64> = tx.query_row(
+                "SELECT MAX(id) FROM (SELECT id FROM changes
+                     WHERE occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered')
+                     ORDER BY id LIMIT ?3)",
+                params![before, any_before, limit as i64],
+                |r| r.get(0),
+            )?;
+            let Some(through) = pruned else {
+                return Ok(0);
+            };
+            let n = tx.execute(
+                "DELETE FROM changes WHERE id <= ?3
+                     AND (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))",
+                params![before, any_before, through],
+            )?;
+            let known: i64 = service_state::get(tx, PRUNED_THROUGH)?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            service_state::set(tx, PRUNED_THROUGH, &through.max(known).to_string())?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+fn latest(c: &Connection) -> DbResult<i64> {
+    Ok(
+        c.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM changes")?
+            .query_row([], |r| r.get(0))?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write_blocking(|tx| {
+                for (athlete, at) in [(1, 10), (2, 11), (1, 12), (2, 13), (1, 14)] {
+                    record_athlete(tx, athlete, ChangeKind::AthleteConnected, at)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    async fn heads(store: &Store, now: i64) -> Vec<i64> {
+        let due = store.due_deliveries(now, 10).await.unwrap();
+        due.iter().map(|d| d.event.id).collect()
+    }
+
+    #[tokio::test]
+    async fn each_athletes_next_change_waits_for_the_one_before() {
+        let (_dir, store) = store();
+        assert_eq!(heads(&store, 0).await, [1, 2]);
+        store
+            .record_deliveries(vec![
+                (1, Delivery::Delivered),
+                (
+                    2,
+                    Delivery::Retry {
+                        error: "503".into(),
+                        at: 100,
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(heads(&store, 99).await, [3], "2 waits, and 4 behind it");
+        assert_eq!(heads(&store, 100).await, [3, 2]);
+        store
+            .record_deliveries(vec![(
+                3,
+                Delivery::Failed {
+                    error: "gone".into(),
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            heads(&store, 100).await,
+            [5, 2],
+            "a failed change stops no one"
+        );
+        let report = store.delivery_report(10).await.unwrap();
+        assert_eq!((report.counts.pending, report.counts.failed), (3, 1));
+        assert_eq!(report.oldest_pending_at, Some(11));
+        assert_eq!(store.replay_failed_deliveries(200).await.unwrap(), 1);
+        assert_eq!(
+            heads(&store, 100).await,
+            [3, 2],
+            "the replayed one goes first again"
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_marks_how_far_a_cursor_may_lag() {
+        let (_dir, store) = store();
+        store
+            .record_deliveries(vec![(1, Delivery::Delivered), (2, Delivery::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(store.prune_changes(12, 0, 100).await.unwrap(), 2);
+        assert!(store.changes_after(1, 1, 10).await.unwrap().is_none());
+        let page = store.changes_after(1, 2, 10).await.unwrap().unwrap();
+        assert_eq!(
+            page.changes.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [3, 5]
+        );
+        assert_eq!(page.next_cursor, 5);
+        let first = store.changes_after(1, 0, 1).await.unwrap().unwrap();
+        assert_eq!(first.next_cursor, 3, "a full page points past itself only");
+        assert_eq!(
+            store.prune_changes(0, 14, 100).await.unwrap(),
+            2,
+            "undelivered, once old enough"
+        );
+    }
+}
