@@ -9,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod per_address;
 pub mod read_api;
+pub mod status_page;
 pub mod sync_api;
 pub mod webhook;
 pub mod webhook_admin;
@@ -103,6 +104,7 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
             .configure(sync_api::configure)
             .configure(webhook::configure)
             .configure(webhook_admin::configure)
+            .configure(status_page::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             }));
