@@ -13,6 +13,7 @@ mod read_api;
 mod scheduling;
 mod sim_app;
 mod simulator;
+mod status_page;
 mod sync;
 mod webhook_crash;
 mod webhook_subscription;
