@@ -62,6 +62,16 @@ impl AllowedOrigin {
     }
 }
 
+/// As written in `CORS_ALLOWED_ORIGINS`.
+impl fmt::Display for AllowedOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllowedOrigin::Exact(origin) => f.write_str(origin),
+            AllowedOrigin::AnyPort(host) => write!(f, "{host}:*"),
+        }
+    }
+}
+
 /// Whether `scheme://host[:port]` names a port (an IPv6 host's colons are
 /// inside its brackets).
 fn names_port(origin: &str) -> bool {
