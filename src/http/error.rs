@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::store::DbError;
 
 /// What a refused admin request answers in `WWW-Authenticate`.
-pub const ADMIN_CHALLENGE: &str = r#"Basic realm="strava-sync admin""#;
+const ADMIN_CHALLENGE: &str = r#"Basic realm="strava-sync admin""#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -14,7 +14,7 @@ use super::{auth::AdminAuth, error::ApiError, Services};
 use crate::model::Purpose;
 use crate::store::athletes::Status;
 use crate::store::jobs::JobsByPurpose;
-use crate::strava::budget::{Blocked, WindowKind, WARN_PERCENT};
+use crate::strava::budget::{Blocked, BlockedView, WindowKind, WARN_PERCENT};
 
 /// Backfills and failed events listed at most; the counts cover them all.
 const LISTED: usize = 20;
@@ -124,7 +124,9 @@ async fn budget(cx: &Context<'_>) -> SectionResult {
                                 (Some(used), None) => { (used) }
                                 _ => { span.muted { "nothing yet" } }
                             }
-                            @if w.exhausted { " " strong.bad { "429" } }
+                            @if w.exhausted {
+                                " " strong.bad title="Strava answered 429: nothing goes out until the window resets" { "429" }
+                            }
                         }
                         td { @if let Some(at) = w.resets_at { (time(at, cx.now)) } }
                     }
@@ -141,10 +143,10 @@ async fn budget(cx: &Context<'_>) -> SectionResult {
         @if !snapshot.blocked.is_empty() {
             h3 { "Held back now" }
             ul {
-                @for (purpose, view) in &snapshot.blocked {
+                @for ((reason, until), purposes) in held_back_together(&snapshot.blocked) {
                     li {
-                        strong { (purpose) } ": " (held_back(view.reason))
-                        @if let Some(until) = view.until { ", until " (time(until, cx.now)) }
+                        strong { (purposes.join(", ")) } ": " (held_back(reason))
+                        @if let Some(until) = until { ", until " (time(until, cx.now)) }
                     }
                 }
             }
@@ -446,6 +448,23 @@ fn window_name(window: WindowKind) -> &'static str {
     }
 }
 
+/// Why purposes are held back and until when, and which they are.
+type HeldBack = ((Blocked, Option<DateTime<Utc>>), Vec<&'static str>);
+
+/// The purposes held back for the same reason until the same time, in one
+/// line each (a full window holds back most of them at once).
+fn held_back_together(blocked: &BTreeMap<&'static str, BlockedView>) -> Vec<HeldBack> {
+    let mut lines: Vec<HeldBack> = Vec::new();
+    for (purpose, view) in blocked {
+        let key = (view.reason, view.until);
+        match lines.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, purposes)) => purposes.push(purpose),
+            None => lines.push((key, vec![purpose])),
+        }
+    }
+    lines
+}
+
 fn held_back(reason: Blocked) -> String {
     match reason {
         Blocked::Paused => "paused by an operator".into(),
@@ -520,7 +539,7 @@ header { padding: 16px 24px 0; }
 h1 { font-size: 20px; margin: 0; }
 header p { margin: 2px 0 0; }
 main { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr));
-       grid-auto-flow: dense; gap: 16px; padding: 16px 24px 24px; }
+       grid-auto-flow: dense; align-items: start; gap: 16px; padding: 16px 24px 24px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 6px;
           padding: 12px 16px; min-width: 0; }
 section.wide { grid-column: 1 / -1; }
@@ -545,7 +564,7 @@ tfoot th, tfoot td { border-bottom: 0; font-weight: 600; }
 .meter.high span { background: #e15759; }
 svg { display: block; width: 100%; height: auto; }
 .axis line { stroke: #e6eaef; }
-.axis text, .total, .empty { font-size: 11px; fill: var(--muted); }
+.axis text, .total, .empty { font-size: 12px; fill: var(--muted); }
 .legend { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 4px 18px; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
           margin-right: 6px; vertical-align: baseline; }
