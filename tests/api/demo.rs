@@ -23,8 +23,14 @@ use crate::helpers::{eventually, within, ApiClient};
 const PATIENCE: Duration = Duration::from_secs(60);
 /// How long a read may take to show what the demo has done.
 const READ_PATIENCE: Duration = Duration::from_secs(20);
-/// Settings the demo takes from the environment; tests give them explicitly.
-const FROM_ENVIRONMENT: [&str; 3] = ["CORS_ALLOWED_ORIGINS", "APP_REDIRECT_URL", "RUST_LOG"];
+/// What the demo would take from the test runner's environment: cleared, so
+/// each test gives its own.
+const INHERITED: [&str; 4] = [
+    "CORS_ALLOWED_ORIGINS",
+    "APP_REDIRECT_URL",
+    "LOG_FORMAT",
+    "RUST_LOG",
+];
 
 /// A running demo and what its banner printed.
 struct Demo {
@@ -50,7 +56,7 @@ impl Demo {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        for key in FROM_ENVIRONMENT {
+        for key in INHERITED {
             command.env_remove(key);
         }
         command.envs(env.iter().copied());
