@@ -35,6 +35,53 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// An origin whose pages may call the read API (`CORS_ALLOWED_ORIGINS`):
+/// one exactly, or a scheme and host on any port (`http://localhost:*`),
+/// for development servers whose port changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigin {
+    Exact(String),
+    /// `scheme://host`, with or without a port.
+    AnyPort(String),
+}
+
+impl AllowedOrigin {
+    /// Whether a browser's `Origin` header names this origin.
+    pub fn matches(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigin::Exact(exact) => origin == exact,
+            AllowedOrigin::AnyPort(host) => {
+                origin.strip_prefix(host.as_str()).is_some_and(|rest| {
+                    rest.is_empty()
+                        || rest.strip_prefix(':').is_some_and(|port| {
+                            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                        })
+                })
+            }
+        }
+    }
+}
+
+/// As written in `CORS_ALLOWED_ORIGINS`.
+impl fmt::Display for AllowedOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllowedOrigin::Exact(origin) => f.write_str(origin),
+            AllowedOrigin::AnyPort(host) => write!(f, "{host}:*"),
+        }
+    }
+}
+
+/// Whether `scheme://host[:port]` names a port (an IPv6 host's colons are
+/// inside its brackets).
+fn names_port(origin: &str) -> bool {
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    after_host.contains(':')
+}
+
 /// A 256-bit key for Strava tokens at rest; `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TokenKey([u8; 32]);
@@ -114,7 +161,7 @@ pub struct Settings {
     pub app_redirect_url: Option<String>,
     /// Unset: no events are sent to the application.
     pub app_webhook: Option<AppWebhook>,
-    pub cors_allowed_origins: Vec<String>,
+    pub cors_allowed_origins: Vec<AllowedOrigin>,
     /// Requests per second per API token; 0 turns rate limiting off.
     pub api_rate_limit: u32,
     /// Each background purpose's guaranteed share of the day, in percent.
@@ -546,20 +593,25 @@ impl Parser<'_> {
     }
 
     /// Comma-separated origins, `scheme://host[:port]` each, as browsers send
-    /// them (a trailing slash is dropped); CORS would refuse to start on
-    /// anything else.
-    fn origins(&mut self, key: &str) -> Vec<String> {
+    /// them (a trailing slash is dropped), or `scheme://host:*` for any port;
+    /// nothing else can match a browser's `Origin`.
+    fn origins(&mut self, key: &str) -> Vec<AllowedOrigin> {
         let raw = self.optional(key).unwrap_or_default();
         let mut out = Vec::new();
         for origin in raw.split(',').map(|o| o.trim().trim_end_matches('/')) {
             if origin.is_empty() {
                 continue;
             }
-            let valid = reqwest::Url::parse(origin).is_ok_and(|u| {
+            let (host, allowed) = match origin.strip_suffix(":*") {
+                Some(host) => (host, AllowedOrigin::AnyPort(host.to_string())),
+                None => (origin, AllowedOrigin::Exact(origin.to_string())),
+            };
+            let valid = reqwest::Url::parse(host).is_ok_and(|u| {
                 u.has_host() && u.path() == "/" && u.query().is_none() && u.fragment().is_none()
-            }) && origin.parse::<actix_web::http::Uri>().is_ok();
+            }) && host.parse::<actix_web::http::Uri>().is_ok()
+                && !(matches!(allowed, AllowedOrigin::AnyPort(_)) && names_port(host));
             if valid {
-                out.push(origin.to_string());
+                out.push(allowed);
             } else {
                 self.problems.push(format!(
                     "{key} must list origins like `https://app.example`, not `{origin}`"
@@ -853,7 +905,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.cors_allowed_origins,
-            vec!["https://a.example", "https://b.example"]
+            vec![
+                AllowedOrigin::Exact("https://a.example".into()),
+                AllowedOrigin::Exact("https://b.example".into())
+            ]
         );
     }
 
@@ -902,6 +957,35 @@ mod tests {
         assert!(load(&[]).unwrap().app_webhook.is_none());
     }
 
+    #[test]
+    fn a_cors_origin_may_allow_any_port() {
+        let origins = |value: &str| {
+            Settings::from_sources(None, env(&[("CORS_ALLOWED_ORIGINS", value)]))
+                .map(|s| s.cors_allowed_origins)
+        };
+        let any = origins("http://localhost:*").unwrap();
+        assert_eq!(any, vec![AllowedOrigin::AnyPort("http://localhost".into())]);
+        for origin in [
+            "http://localhost",
+            "http://localhost:3000",
+            "http://localhost:1",
+        ] {
+            assert!(any[0].matches(origin), "{origin}");
+        }
+        for origin in [
+            "https://localhost:3000",
+            "http://localhost.evil.example",
+            "http://localhost:3000.evil.example",
+            "http://localhost:",
+            "http://localhostx:3000",
+        ] {
+            assert!(!any[0].matches(origin), "{origin}");
+        }
+        for wrong in ["http://localhost:80:*", "localhost:*", "http://a/b:*"] {
+            assert!(origins(wrong).is_err(), "{wrong}");
+        }
+    }
+
     /// A value as an operator may write one, right or wrong.
     fn value() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -939,8 +1023,17 @@ mod tests {
                     || problem.starts_with(CONFIG_FILE);
                 prop_assert!(named, "{problem}");
                 for key in ["TOKEN_ENCRYPTION_KEY", "TOKEN_ENCRYPTION_KEY_PREVIOUS"] {
-                    if let Some(secret) = given.get(key).filter(|s| s.trim().len() >= 8) {
-                        prop_assert!(!problem.contains(secret.trim()), "{problem}");
+                    // A problem may quote another setting's value, which can
+                    // happen to contain the generated secret.
+                    let quoted_elsewhere = |secret: &str| {
+                        given.iter().any(|(k, v)| k != &key && v.contains(secret))
+                    };
+                    if let Some(secret) = given
+                        .get(key)
+                        .map(|s| s.trim())
+                        .filter(|s| s.len() >= 8 && !quoted_elsewhere(s))
+                    {
+                        prop_assert!(!problem.contains(secret), "{problem}");
                     }
                 }
             }

@@ -2,14 +2,18 @@
 //! The built-in simulator plays Strava with seeded athletes; the real service
 //! points at it, connects every athlete through the real OAuth flow, creates
 //! the push subscription, and then receives live webhook events (creates,
-//! renames, deletes) every few seconds until Ctrl-C.
+//! renames, deletes) every few seconds until Ctrl-C. Browser pages on this
+//! machine may call it (CORS), and a rerun on the same `--database` keeps
+//! the tokens it printed.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, SimHandle, Simulator};
@@ -42,10 +46,61 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-/// What the callback answers when it connects an athlete.
-#[derive(Deserialize)]
-struct Connected {
-    token: String,
+/// Settings the operator's environment may give the demo: the origins of a
+/// frontend, where connecting ends, and the log format.
+const FROM_ENVIRONMENT: [&str; 3] = ["CORS_ALLOWED_ORIGINS", "APP_REDIRECT_URL", "LOG_FORMAT"];
+
+/// Browser pages served from this machine, on any port, unless
+/// `CORS_ALLOWED_ORIGINS` says otherwise.
+const LOCAL_ORIGINS: &str = "http://localhost:*,http://127.0.0.1:*";
+
+/// What a rerun on the same database must find again: the key its Strava
+/// tokens are sealed with, the admin token, and the API tokens it printed,
+/// so that they keep working. Kept next to the database, readable by its
+/// owner only, so the database alone still holds no usable secret.
+#[derive(Serialize, Deserialize)]
+struct DemoSecrets {
+    token_encryption_key: String,
+    admin_token: String,
+    /// The API token printed for each athlete.
+    api_tokens: BTreeMap<u64, String>,
+}
+
+impl DemoSecrets {
+    /// `demo.db` keeps them in `demo.db.secrets.json`.
+    fn path(database: &Path) -> PathBuf {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".secrets.json");
+        PathBuf::from(name)
+    }
+
+    /// Those of an earlier run on this database, or new ones.
+    fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} does not hold the demo's secrets", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                token_encryption_key: random_token(),
+                admin_token: random_token(),
+                api_tokens: BTreeMap::new(),
+            }),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        Ok(())
+    }
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
@@ -70,32 +125,46 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .database
         .clone()
         .unwrap_or_else(|| temp.path().join("demo.db"));
-    let settings = demo_settings(&sim, port, &database)?;
-    let admin_token = settings
-        .admin_token
-        .as_ref()
-        .map(|t| t.expose().to_string())
-        .unwrap_or_default();
+    let secrets_path = DemoSecrets::path(&database);
+    let mut secrets = DemoSecrets::load_or_create(&secrets_path)?;
+    // Saved before anything is sealed with the key.
+    secrets.save(&secrets_path)?;
+    let settings = demo_settings(&sim, port, &database, &secrets)?;
 
-    let app = Application::build(settings.clone()).await?;
+    let app = Application::build(settings.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "the demo keeps the keys to {} in {}",
+                database.display(),
+                secrets_path.display()
+            )
+        })?;
+    let store = app.services().store.clone();
     let shutdown = app.shutdown_handle();
     let server = tokio::spawn(app.run());
 
     subscription::run(&settings, Action::Create).await?;
-    let http = reqwest::Client::new();
+    let http = connecting_client()?;
     let mut athletes = Vec::new();
     for athlete_id in sim.athlete_ids() {
         sim.next_login(athlete_id)?;
-        let connected: Connected = http
-            .get(format!("{}/auth/strava", settings.public_url))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        athletes.push((athlete_id, connected.token));
+        let issued = connect(&http, &settings.public_url).await?;
+        // Connecting again issued a new token, and the one an earlier run
+        // printed still works: that one stays, wherever it was pasted.
+        let kept = match secrets.api_tokens.get(&athlete_id) {
+            Some(earlier)
+                if store.athlete_for_token(earlier.clone()).await? == Some(athlete_id as i64) =>
+            {
+                earlier.clone()
+            }
+            _ => issued,
+        };
+        secrets.api_tokens.insert(athlete_id, kept.clone());
+        athletes.push((athlete_id, kept));
     }
-    print_banner(&settings.public_url, &sim, &admin_token, &athletes);
+    secrets.save(&secrets_path)?;
+    print_banner(&settings, &sim, &secrets.admin_token, &athletes);
 
     let mut events = EventMaker::new(args.seed);
     let mut ticks = tokio::time::interval(Duration::from_secs(args.interval_secs.max(1)));
@@ -118,12 +187,58 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Follows the OAuth flow's redirects up to our callback, but not where the
+/// callback sends the browser (`APP_REDIRECT_URL`): nothing may listen there.
+fn connecting_client() -> anyhow::Result<reqwest::Client> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let from_callback = attempt
+            .previous()
+            .last()
+            .is_some_and(|url| url.path() == "/auth/strava/callback");
+        if from_callback {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    Ok(reqwest::Client::builder().redirect(policy).build()?)
+}
+
+/// Connects the athlete the simulator logs in next, as a browser would, and
+/// returns their API token: from the callback's JSON, or from the fragment
+/// of its redirect to `APP_REDIRECT_URL`.
+async fn connect(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    #[derive(Deserialize)]
+    struct Connected {
+        token: String,
+    }
+    let res = http
+        .get(format!("{base}/auth/strava"))
+        .send()
+        .await?
+        .error_for_status()?;
+    if !res.status().is_redirection() {
+        return Ok(res.json::<Connected>().await?.token);
+    }
+    let location = res
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .context("the callback redirected nowhere")?;
+    let token = reqwest::Url::parse(location)?
+        .fragment()
+        .and_then(|f| f.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .map(str::to_string);
+    token.context("the callback's redirect carries no token")
+}
+
 /// The service's settings, pointed at the simulator; the operator's
-/// environment can still set logging.
+/// environment may set [`FROM_ENVIRONMENT`].
 fn demo_settings(
     sim: &SimHandle,
     port: u16,
-    database: &std::path::Path,
+    database: &Path,
+    secrets: &DemoSecrets,
 ) -> anyhow::Result<Settings> {
     let mut values = vec![
         ("DATABASE_PATH", database.display().to_string()),
@@ -131,23 +246,35 @@ fn demo_settings(
         ("PORT", port.to_string()),
         ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
         ("STRAVA_WEBHOOK_VERIFY_TOKEN", random_token()),
-        ("TOKEN_ENCRYPTION_KEY", random_token()),
-        ("ADMIN_TOKEN", random_token()),
+        ("TOKEN_ENCRYPTION_KEY", secrets.token_encryption_key.clone()),
+        ("ADMIN_TOKEN", secrets.admin_token.clone()),
         ("MANUAL_REFRESH_COOLDOWN_SECS", "30".to_string()),
         // Every athlete connects from this machine at once.
         ("CONNECT_RATE_LIMIT", "0".to_string()),
+        ("CORS_ALLOWED_ORIGINS", LOCAL_ORIGINS.to_string()),
     ];
     values.extend(sim.service_env());
     Ok(Settings::from_sources(None, |key| {
-        values
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var(key).ok().filter(|_| key == "LOG_FORMAT"))
+        let given = FROM_ENVIRONMENT
+            .contains(&key)
+            .then(|| std::env::var(key).ok())
+            .flatten();
+        given.or_else(|| {
+            values
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        })
     })?)
 }
 
-fn print_banner(base: &str, sim: &SimHandle, admin_token: &str, athletes: &[(u64, String)]) {
+fn print_banner(
+    settings: &Settings,
+    sim: &SimHandle,
+    admin_token: &str,
+    athletes: &[(u64, String)],
+) {
+    let base = &settings.public_url;
     println!("strava-sync demo is running (Ctrl-C stops it)");
     println!("  read API:    {base}/api/v3");
     println!(
@@ -156,6 +283,20 @@ fn print_banner(base: &str, sim: &SimHandle, admin_token: &str, athletes: &[(u64
         sim.control_url()
     );
     println!("  admin token: {admin_token}");
+    println!("  status page: {base}/admin/status (in a browser: any user name, the admin token as password)");
+    let origins: Vec<String> = settings
+        .cors_allowed_origins
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "  browsers:    pages from {} may call the read API",
+        origins.join(", ")
+    );
+    match &settings.app_redirect_url {
+        Some(url) => println!("  connect:     {base}/auth/strava (ends at {url}#token=...)"),
+        None => println!("  connect:     {base}/auth/strava (answers the token as JSON)"),
+    }
     println!("athletes:");
     for (id, token) in athletes {
         println!("  athlete {id} token {token}");

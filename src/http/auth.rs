@@ -1,12 +1,15 @@
 //! Request guards: the athlete behind an API token, and the operator behind
 //! the admin token. Per-token rate limiting happens here, once the token is
 //! known to be real, so forged tokens cannot grow the limiter's key space.
+//! Every admin route takes the admin token as a bearer token or as the
+//! password of HTTP Basic auth, so a browser can open the status page.
 
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 
 use actix_web::{http::header, web, FromRequest, HttpRequest};
+use base64::Engine;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -56,11 +59,36 @@ impl TokenRateLimiter {
     }
 }
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
+/// Longer Basic credentials are not the admin token: they are refused
+/// before any decoding.
+const MAX_BASIC_LEN: usize = 1024;
+
+/// The `Authorization` header's scheme and its non-empty credentials.
+fn credentials(req: &HttpRequest) -> Option<(&str, &str)> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let (scheme, credentials) = value.split_once(' ')?;
+    let credentials = credentials.trim();
+    (!credentials.is_empty()).then_some((scheme, credentials))
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let (scheme, token) = credentials(req)?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// The password of HTTP Basic auth (`user:password` in base64; the user
+/// name is not looked at).
+fn basic_password(req: &HttpRequest) -> Option<String> {
+    let (scheme, encoded) = credentials(req)?;
+    if !scheme.eq_ignore_ascii_case("basic") || encoded.len() > MAX_BASIC_LEN {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    let (_, password) = pair.split_once(':')?;
+    Some(password.to_string())
 }
 
 /// App data `configure` registers; missing it is a wiring defect.
@@ -119,12 +147,19 @@ impl FromRequest for AdminAuth {
         // Without an admin token the admin surface does not exist.
         let result = match &data::<Access>(req).admin_token {
             None => Err(ApiError::NotFound { resource: "Route" }),
-            Some(expected) => match bearer(req) {
-                Some(given) if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) => {
-                    Ok(AdminAuth)
+            Some(expected) => {
+                let given = bearer(req)
+                    .map(str::to_owned)
+                    .or_else(|| basic_password(req));
+                match given {
+                    Some(given)
+                        if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) =>
+                    {
+                        Ok(AdminAuth)
+                    }
+                    _ => Err(ApiError::AdminUnauthorized),
                 }
-                _ => Err(ApiError::Unauthorized),
-            },
+            }
         };
         std::future::ready(result)
     }

@@ -12,6 +12,9 @@ use utoipa::{IntoResponses, ToSchema};
 
 use crate::store::DbError;
 
+/// What a refused admin request answers in `WWW-Authenticate`.
+const ADMIN_CHALLENGE: &str = r#"Basic realm="strava-sync admin""#;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A query, path or body parameter is malformed or out of range.
@@ -24,6 +27,10 @@ pub enum ApiError {
     /// No bearer token, or one we do not know.
     #[error("Authorization Error")]
     Unauthorized,
+    /// No admin token, or a wrong one. The answer invites HTTP Basic auth,
+    /// so a browser asks its user for the token (as the password).
+    #[error("Authorization Error")]
+    AdminUnauthorized,
     /// Authenticated but not allowed (a foreign subscription, a refused scope).
     #[error("{message}")]
     Forbidden {
@@ -178,7 +185,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Gone { .. } => StatusCode::GONE,
@@ -200,7 +207,9 @@ impl ResponseError for ApiError {
                 field,
                 message,
             } => (message.as_str(), *resource, field.as_str(), "invalid"),
-            ApiError::Unauthorized => ("Authorization Error", "Athlete", "access_token", "invalid"),
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => {
+                ("Authorization Error", "Athlete", "access_token", "invalid")
+            }
             ApiError::Forbidden {
                 message,
                 resource,
@@ -234,11 +243,16 @@ impl ResponseError for ApiError {
             }
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::TooManyRequests {
-            retry_after_secs, ..
-        } = self
-        {
-            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        match self {
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::AdminUnauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, ADMIN_CHALLENGE));
+            }
+            _ => {}
         }
         response.json(Fault {
             message,

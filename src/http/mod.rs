@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod per_address;
 mod query;
 pub mod read_api;
+pub mod status_page;
 pub mod sync_api;
 pub mod webhook;
 pub mod webhook_admin;
@@ -118,6 +119,7 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
             .configure(sync_api::configure)
             .configure(webhook::configure)
             .configure(webhook_admin::configure)
+            .configure(status_page::configure)
             .default_service(web::to(|| async {
                 HttpResponse::from_error(ApiError::NotFound { resource: "Route" })
             }));
@@ -159,12 +161,17 @@ fn with_deadline(payload: Payload, deadline: tokio::time::Instant) -> Payload {
 }
 
 /// CORS for browser frontends: only the configured origins, only what the
-/// read API needs.
+/// read API needs. A preflight from another origin is refused (in the fault
+/// shape, by [`in_fault_shape`]); a plain request from one is served without
+/// CORS headers, so the browser keeps the answer from the page.
 pub fn cors(settings: &Settings) -> Cors {
-    settings
-        .cors_allowed_origins
-        .iter()
-        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
+    let allowed = settings.cors_allowed_origins.clone();
+    Cors::default()
+        .allowed_origin_fn(move |origin, _| {
+            origin
+                .to_str()
+                .is_ok_and(|origin| allowed.iter().any(|a| a.matches(origin)))
+        })
         .allowed_methods(["GET", "POST"])
         .allowed_headers([
             header::AUTHORIZATION,

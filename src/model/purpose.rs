@@ -65,6 +65,11 @@ impl Purpose {
         self as i64
     }
 
+    /// The purpose stored as `rank` in `jobs.priority`.
+    pub fn from_rank(rank: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.rank() == rank)
+    }
+
     /// The purpose whose `BUDGET_SHARES` share a call counts against:
     /// fetches for athletes who are looking are webhook fetches served early.
     pub fn share_of(self) -> Purpose {

@@ -127,6 +127,17 @@ pub fn calls_by_purpose_since(conn: &Connection, since: i64) -> DbResult<Vec<(St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Calls made since `since`, per hour (its first second) and purpose, oldest
+/// hour first.
+pub fn calls_by_hour_since(conn: &Connection, since: i64) -> DbResult<Vec<(i64, String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at - at % 3600, purpose, COUNT(*) FROM strava_calls WHERE at >= ?1
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Every call the ledger holds.
 pub fn count_calls(conn: &Connection) -> DbResult<i64> {
     Ok(conn.query_row("SELECT COUNT(*) FROM strava_calls", [], |r| r.get(0))?)
@@ -199,5 +210,54 @@ impl Store {
     /// Calls the ledger holds since `since`, by purpose.
     pub async fn calls_by_purpose(&self, since: i64) -> DbResult<Vec<(String, i64)>> {
         self.read(move |c| calls_by_purpose_since(c, since)).await
+    }
+
+    /// Calls the ledger holds since `since`, per hour and purpose: (the
+    /// hour's first second, purpose, calls).
+    pub async fn calls_by_hour(&self, since: i64) -> DbResult<Vec<(i64, String, i64)>> {
+        self.read(move |c| calls_by_hour_since(c, since)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_counted_per_hour_and_purpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("b.db")).unwrap();
+        let call = |at, purpose| CallRow {
+            at,
+            endpoint: "GET /athlete/activities",
+            athlete_id: None,
+            purpose,
+            status: Some(200),
+            usage_15min: None,
+            usage_daily: None,
+            duration_ms: 1,
+        };
+        let hours = store
+            .write_blocking(|tx| {
+                for (at, purpose) in [
+                    (3_599, "webhook"),
+                    (3_600, "webhook"),
+                    (7_199, "webhook"),
+                    (7_000, "backfill"),
+                    (7_200, "interactive"),
+                ] {
+                    insert_call(tx, &call(at, purpose))?;
+                }
+                calls_by_hour_since(tx, 3_600)
+            })
+            .unwrap();
+        assert_eq!(
+            hours,
+            [
+                (3_600, "backfill".to_string(), 1),
+                (3_600, "webhook".to_string(), 2),
+                (7_200, "interactive".to_string(), 1),
+            ]
+        );
     }
 }

@@ -380,6 +380,50 @@ pub struct PendingFetch {
     pub not_before: i64,
 }
 
+/// The open jobs of one purpose (the priority they were queued at), as an
+/// operator sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobsByPurpose {
+    pub purpose: Purpose,
+    pub queued: i64,
+    /// Queued jobs whose time has come; the rest wait for a retry or a
+    /// schedule.
+    pub due: i64,
+    /// Queued jobs of athletes who must connect again: they wait outside
+    /// the line.
+    pub waiting_for_reauth: i64,
+    pub running: i64,
+}
+
+/// Queued and running jobs by purpose, highest priority first.
+fn jobs_by_purpose(conn: &Connection, now: i64) -> DbResult<Vec<JobsByPurpose>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.priority, SUM(j.status = 'queued'),
+                SUM(j.status = 'queued' AND j.not_before <= ?1),
+                SUM(j.status = 'queued' AND a.status <> 'connected'), SUM(j.status = 'running')
+         FROM jobs j JOIN athletes a ON a.id = j.athlete_id
+         WHERE j.status IN ('queued', 'running') GROUP BY j.priority ORDER BY j.priority",
+    )?;
+    let rows = stmt.query_map([now], |r| {
+        let rank: i64 = r.get(0)?;
+        let purpose = Purpose::from_rank(rank).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Integer,
+                format!("no purpose has priority {rank}").into(),
+            )
+        })?;
+        Ok(JobsByPurpose {
+            purpose,
+            queued: r.get(1)?,
+            due: r.get(2)?,
+            waiting_for_reauth: r.get(3)?,
+            running: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The queue as the runner sees it when idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueState {
@@ -464,6 +508,12 @@ impl Store {
             )
         })
         .await
+    }
+
+    /// Queued and running jobs by purpose, highest priority first (see
+    /// [`JobsByPurpose`]).
+    pub async fn jobs_by_purpose(&self, now: i64) -> DbResult<Vec<JobsByPurpose>> {
+        self.read(move |c| jobs_by_purpose(c, now)).await
     }
 
     /// The athlete's announced activities not fetched yet, and where their
@@ -642,6 +692,45 @@ mod tests {
                 ("gap_fill", Purpose::GapFill),
                 ("webhook_fetch", Purpose::Webhook),
                 ("refresh", Purpose::Interactive),
+            ]
+        );
+    }
+
+    #[test]
+    fn open_jobs_are_counted_by_the_purpose_they_were_queued_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("j.db")).unwrap();
+        let counted = store
+            .write_blocking(|tx| {
+                for id in 1..=3 {
+                    athletes::upsert(tx, &serde_json::json!({"id": id}), "read", 0)?;
+                }
+                enqueue(tx, 1, Task::Backfill, 0, 0)?;
+                enqueue(tx, 2, Task::Backfill, 500, 0)?;
+                enqueue(tx, 3, Task::Backfill, 0, 0)?;
+                enqueue(tx, 1, Task::fetch(9), 0, 0)?;
+                athletes::set_status(tx, 3, athletes::Status::NeedsReauth, 0)?;
+                claim(tx, 10, Purpose::Webhook, 0)?.unwrap();
+                jobs_by_purpose(tx, 10)
+            })
+            .unwrap();
+        assert_eq!(
+            counted,
+            [
+                JobsByPurpose {
+                    purpose: Purpose::Webhook,
+                    queued: 0,
+                    due: 0,
+                    waiting_for_reauth: 0,
+                    running: 1,
+                },
+                JobsByPurpose {
+                    purpose: Purpose::Backfill,
+                    queued: 3,
+                    due: 2,
+                    waiting_for_reauth: 1,
+                    running: 0,
+                },
             ]
         );
     }

@@ -309,6 +309,55 @@ pub fn backfills_in_progress(conn: &Connection) -> DbResult<i64> {
     )?)
 }
 
+/// One athlete's history backfill still walking, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillProgress {
+    pub athlete_id: i64,
+    /// First and last name from the athlete's Strava profile: their own
+    /// words, so anything may be in it.
+    pub name: String,
+    pub pages: i64,
+    pub activities: i64,
+    /// The walk has stored everything that started since this (epoch
+    /// seconds); None before the first page.
+    pub reached: Option<i64>,
+}
+
+/// Backfills still walking: how many, and the first `shown` of them by
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillReport {
+    pub in_progress: i64,
+    pub shown: Vec<BackfillProgress>,
+}
+
+fn backfill_report(conn: &Connection, shown: usize) -> DbResult<BackfillReport> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.id,
+                TRIM(COALESCE(json_extract(a.profile_json, '$.firstname'), '') || ' ' ||
+                     COALESCE(json_extract(a.profile_json, '$.lastname'), '')),
+                s.backfill_pages,
+                (SELECT COUNT(*) FROM activities x WHERE x.athlete_id = a.id),
+                s.backfill_before
+         FROM sync_state s JOIN athletes a ON a.id = s.athlete_id
+         WHERE a.status = 'connected' AND s.backfill_complete = 0
+         ORDER BY a.connected_at, a.id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([shown as i64], |r| {
+        Ok(BackfillProgress {
+            athlete_id: r.get(0)?,
+            name: r.get(1)?,
+            pages: r.get(2)?,
+            activities: r.get(3)?,
+            reached: r.get(4)?,
+        })
+    })?;
+    Ok(BackfillReport {
+        in_progress: backfills_in_progress(conn)?,
+        shown: rows.collect::<Result<_, _>>()?,
+    })
+}
+
 /// Where a catch-up listing starts from: the athlete's newest stored start,
 /// their last check, when they connected, and whether they see private
 /// activities too.
@@ -558,6 +607,11 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// How many backfills are walking, and the first `shown` of them.
+    pub async fn backfill_report(&self, shown: usize) -> DbResult<BackfillReport> {
+        self.read(move |c| backfill_report(c, shown)).await
     }
 
     /// Every athlete with their sync state, for `/admin/athletes`.

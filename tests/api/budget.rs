@@ -71,7 +71,7 @@ async fn admin_routes_need_the_admin_token() {
 
 /// One athlete with a long history, Strava and the service both limited to
 /// `per_quarter` calls per 15 minutes.
-async fn limited(activities: usize, per_quarter: u32) -> SimApp {
+pub async fn limited(activities: usize, per_quarter: u32) -> SimApp {
     let config = SimConfig {
         athletes: 2,
         activities_per_athlete: activities,
@@ -100,7 +100,7 @@ fn blocked_in(budget: &Value) -> Option<String> {
 
 /// Backfill is held back and every call counted today has been answered
 /// (the ledger row is written when the answer arrives, after the permit).
-async fn settled(app: &SimApp) -> bool {
+pub async fn settled(app: &SimApp) -> bool {
     let budget = app.budget().await;
     let answered: i64 = app.budget().await["calls_today_by_purpose"]
         .as_object()

@@ -26,8 +26,9 @@ const ATHLETE_ROUTES: [(&str, &str); 8] = [
 ];
 
 /// Routes behind the admin token.
-const ADMIN_ROUTES: [(&str, &str); 8] = [
+const ADMIN_ROUTES: [(&str, &str); 9] = [
     ("GET", "/admin/budget"),
+    ("GET", "/admin/status"),
     ("GET", "/admin/athletes"),
     ("GET", "/admin/webhooks"),
     ("GET", "/metrics"),

@@ -16,6 +16,7 @@ mod receiver;
 mod scheduling;
 mod sim_app;
 mod simulator;
+mod status_page;
 mod sync;
 mod webhook_crash;
 mod webhook_subscription;
