@@ -47,8 +47,14 @@ pub struct DemoArgs {
 }
 
 /// Settings the operator's environment may give the demo: the origins of a
-/// frontend, where connecting ends, and the log format.
-const FROM_ENVIRONMENT: [&str; 3] = ["CORS_ALLOWED_ORIGINS", "APP_REDIRECT_URL", "LOG_FORMAT"];
+/// frontend, where connecting ends, where its events go, and the log format.
+const FROM_ENVIRONMENT: [&str; 5] = [
+    "CORS_ALLOWED_ORIGINS",
+    "APP_REDIRECT_URL",
+    "APP_WEBHOOK_URL",
+    "APP_WEBHOOK_SECRET",
+    "LOG_FORMAT",
+];
 
 /// Browser pages served from this machine, on any port, unless
 /// `CORS_ALLOWED_ORIGINS` says otherwise.
@@ -297,6 +303,12 @@ fn print_banner(
         Some(url) => println!("  connect:     {base}/auth/strava (ends at {url}#token=...)"),
         None => println!("  connect:     {base}/auth/strava (answers the token as JSON)"),
     }
+    match &settings.app_webhook {
+        Some(hook) => println!("  events:      posted, signed, to {}", hook.url),
+        None => println!(
+            "  events:      set APP_WEBHOOK_URL and APP_WEBHOOK_SECRET to have them posted"
+        ),
+    }
     println!("athletes:");
     for (id, token) in athletes {
         println!("  athlete {id} token {token}");
@@ -308,6 +320,9 @@ fn print_banner(
         );
         println!("  curl -H 'Authorization: Bearer {token}' {base}/api/v3/athlete");
         println!("  curl -H 'Authorization: Bearer {token}' {base}/api/sync");
+        println!(
+            "  curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer {token}' {base}/api/v3/athlete/changes"
+        );
         println!("  curl -H 'Authorization: Bearer {admin_token}' {base}/admin/budget");
     }
     println!("live events:");

@@ -18,16 +18,21 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::{timeout, Instant};
 
+use futures_util::StreamExt;
+
 use crate::helpers::{eventually, within, ApiClient};
+use crate::receiver::{Receiver, SECRET};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 /// How long a read may take to show what the demo has done.
 const READ_PATIENCE: Duration = Duration::from_secs(20);
 /// What the demo would take from the test runner's environment: cleared, so
 /// each test gives its own.
-const INHERITED: [&str; 4] = [
+const INHERITED: [&str; 6] = [
     "CORS_ALLOWED_ORIGINS",
     "APP_REDIRECT_URL",
+    "APP_WEBHOOK_URL",
+    "APP_WEBHOOK_SECRET",
     "LOG_FORMAT",
     "RUST_LOG",
 ];
@@ -250,6 +255,48 @@ async fn the_demo_lets_pages_on_this_machine_call_it_and_opens_its_status_page()
         .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("strava-sync status"));
+    demo.stop().await;
+}
+
+#[tokio::test]
+async fn the_demo_posts_its_events_to_the_app_and_streams_its_change_feed() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(
+        dir.path(),
+        &["--athletes", "1", "--activities", "10"],
+        &[
+            ("APP_WEBHOOK_URL", receiver.url.as_str()),
+            ("APP_WEBHOOK_SECRET", SECRET),
+        ],
+    )
+    .await;
+    let (athlete, token) = demo.tokens[0].clone();
+    let told = eventually("the demo's events reach the app", READ_PATIENCE, || async {
+        let accepted = receiver.accepted();
+        (accepted.len() >= 2).then_some(accepted)
+    })
+    .await;
+    assert_eq!(told[0]["type"], "athlete.connected");
+    assert_eq!(told[0]["athlete_id"], athlete);
+    assert!(receiver.received().iter().all(|r| r.signed()));
+
+    // What the printed `curl -N` shows: the same events, as a stream.
+    let res = demo.api.changes_stream(&token, "", None).await;
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let first = timeout(READ_PATIENCE, async {
+        let mut text = String::new();
+        while !text.contains("athlete.connected") {
+            let chunk = stream.next().await.unwrap().unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        text
+    })
+    .await
+    .expect("the feed streams");
+    assert!(first.contains("data: {"), "{first}");
+    drop(stream);
     demo.stop().await;
 }
 
