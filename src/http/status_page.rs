@@ -598,13 +598,20 @@ async fn deliveries(cx: &Context<'_>) -> SectionResult {
     let oldest = report.oldest_pending_at.and_then(from_epoch);
     let body = html! {
         @if cx.settings.app_webhook.is_none() {
-            p.muted { "APP_WEBHOOK_URL is not set: nothing is sent (the change feed works)." }
-        }
-        p {
-            strong id="pending-deliveries" { (pending) } " waiting · "
-            strong id="failed-deliveries" { (failed) } " failed"
-            @if let Some(at) = oldest { " · oldest from " (time(at, cx.now)) }
-            @if failed > 0 { span.muted { " · POST /admin/deliveries/replay sends them again" } }
+            p {
+                "APP_WEBHOOK_URL is not set: nothing is sent. "
+                strong id="logged-changes" { (pending) }
+                " changes are kept for the change feed."
+            }
+        } @else {
+            p {
+                strong id="pending-deliveries" { (pending) } " waiting · "
+                strong id="failed-deliveries" { (failed) } " failed"
+                @if let Some(at) = oldest { " · oldest from " (time(at, cx.now)) }
+                @if failed > 0 {
+                    span.muted { " · POST /admin/deliveries/replay sends them again" }
+                }
+            }
         }
         @if !report.failed.is_empty() {
             table {

@@ -269,6 +269,17 @@ async fn after_a_day_of_failures_an_event_waits_in_the_failed_list_until_replaye
     assert_eq!(failed.len(), 4);
     assert!(failed[0]["last_error"].as_str().unwrap().contains("503"));
     assert_eq!(report["counts"]["pending"], 0);
+    let page = app
+        .get_as(&app.admin_token, "/admin/status")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"<strong id="failed-deliveries">4</strong>"#),
+        "the status page shows the failed deliveries"
+    );
+    assert!(page.contains("the receiver answered 503"));
 
     receiver.otherwise(Answer::Status(200));
     let replay: Value = app.admin_deliveries_replay().await.json().await.unwrap();
