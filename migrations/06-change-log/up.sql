@@ -1,9 +1,12 @@
 -- Every change to what an athlete can read, appended in the transaction that
 -- makes it. The change feed reads it by cursor (the id) and the application's
 -- events are delivered from it, in order per athlete. No foreign key: an
--- athlete's `athlete.deauthorized` outlives the athlete it announces.
+-- athlete's `athlete.deauthorized` outlives the athlete it announces. Ids
+-- are rowids without AUTOINCREMENT (which costs a second write per change):
+-- an id could only come back if the newest change were deleted, and pruning
+-- always keeps it.
 CREATE TABLE changes (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER PRIMARY KEY,
     athlete_id      INTEGER NOT NULL,
     kind            TEXT NOT NULL,
     activity_id     INTEGER,

@@ -282,7 +282,8 @@ impl Store {
     }
 
     /// Deletes up to `limit` changes: delivered ones from before `before`,
-    /// and any from before `any_before`. Returns how many.
+    /// and any from before `any_before`; never the newest, whose id the next
+    /// change would otherwise take again. Returns how many.
     pub async fn prune_changes(
         &self,
         before: i64,
@@ -292,7 +293,8 @@ impl Store {
         self.write(move |tx| {
             let pruned: Option<i64> = tx.query_row(
                 "SELECT MAX(id) FROM (SELECT id FROM changes
-                     WHERE occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered')
+                     WHERE (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))
+                       AND id < (SELECT MAX(id) FROM changes)
                      ORDER BY id LIMIT ?3)",
                 params![before, any_before, limit as i64],
                 |r| r.get(0),
@@ -411,5 +413,14 @@ mod tests {
             2,
             "undelivered, once old enough"
         );
+        assert_eq!(
+            store.prune_changes(i64::MAX, i64::MAX, 100).await.unwrap(),
+            0
+        );
+        store
+            .write(|tx| record_athlete(tx, 1, ChangeKind::AthleteNeedsReauth, 20))
+            .await
+            .unwrap();
+        assert_eq!(store.latest_change().await.unwrap(), 6, "no id comes back");
     }
 }
