@@ -5,14 +5,20 @@
 
 use actix_web::dev::HttpServiceFactory;
 use actix_web::{guard, web, HttpResponse};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::OpenApi as Document;
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, Required, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema};
 
 use super::error::{fault_response, Fault};
+use crate::model::app_event::AppEvent;
 
 /// The document before the routes join it: info, the two bearer tokens,
-/// the tags, the fault schema and this route itself.
+/// the tags, the fault schema, the events posted to the application and this
+/// route itself.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -23,8 +29,8 @@ use super::error::{fault_response, Fault};
             shape, `{\"message\", \"errors\": [{\"resource\", \"field\", \"code\"}]}`."
     ),
     paths(openapi_json),
-    components(schemas(Fault)),
-    modifiers(&BearerTokens),
+    components(schemas(Fault, AppEvent)),
+    modifiers(&BearerTokens, &AppEvents),
     tags(
         (name = "read API", description = "Strava's own read routes, answered from the local copy"),
         (name = "sync", description = "An athlete's sync state and manual refresh"),
@@ -53,6 +59,66 @@ impl Modify for BearerTokens {
             bearer.description = Some(what.to_string());
             components.add_security_scheme(name, SecurityScheme::Http(bearer));
         }
+    }
+}
+
+/// What strava-sync posts to `APP_WEBHOOK_URL`, as OpenAPI 3.1 `webhooks`:
+/// the receiver's side of the contract, for generating a handler.
+struct AppEvents;
+
+impl Modify for AppEvents {
+    fn modify(&self, openapi: &mut Document) {
+        let header = |name: &str, what: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::True)
+                .description(Some(what))
+                .schema(Some(String::schema()))
+                .build()
+        };
+        let operation = OperationBuilder::new()
+            .operation_id(Some("app_event"))
+            .summary(Some(
+                "One change to what an athlete can read, posted to APP_WEBHOOK_URL",
+            ))
+            .description(Some(
+                "Sent at least once and in order per athlete; a non-2xx answer or no answer \
+                 within 10 s is retried with backoff for 24 hours. Signed as Standard Webhooks \
+                 sign: `webhook-signature` is `v1,` and the base64 HMAC-SHA256 of \
+                 `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the base64-decoded part \
+                 of `APP_WEBHOOK_SECRET` after `whsec_`.",
+            ))
+            .parameters(Some([
+                header("webhook-id", "The event's `id`: deduplicate on it"),
+                header("webhook-timestamp", "When it was sent, in epoch seconds"),
+                header("webhook-signature", "`v1,<base64 HMAC-SHA256>`"),
+            ]))
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .required(Some(Required::True))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("AppEvent")))
+                            .build(),
+                    )
+                    .build(),
+            ))
+            .response(
+                "2XX",
+                ResponseBuilder::new().description("Stored: the event is not sent again"),
+            )
+            .response(
+                "default",
+                ResponseBuilder::new().description("Not stored: the event is sent again later"),
+            )
+            .build();
+        openapi.webhooks = Some(
+            PathsBuilder::new()
+                .path("app-event", PathItem::new(HttpMethod::Post, operation))
+                .build(),
+        );
     }
 }
 

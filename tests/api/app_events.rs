@@ -170,6 +170,30 @@ async fn created_renamed_and_deleted_activities_reach_the_app_signed_and_in_orde
         .body
         .replace("athlete.connected", "athlete.deauthorized");
     assert!(!forged.signed());
+
+    // Each event is what /openapi.json's `webhooks` promises a receiver.
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let promised = &doc["webhooks"]["app-event"]["post"];
+    let mut schema = promised["requestBody"]["content"]["application/json"]["schema"].clone();
+    schema["components"] = doc["components"].clone();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    for event in &events {
+        let errors: Vec<String> = validator
+            .iter_errors(event)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}: {event}");
+    }
+    let headers: Vec<&str> = promised["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        headers,
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+    );
 }
 
 #[tokio::test]
