@@ -204,6 +204,7 @@ pub struct ConfigError {
 /// Every key the service reads, with its default (None: no default).
 const KEYS: &[(&str, Option<&str>)] = &[
     ("DATABASE_PATH", Some("strava-sync.db")),
+    ("DATABASE_URL", None),
     ("HOST", Some("127.0.0.1")),
     ("PORT", Some("8080")),
     ("PUBLIC_URL", Some("http://localhost:8080")),
@@ -308,7 +309,7 @@ impl Settings {
         };
         let tiers = p.tiers("TIERS");
         let mut settings = Settings {
-            database_path: PathBuf::from(p.text("DATABASE_PATH")),
+            database_path: p.database(),
             host: p.text("HOST"),
             port: p.number("PORT", u16::MAX),
             public_url: p.url("PUBLIC_URL").trim_end_matches('/').to_string(),
@@ -548,6 +549,35 @@ impl Parser<'_> {
             }
         }
         out
+    }
+
+    /// The SQLite file: `DATABASE_URL` as `sqlite://PATH` when set, else
+    /// `DATABASE_PATH`. A PostgreSQL URL is refused rather than ignored:
+    /// instances an operator meant to share one database must not each
+    /// quietly keep their own budget in a file.
+    fn database(&mut self) -> PathBuf {
+        let Some(url) = self.optional("DATABASE_URL") else {
+            return PathBuf::from(self.text("DATABASE_PATH"));
+        };
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty());
+        match path {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let problem = if url.starts_with("postgres://") || url.starts_with("postgresql://")
+                {
+                    "DATABASE_URL names a PostgreSQL database, which this version cannot use yet: \
+                     set DATABASE_PATH (or DATABASE_URL=sqlite://PATH) for SQLite"
+                        .to_string()
+                } else {
+                    "DATABASE_URL must be sqlite://PATH".to_string()
+                };
+                self.problems.push(problem);
+                PathBuf::from(self.text("DATABASE_PATH"))
+            }
+        }
     }
 
     /// `APP_WEBHOOK_URL` and `APP_WEBHOOK_SECRET`, set together or not at
@@ -955,6 +985,35 @@ mod tests {
             );
         }
         assert!(load(&[]).unwrap().app_webhook.is_none());
+    }
+
+    #[test]
+    fn database_url_names_a_sqlite_file_and_postgresql_is_refused_not_ignored() {
+        let load = |url: &str| Settings::from_sources(None, env(&[("DATABASE_URL", url)]));
+        assert_eq!(
+            load("sqlite:///var/lib/s.db").unwrap().database_path,
+            PathBuf::from("/var/lib/s.db")
+        );
+        assert_eq!(
+            load("sqlite://data/s.db").unwrap().database_path,
+            PathBuf::from("data/s.db")
+        );
+        assert_eq!(
+            load("sqlite:s.db").unwrap().database_path,
+            PathBuf::from("s.db")
+        );
+        let postgres = load("postgres://u:secret@db/strava").unwrap_err();
+        assert!(
+            postgres.problems[0].starts_with("DATABASE_URL names a PostgreSQL"),
+            "{postgres}"
+        );
+        assert!(
+            !postgres.to_string().contains("secret"),
+            "the URL's password is not repeated"
+        );
+        for wrong in ["mysql://db/x", "sqlite://", "s.db"] {
+            assert!(load(wrong).is_err(), "{wrong}");
+        }
     }
 
     #[test]
