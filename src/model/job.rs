@@ -140,9 +140,18 @@ impl Task {
 }
 
 /// Appends the ids not already present, keeping the first-seen order.
+/// The most activity ids one queued job keeps. A flood of announcements for
+/// one athlete (forged creates) then costs bounded work per merge and bounded
+/// storage; what a fetch no longer names, its listing (which reaches back to
+/// the oldest announcement) still brings in, and enrichment is planned again.
+pub const TRACKED_IDS: usize = 1000;
+
+/// `queued` and then the ids of `newer` it lacks, oldest first, up to
+/// [`TRACKED_IDS`].
 fn union(queued: &mut Vec<i64>, newer: Vec<i64>) {
     let mut seen: BTreeSet<i64> = queued.iter().copied().collect();
-    queued.extend(newer.into_iter().filter(|id| seen.insert(*id)));
+    let room = TRACKED_IDS.saturating_sub(queued.len());
+    queued.extend(newer.into_iter().filter(|id| seen.insert(*id)).take(room));
 }
 
 /// What a job (or one step of it) fetched and changed.
@@ -204,6 +213,21 @@ mod tests {
             Task::Enrich(Enrich {
                 activity_ids: vec![5, 6]
             })
+        );
+    }
+
+    #[test]
+    fn a_flood_of_announcements_keeps_the_oldest_thousand() {
+        let mut queued = Task::fetch(0);
+        for id in 1..5000 {
+            queued.merge(Task::fetch(id));
+        }
+        let Task::WebhookFetch(fetch) = queued else {
+            panic!("a fetch")
+        };
+        assert_eq!(
+            fetch.activity_ids,
+            (0..TRACKED_IDS as i64).collect::<Vec<_>>()
         );
     }
 
