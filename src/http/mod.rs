@@ -109,6 +109,10 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
             .app_data(web::PathConfig::default().error_handler(|e, _| {
                 ApiError::bad_parameter("Request", "path", e.to_string()).into()
             }))
+            // The router tries routes in this order, matching each one with
+            // a path parameter by regex: Strava's callback, by far the
+            // busiest route, goes first.
+            .configure(webhook::configure)
             .configure(health::configure)
             .configure(metrics::configure)
             .configure(connect::configure)
@@ -117,7 +121,6 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
             .configure(changes::configure)
             .configure(delivery_admin::configure)
             .configure(sync_api::configure)
-            .configure(webhook::configure)
             .configure(webhook_admin::configure)
             .configure(status_page::configure)
             .default_service(web::to(|| async {
