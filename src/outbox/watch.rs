@@ -14,6 +14,7 @@ use crate::store::Store;
 
 const POLL: Duration = Duration::from_millis(200);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+const PRUNE_BATCH: usize = 10_000;
 /// How far back the change feed reaches, and how long a delivered change is kept.
 pub const RETENTION_SECS: i64 = 7 * 24 * 3600;
 /// How long a change not delivered (failed, waiting for a replay) is kept.
@@ -77,8 +78,17 @@ impl ChangeWatch {
                 } else {
                     before
                 };
-                if let Err(e) = store.prune_changes(before, any_before, 10_000).await {
-                    tracing::error!(error = %e, "pruning the change log failed");
+                // In batches, each its own short transaction, until none is
+                // left: an hour can log far more than one batch.
+                loop {
+                    match store.prune_changes(before, any_before, PRUNE_BATCH).await {
+                        Ok(n) if n == PRUNE_BATCH => tokio::task::yield_now().await,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "pruning the change log failed");
+                            break;
+                        }
+                    }
                 }
             }
             tokio::select! {

@@ -150,10 +150,9 @@ pub fn purge(conn: &Connection, id: i64, at: i64) -> DbResult<bool> {
         "UPDATE strava_calls SET athlete_id = NULL WHERE athlete_id = ?1",
         [id],
     )?;
-    changes::forget_athlete(conn, id)?;
     let existed = conn.execute("DELETE FROM athletes WHERE id = ?1", [id])? > 0;
     if existed {
-        changes::record_athlete(conn, id, ChangeKind::AthleteDeauthorized, at)?;
+        changes::record_deauthorization(conn, id, at)?;
     }
     Ok(existed)
 }

@@ -13,6 +13,9 @@ use crate::model::app_event::{AppEvent, ChangeKind};
 
 /// The highest id pruning removed: a cursor below it may have missed changes.
 const PRUNED_THROUGH: &str = "changes_pruned_through";
+/// A feed page stops once its activities reach this many bytes, however
+/// many changes `limit` allows: each carries its activity's whole JSON.
+pub const PAGE_BYTES: usize = 1 << 20;
 
 /// Appends an activity's change. The activity itself is not copied: an
 /// event carries it as stored when the event is read (see [`EVENTS`]), so
@@ -33,24 +36,29 @@ pub fn record_activity(
 }
 
 /// Appends a change of the athlete's own state (connected, needs
-/// re-authorization, deauthorized).
+/// re-authorization, deauthorized). Returns its id.
 pub fn record_athlete(
     conn: &Connection,
     athlete_id: i64,
     kind: ChangeKind,
     at: i64,
-) -> DbResult<()> {
+) -> DbResult<i64> {
     conn.prepare_cached(
         "INSERT INTO changes (athlete_id, kind, occurred_at, retry_from) VALUES (?1, ?2, ?3, ?3)",
     )?
     .execute(params![athlete_id, kind.as_str(), at])?;
-    Ok(())
+    Ok(conn.last_insert_rowid())
 }
 
-/// Removes an athlete's earlier changes: they hold the data a
-/// deauthorization must delete. Their `athlete.deauthorized` comes after.
-pub fn forget_athlete(conn: &Connection, athlete_id: i64) -> DbResult<()> {
-    conn.execute("DELETE FROM changes WHERE athlete_id = ?1", [athlete_id])?;
+/// Logs the athlete's `athlete.deauthorized` and removes their earlier
+/// changes (they name the activities a deauthorization deletes). The new
+/// change comes first, so its id is past every id already handed out.
+pub fn record_deauthorization(conn: &Connection, athlete_id: i64, at: i64) -> DbResult<()> {
+    let told = record_athlete(conn, athlete_id, ChangeKind::AthleteDeauthorized, at)?;
+    conn.execute(
+        "DELETE FROM changes WHERE athlete_id = ?1 AND id < ?2",
+        params![athlete_id, told],
+    )?;
     Ok(())
 }
 
@@ -140,8 +148,11 @@ pub struct DeliveryReport {
 }
 
 impl Store {
-    /// The athlete's changes after `since`, at most `limit`; None when
-    /// changes after `since` were pruned (the reader must start again).
+    /// The athlete's changes after `since`, at most `limit` and about
+    /// [`PAGE_BYTES`]; None when changes after `since` were pruned, or
+    /// `since` is ahead of the log (a cursor from another database): the
+    /// reader must start again. Read as one snapshot, so a change committed
+    /// meanwhile is either on this page or after `next_cursor`.
     pub async fn changes_after(
         &self,
         athlete_id: i64,
@@ -149,21 +160,37 @@ impl Store {
         limit: usize,
     ) -> DbResult<Option<ChangePage>> {
         self.read(move |c| {
-            let pruned: i64 = service_state::get(c, PRUNED_THROUGH)?
+            let snapshot = c.unchecked_transaction()?;
+            let pruned: i64 = service_state::get(&snapshot, PRUNED_THROUGH)?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            if since > 0 && since < pruned {
+            let latest = latest(&snapshot)?;
+            // Pruning keeps each athlete's newest change, so a cursor at or
+            // past it missed nothing of theirs, however old.
+            let theirs: Option<i64> = snapshot
+                .prepare_cached("SELECT MAX(id) FROM changes WHERE athlete_id = ?1")?
+                .query_row([athlete_id], |r| r.get(0))?;
+            let missed = since > 0 && since < pruned && theirs.is_some_and(|t| since < t);
+            if since > latest || missed {
                 return Ok(None);
             }
-            let changes = c
-                .prepare_cached(&format!(
-                    "{EVENTS} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3"
-                ))?
-                .query_map(params![athlete_id, since, limit as i64], event)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = snapshot.prepare_cached(&format!(
+                "{EVENTS} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3"
+            ))?;
+            let mut rows = stmt.query_map(params![athlete_id, since, limit as i64], event)?;
+            let (mut changes, mut bytes, mut full) = (Vec::new(), 0, false);
+            for change in rows.by_ref() {
+                let change = change?;
+                bytes += change.data.as_ref().map_or(0, |d| d.get().len());
+                changes.push(change);
+                if changes.len() == limit || bytes >= PAGE_BYTES {
+                    full = true;
+                    break;
+                }
+            }
             let next_cursor = match changes.last() {
-                Some(last) if changes.len() == limit => last.id,
-                _ => latest(c)?.max(since),
+                Some(last) if full => last.id,
+                _ => latest.max(since),
             };
             Ok(Some(ChangePage {
                 changes,
@@ -188,7 +215,7 @@ impl Store {
                     "{EVENTS} JOIN (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
                                     GROUP BY athlete_id) AS head ON c.id = head.id
                      WHERE c.next_attempt_at <= ?1
-                     ORDER BY c.next_attempt_at, c.id LIMIT ?2"
+                     ORDER BY c.id LIMIT ?2"
                 ))?
                 .query_map(params![now, limit as i64], |r| {
                     Ok(DueDelivery {
@@ -282,8 +309,10 @@ impl Store {
     }
 
     /// Deletes up to `limit` changes: delivered ones from before `before`,
-    /// and any from before `any_before`; never the newest, whose id the next
-    /// change would otherwise take again. Returns how many.
+    /// and any from before `any_before`; never an athlete's newest, which
+    /// names the state of their list (see `page_anchors`) and, being the
+    /// newest overall for one of them, keeps its id from being handed out
+    /// again. Returns how many.
     pub async fn prune_changes(
         &self,
         before: i64,
@@ -294,7 +323,7 @@ impl Store {
             let pruned: Option<i64> = tx.query_row(
                 "SELECT MAX(id) FROM (SELECT id FROM changes
                      WHERE (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))
-                       AND id < (SELECT MAX(id) FROM changes)
+                       AND id NOT IN (SELECT MAX(id) FROM changes GROUP BY athlete_id)
                      ORDER BY id LIMIT ?3)",
                 params![before, any_before, limit as i64],
                 |r| r.get(0),
@@ -304,7 +333,8 @@ impl Store {
             };
             let n = tx.execute(
                 "DELETE FROM changes WHERE id <= ?3
-                     AND (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))",
+                     AND (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))
+                     AND id NOT IN (SELECT MAX(id) FROM changes GROUP BY athlete_id)",
                 params![before, any_before, through],
             )?;
             let known: i64 = service_state::get(tx, PRUNED_THROUGH)?
@@ -365,7 +395,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(heads(&store, 99).await, [3], "2 waits, and 4 behind it");
-        assert_eq!(heads(&store, 100).await, [3, 2]);
+        assert_eq!(heads(&store, 100).await, [2, 3], "a due retry goes by age");
         store
             .record_deliveries(vec![(
                 3,
@@ -377,7 +407,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             heads(&store, 100).await,
-            [5, 2],
+            [2, 5],
             "a failed change stops no one"
         );
         let report = store.delivery_report(10).await.unwrap();
@@ -386,7 +416,7 @@ mod tests {
         assert_eq!(store.replay_failed_deliveries(200).await.unwrap(), 1);
         assert_eq!(
             heads(&store, 100).await,
-            [3, 2],
+            [2, 3],
             "the replayed one goes first again"
         );
     }
@@ -410,8 +440,8 @@ mod tests {
         assert_eq!(first.next_cursor, 3, "a full page points past itself only");
         assert_eq!(
             store.prune_changes(0, 14, 100).await.unwrap(),
-            2,
-            "undelivered, once old enough"
+            1,
+            "undelivered, once old enough, but never an athlete's newest"
         );
         assert_eq!(
             store.prune_changes(i64::MAX, i64::MAX, 100).await.unwrap(),
@@ -422,5 +452,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.latest_change().await.unwrap(), 6, "no id comes back");
+        // Athlete 2's cursor at their newest change missed nothing, though
+        // older ids than it were pruned; one ahead of the log is refused.
+        assert!(store.changes_after(2, 4, 10).await.unwrap().is_some());
+        assert!(store.changes_after(2, 7, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_deauthorization_takes_an_id_past_every_earlier_one() {
+        let (_dir, store) = store();
+        let told = store
+            .write(|tx| {
+                record_deauthorization(tx, 1, 30)?;
+                latest(tx)
+            })
+            .await
+            .unwrap();
+        assert_eq!(told, 6, "after athlete 1's own newest, 5");
+        let page = store.changes_after(1, 0, 10).await.unwrap().unwrap();
+        let kinds: Vec<_> = page.changes.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ChangeKind::AthleteDeauthorized]);
     }
 }
