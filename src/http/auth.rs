@@ -1,14 +1,16 @@
 //! Request guards: the athlete behind an API token, and the operator behind
 //! the admin token. Per-token rate limiting happens here, once the token is
 //! known to be real, so forged tokens cannot grow the limiter's key space.
-//! Every admin route takes the admin token as a bearer token or as the
-//! password of HTTP Basic auth, so a browser can open the status page.
+//! Every admin route takes the admin token as a bearer token; the ones that
+//! only read also take it as the password of HTTP Basic auth, so a browser
+//! can open the status page.
 
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 
-use actix_web::{http::header, web, FromRequest, HttpRequest};
+use actix_web::http::{header, Method};
+use actix_web::{web, FromRequest, HttpRequest};
 use base64::Engine;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -21,6 +23,16 @@ use crate::store::api_tokens;
 #[derive(Debug, Clone, Copy)]
 pub struct AthleteAuth {
     pub athlete_id: i64,
+}
+
+/// [`AthleteAuth`] for the change feed, which also takes the token as the
+/// `access_token` query parameter (as Strava does): a browser's
+/// `EventSource` cannot send headers. Only the feed takes it there, since a
+/// token in a URL ends up in browser history and proxy logs. The token is
+/// kept, so a long-lived stream can check it is still good.
+pub struct FeedAuth {
+    pub athlete_id: i64,
+    pub token: String,
 }
 
 /// Proof that the request carries the admin token.
@@ -98,13 +110,8 @@ fn data<T: 'static>(req: &HttpRequest) -> web::Data<T> {
         .clone()
 }
 
-/// The API token: a bearer token, or, as Strava also takes it, the
-/// `access_token` query parameter, which a browser's `EventSource` (it sends
-/// no headers of its own) needs for the change feed.
-fn api_token(req: &HttpRequest) -> Option<String> {
-    if let Some(token) = bearer(req) {
-        return Some(token.to_owned());
-    }
+/// The `access_token` query parameter.
+fn query_token(req: &HttpRequest) -> Option<String> {
     web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .ok()?
         .into_inner()
@@ -112,29 +119,51 @@ fn api_token(req: &HttpRequest) -> Option<String> {
         .find_map(|(key, value)| (key == "access_token" && !value.is_empty()).then_some(value))
 }
 
+/// The athlete whose API token this is, counted against its rate limit and
+/// noted as looking.
+async fn athlete_for(req: &HttpRequest, token: Option<String>) -> Result<i64, ApiError> {
+    let (services, access) = (data::<Services>(req), data::<Access>(req));
+    let token = token.ok_or(ApiError::Unauthorized)?;
+    if token.len() > 256 {
+        return Err(ApiError::Unauthorized);
+    }
+    let key = api_tokens::hash(&token);
+    let athlete_id = services
+        .store
+        .athlete_for_token(token)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if let Some(limiter) = &access.rate_limiter {
+        limiter.check(&key)?;
+    }
+    services.attention.record(athlete_id);
+    Ok(athlete_id)
+}
+
 impl FromRequest for AthleteAuth {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let token = api_token(req);
-        let (services, access) = (data::<Services>(req), data::<Access>(req));
+        let (req, token) = (req.clone(), bearer(req).map(str::to_owned));
+        Box::pin(async move {
+            let athlete_id = athlete_for(&req, token).await?;
+            Ok(AthleteAuth { athlete_id })
+        })
+    }
+}
+
+impl FromRequest for FeedAuth {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = bearer(req).map(str::to_owned).or_else(|| query_token(req));
+        let req = req.clone();
         Box::pin(async move {
             let token = token.ok_or(ApiError::Unauthorized)?;
-            if token.len() > 256 {
-                return Err(ApiError::Unauthorized);
-            }
-            let key = api_tokens::hash(&token);
-            let athlete_id = services
-                .store
-                .athlete_for_token(token)
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
-            if let Some(limiter) = &access.rate_limiter {
-                limiter.check(&key)?;
-            }
-            services.attention.record(athlete_id);
-            Ok(AthleteAuth { athlete_id })
+            let athlete_id = athlete_for(&req, Some(token.clone())).await?;
+            Ok(FeedAuth { athlete_id, token })
         })
     }
 }
@@ -148,9 +177,13 @@ impl FromRequest for AdminAuth {
         let result = match &data::<Access>(req).admin_token {
             None => Err(ApiError::NotFound { resource: "Route" }),
             Some(expected) => {
+                // A browser sends saved Basic credentials with any request
+                // to the site, a cross-site form's POST included: Basic
+                // opens only what cannot change anything.
+                let safe = matches!(*req.method(), Method::GET | Method::HEAD);
                 let given = bearer(req)
                     .map(str::to_owned)
-                    .or_else(|| basic_password(req));
+                    .or_else(|| safe.then(|| basic_password(req)).flatten());
                 match given {
                     Some(given)
                         if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) =>

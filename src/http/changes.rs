@@ -22,7 +22,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, AthleteFaults, Fault};
 use super::query::QueryParams;
-use super::{auth::AthleteAuth, Services};
+use super::{auth::FeedAuth, Services};
 use crate::model::app_event::AppEvent;
 use crate::store::Store;
 
@@ -30,7 +30,8 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Open streams per athlete: a page in several tabs, not a flood.
+/// Open streams per athlete: a page in several tabs, not a flood (a newer
+/// stream ends the oldest).
 pub const STREAMS_PER_ATHLETE: usize = 5;
 /// Open streams in all, so held connections stay bounded.
 const STREAMS_IN_ALL: usize = 10_000;
@@ -66,6 +67,7 @@ struct ChangesPage {
     params(
         ChangesParams,
         ("Last-Event-ID" = Option<i64>, Header, description = "With `Accept: text/event-stream`: resume after this event"),
+        ("access_token" = Option<String>, Query, description = "The API token, for a browser's EventSource, which cannot send an Authorization header (this route only)"),
     ),
     responses(
         (status = 200, description = "The changes after the cursor, or their live stream",
@@ -77,7 +79,7 @@ struct ChangesPage {
 )]
 #[get("/api/v3/athlete/changes")]
 async fn changes(
-    auth: AthleteAuth,
+    auth: FeedAuth,
     state: web::Data<Services>,
     streams: web::Data<OpenStreams>,
     req: HttpRequest,
@@ -132,13 +134,14 @@ async fn changes(
     let feed = Feed {
         store: state.store.clone(),
         athlete_id: auth.athlete_id,
+        token: auth.token,
         cursor: page.next_cursor,
         caught_up: page.changes.len() < limit,
         queued: page.changes.into(),
         newest,
         closing: state.changes.closing(),
         keep_alive_at: Instant::now() + KEEP_ALIVE,
-        _permit: permit,
+        permit,
     };
     let opening = Bytes::from_static(b": strava-sync change feed\nretry: 2000\n\n");
     let events = stream::unfold(feed, Feed::next).map(Ok::<_, Infallible>);
@@ -154,6 +157,7 @@ async fn changes(
 struct Feed {
     store: Store,
     athlete_id: i64,
+    token: String,
     cursor: i64,
     /// Whether the last read found everything up to the cursor; if not, the
     /// next read comes at once rather than at the next change.
@@ -162,12 +166,13 @@ struct Feed {
     newest: watch::Receiver<i64>,
     closing: CancellationToken,
     keep_alive_at: Instant,
-    _permit: StreamPermit,
+    permit: StreamPermit,
 }
 
 impl Feed {
-    /// The next chunk to send; None ends the stream (shutdown, an expired
-    /// cursor, storage failing).
+    /// The next chunk to send; None ends the stream (shutdown, a newer
+    /// stream of the athlete, a revoked token, an expired cursor, storage
+    /// failing).
     async fn next(mut self) -> Option<(Bytes, Self)> {
         loop {
             if let Some(event) = self.queued.pop_front() {
@@ -177,12 +182,19 @@ impl Feed {
             if self.caught_up {
                 tokio::select! {
                     _ = self.closing.cancelled() => return None,
+                    _ = self.permit.ended.cancelled() => return None,
                     changed = self.newest.changed() => changed.ok()?,
                     _ = tokio::time::sleep_until(self.keep_alive_at) => {
                         self.keep_alive_at = Instant::now() + KEEP_ALIVE;
                         return Some((Bytes::from_static(b": keep-alive\n\n"), self));
                     }
                 }
+            }
+            // The token may have been revoked (a disconnect) since the
+            // stream began: its changes stop with it.
+            match self.store.athlete_for_token(self.token.clone()).await {
+                Ok(Some(athlete)) if athlete == self.athlete_id => {}
+                _ => return None,
             }
             match self
                 .store
@@ -220,45 +232,73 @@ fn sse(event: &AppEvent) -> Bytes {
     Bytes::from(out)
 }
 
-/// Counts open streams, per athlete and in all.
+/// The open streams, per athlete, oldest first. A sixth stream of one
+/// athlete ends their oldest, so connections a client dropped without
+/// closing (a closed tab, a lost network) cannot lock it out; the number in
+/// all is capped.
 #[derive(Default)]
 pub struct OpenStreams {
-    open: Arc<Mutex<HashMap<i64, usize>>>,
+    open: Arc<Mutex<Streams>>,
+}
+
+#[derive(Default)]
+struct Streams {
+    by_athlete: HashMap<i64, VecDeque<(u64, CancellationToken)>>,
+    in_all: usize,
+    next: u64,
 }
 
 impl OpenStreams {
     fn open(&self, athlete_id: i64) -> Result<StreamPermit, ApiError> {
         let mut open = self.open.lock().expect("stream counts stay consistent");
-        let in_all: usize = open.values().sum();
-        let mine = open.entry(athlete_id).or_default();
-        if *mine >= STREAMS_PER_ATHLETE || in_all >= STREAMS_IN_ALL {
+        let open = &mut *open;
+        let mine = open.by_athlete.entry(athlete_id).or_default();
+        if mine.len() >= STREAMS_PER_ATHLETE {
+            if let Some((_, oldest)) = mine.pop_front() {
+                oldest.cancel();
+                open.in_all -= 1;
+            }
+        } else if open.in_all >= STREAMS_IN_ALL {
             return Err(ApiError::TooManyRequests {
                 resource: "Changes",
                 retry_after_secs: KEEP_ALIVE.as_secs(),
             });
         }
-        *mine += 1;
+        let (id, ended) = (open.next, CancellationToken::new());
+        open.next += 1;
+        open.in_all += 1;
+        mine.push_back((id, ended.clone()));
         Ok(StreamPermit {
             open: self.open.clone(),
             athlete_id,
+            id,
+            ended,
         })
     }
 }
 
-/// Held by a stream; dropping it (the client left) frees the place.
+/// Held by a stream; dropping it (the client left) frees the place, and
+/// `ended` tells the stream a newer one took it.
 struct StreamPermit {
-    open: Arc<Mutex<HashMap<i64, usize>>>,
+    open: Arc<Mutex<Streams>>,
     athlete_id: i64,
+    id: u64,
+    ended: CancellationToken,
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut open = self.open.lock().expect("stream counts stay consistent");
-        if let Some(n) = open.get_mut(&self.athlete_id) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.athlete_id);
-            }
+        let open = &mut *open;
+        let Some(mine) = open.by_athlete.get_mut(&self.athlete_id) else {
+            return;
+        };
+        if let Some(at) = mine.iter().position(|(id, _)| *id == self.id) {
+            mine.remove(at);
+            open.in_all -= 1;
+        }
+        if mine.is_empty() {
+            open.by_athlete.remove(&self.athlete_id);
         }
     }
 }

@@ -180,6 +180,9 @@ pub fn cors(settings: &Settings) -> Cors {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
+            header::ACCEPT,
+            // A fetch-based SSE client resuming the change feed.
+            header::HeaderName::from_static("last-event-id"),
         ])
         .expose_headers([header::ETAG, header::RETRY_AFTER])
         .max_age(3600)

@@ -75,6 +75,25 @@ async fn the_admin_token_opens_the_page_as_bearer_token_or_basic_password() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // But not a route that changes something: a browser would send saved
+    // Basic credentials with another site's form post too.
+    for route in [
+        "/admin/pause",
+        "/admin/sync/run",
+        "/admin/deliveries/replay",
+    ] {
+        let res = app
+            .client
+            .post(app.url(route))
+            .header(AUTHORIZATION, basic("ops", ADMIN_TOKEN))
+            .header("origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{route}");
+    }
+    let budget: Value = app.admin_budget().await.json().await.unwrap();
+    assert_eq!(budget["paused"], false, "nothing was paused: {budget}");
 
     assert_challenged(page_with(&app, None).await, "no credentials").await;
     let wrong = HeaderValue::from_str(&basic("admin", "not-the-token")).unwrap();
