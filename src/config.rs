@@ -562,7 +562,10 @@ impl Parser<'_> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .filter(|p| !p.is_empty());
+            // A file, not SQLite's in-memory database (nothing would
+            // survive, and each pooled connection would have its own) nor
+            // URL options, which would only become part of the file name.
+            .filter(|p| !p.is_empty() && !p.contains(":memory:") && !p.contains('?'));
         match path {
             Some(path) => PathBuf::from(path),
             None => {
@@ -1011,7 +1014,13 @@ mod tests {
             !postgres.to_string().contains("secret"),
             "the URL's password is not repeated"
         );
-        for wrong in ["mysql://db/x", "sqlite://", "s.db"] {
+        for wrong in [
+            "mysql://db/x",
+            "sqlite://",
+            "s.db",
+            "sqlite::memory:",
+            "sqlite://s.db?mode=rwc",
+        ] {
             assert!(load(wrong).is_err(), "{wrong}");
         }
     }
