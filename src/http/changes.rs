@@ -14,7 +14,7 @@ use actix_web::web::Bytes;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
@@ -110,7 +110,7 @@ async fn changes(
     let limit = given.limit.unwrap_or(DEFAULT_LIMIT) as usize;
     // Watching begins before the first read, so a change logged in between
     // still wakes the stream.
-    let newest = state.changes.subscribe();
+    let touched = state.changes.touched();
     // Read before a stream starts, so an expired cursor is a plain 410.
     let page = state
         .store
@@ -138,7 +138,7 @@ async fn changes(
         cursor: page.next_cursor,
         caught_up: page.changes.len() < limit,
         queued: page.changes.into(),
-        newest,
+        touched,
         closing: state.changes.closing(),
         keep_alive_at: Instant::now() + KEEP_ALIVE,
         permit,
@@ -163,7 +163,8 @@ struct Feed {
     /// next read comes at once rather than at the next change.
     caught_up: bool,
     queued: VecDeque<AppEvent>,
-    newest: watch::Receiver<i64>,
+    /// The athletes with new changes, poll by poll.
+    touched: broadcast::Receiver<Arc<Vec<i64>>>,
     closing: CancellationToken,
     keep_alive_at: Instant,
     permit: StreamPermit,
@@ -179,11 +180,17 @@ impl Feed {
                 self.keep_alive_at = Instant::now() + KEEP_ALIVE;
                 return Some((sse(&event), self));
             }
-            if self.caught_up {
+            // Caught up, it waits until its own athlete has changes (or it
+            // fell behind the news and must look).
+            while self.caught_up {
                 tokio::select! {
                     _ = self.closing.cancelled() => return None,
                     _ = self.permit.ended.cancelled() => return None,
-                    changed = self.newest.changed() => changed.ok()?,
+                    touched = self.touched.recv() => match touched {
+                        Ok(athletes) if !athletes.contains(&self.athlete_id) => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return None,
+                    },
                     _ = tokio::time::sleep_until(self.keep_alive_at) => {
                         self.keep_alive_at = Instant::now() + KEEP_ALIVE;
                         return Some((Bytes::from_static(b": keep-alive\n\n"), self));

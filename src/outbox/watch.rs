@@ -1,18 +1,22 @@
 //! The change log's upkeep: one reader of its newest id for the whole
 //! process, however many feeds are open (a poll rather than an in-process
 //! signal, so it also sees what other instances on the same database wrote),
-//! and the pruning that keeps it bounded.
+//! telling the deliverer that something changed and each open feed whether
+//! its athlete did; and the pruning that keeps the log bounded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::clock::Clock;
 use crate::store::Store;
 
 const POLL: Duration = Duration::from_millis(200);
+/// Polls' worth of changed athletes a slow feed may fall behind by before
+/// it reads anyway.
+const TOUCHED_BACKLOG: usize = 64;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 const PRUNE_BATCH: usize = 10_000;
 /// How far back the change feed reaches, and how long a delivered change is kept.
@@ -23,6 +27,10 @@ pub const UNDELIVERED_RETENTION_SECS: i64 = 30 * 24 * 3600;
 #[derive(Clone)]
 pub struct ChangeWatch {
     newest: Arc<watch::Sender<i64>>,
+    /// The athletes with new changes, poll by poll: a feed reads only when
+    /// its own athlete is among them, so 10,000 open feeds do not each read
+    /// on every change.
+    touched: broadcast::Sender<Arc<Vec<i64>>>,
     /// Cancelled when the watch stops, so open feeds end with it.
     closing: CancellationToken,
 }
@@ -31,6 +39,7 @@ impl Default for ChangeWatch {
     fn default() -> Self {
         Self {
             newest: Arc::new(watch::Sender::new(0)),
+            touched: broadcast::Sender::new(TOUCHED_BACKLOG),
             closing: CancellationToken::new(),
         }
     }
@@ -40,6 +49,12 @@ impl ChangeWatch {
     /// A receiver that is marked changed whenever a newer change is logged.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.newest.subscribe()
+    }
+
+    /// The athletes with new changes, poll by poll (a lagging receiver
+    /// should read as if its athlete were among them).
+    pub fn touched(&self) -> broadcast::Receiver<Arc<Vec<i64>>> {
+        self.touched.subscribe()
     }
 
     /// Cancelled once the service stops watching (it is shutting down).
@@ -58,14 +73,27 @@ impl ChangeWatch {
         shutdown: CancellationToken,
     ) {
         let mut last_prune: Option<Instant> = None;
+        // None until the first read: what was logged before the service
+        // started, each feed reads for itself when it opens.
+        let mut seen: Option<i64> = None;
         loop {
             match store.latest_change().await {
+                Ok(id) if seen.is_some_and(|seen| seen != id) => {
+                    let after = seen.unwrap_or(id);
+                    match store.athletes_changed(after, id).await {
+                        Ok(athletes) => {
+                            // No feed open is no one to tell.
+                            let _ = self.touched.send(Arc::new(athletes));
+                            self.newest.send_replace(id);
+                            seen = Some(id);
+                        }
+                        Err(e) => tracing::error!(error = %e, "reading the change log failed"),
+                    }
+                }
                 Ok(id) => {
-                    self.newest.send_if_modified(|seen| {
-                        let moved = *seen != id;
-                        *seen = id;
-                        moved
-                    });
+                    seen = Some(id);
+                    self.newest
+                        .send_if_modified(|newest| std::mem::replace(newest, id) != id);
                 }
                 Err(e) => tracing::error!(error = %e, "reading the change log failed"),
             }
@@ -97,5 +125,63 @@ impl ChangeWatch {
             }
         }
         self.closing.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::app_event::ChangeKind;
+    use crate::model::clock::SystemClock;
+    use crate::store::changes;
+
+    #[tokio::test]
+    async fn each_poll_names_the_athletes_whose_changes_are_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let log = |athlete: i64| {
+            store.write(move |tx| {
+                changes::record_athlete(tx, athlete, ChangeKind::AthleteConnected, 0)
+            })
+        };
+        log(1).await.unwrap();
+        let watch = ChangeWatch::default();
+        let mut touched = watch.touched();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(watch.clone().run(
+            store.clone(),
+            Arc::new(SystemClock),
+            false,
+            shutdown.clone(),
+        ));
+        // The first poll only learns where the log stands.
+        let mut newest = watch.subscribe();
+        tokio::time::timeout(POLL * 10, newest.wait_for(|id| *id == 1))
+            .await
+            .unwrap()
+            .unwrap();
+        log(7).await.unwrap();
+        log(7).await.unwrap();
+        let first = tokio::time::timeout(POLL * 10, touched.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            *first,
+            [7],
+            "athlete 1's change before the start is not news"
+        );
+        log(9).await.unwrap();
+        let next = tokio::time::timeout(POLL * 10, touched.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*next, [9]);
+        shutdown.cancel();
+        running.await.unwrap();
+        assert!(
+            watch.closing().is_cancelled(),
+            "open feeds end with the watch"
+        );
     }
 }

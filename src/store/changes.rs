@@ -200,6 +200,18 @@ impl Store {
         .await
     }
 
+    /// The athletes with changes in `(after, through]`.
+    pub async fn athletes_changed(&self, after: i64, through: i64) -> DbResult<Vec<i64>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT DISTINCT athlete_id FROM changes WHERE id > ?1 AND id <= ?2",
+            )?
+            .query_map(params![after, through], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// The newest change's id (0 when there is none).
     pub async fn latest_change(&self) -> DbResult<i64> {
         self.read(latest).await
