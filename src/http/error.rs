@@ -207,9 +207,13 @@ impl ResponseError for ApiError {
                 field,
                 message,
             } => (message.as_str(), *resource, field.as_str(), "invalid"),
-            ApiError::Unauthorized | ApiError::AdminUnauthorized => {
-                ("Authorization Error", "Athlete", "access_token", "invalid")
-            }
+            ApiError::Unauthorized => ("Authorization Error", "Athlete", "access_token", "invalid"),
+            ApiError::AdminUnauthorized => (
+                "Authorization Error",
+                "Application",
+                "admin_token",
+                "invalid",
+            ),
             ApiError::Forbidden {
                 message,
                 resource,

@@ -82,11 +82,12 @@ async fn paused(app: &TestApp) -> bool {
     budget["paused"] == true
 }
 
-async fn assert_unauthorized(res: reqwest::Response, what: &str) {
+/// A 401 naming the credential that was missing or wrong.
+async fn assert_unauthorized(res: reqwest::Response, field: &str, what: &str) {
     assert_eq!(res.status(), 401, "{what}");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["message"], "Authorization Error", "{what}: {body}");
-    assert_eq!(body["errors"][0]["field"], "access_token", "{what}: {body}");
+    assert_eq!(body["errors"][0]["field"], field, "{what}: {body}");
 }
 
 #[tokio::test]
@@ -94,20 +95,22 @@ async fn no_guarded_route_accepts_a_missing_malformed_or_forged_token() {
     let app = TestApp::spawn().await;
     let (_, token) = app.seed_athlete("athlete.json").await;
     for (method, path) in ATHLETE_ROUTES {
-        assert_unauthorized(send(&app, method, path, None).await, path).await;
+        assert_unauthorized(send(&app, method, path, None).await, "access_token", path).await;
         for value in hostile_credentials(&token) {
             let what = format!("{method} {path} with {value:?}");
-            assert_unauthorized(send(&app, method, path, Some(value)).await, &what).await;
+            let res = send(&app, method, path, Some(value)).await;
+            assert_unauthorized(res, "access_token", &what).await;
         }
     }
     for (method, path) in ADMIN_ROUTES {
-        assert_unauthorized(send(&app, method, path, None).await, path).await;
+        assert_unauthorized(send(&app, method, path, None).await, "admin_token", path).await;
         // An athlete's token is no admin token either.
         let mut values = hostile_credentials(ADMIN_TOKEN);
         values.push(HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
         for value in values {
             let what = format!("{method} {path} with {value:?}");
-            assert_unauthorized(send(&app, method, path, Some(value)).await, &what).await;
+            let res = send(&app, method, path, Some(value)).await;
+            assert_unauthorized(res, "admin_token", &what).await;
         }
     }
     // Nothing any of them asked for happened.
