@@ -147,8 +147,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             )
         })?;
     let store = app.services().store.clone();
-    let shutdown = app.shutdown_handle();
-    let server = tokio::spawn(app.run());
+    // The service itself stops on Ctrl-C (its listener is in place long
+    // before the banner); the demo ends when it has. A listener of the
+    // demo's own, set up later, could miss a Ctrl-C sent right after the
+    // banner and keep the demo running with the service gone.
+    let mut server = tokio::spawn(app.run());
 
     subscription::run(&settings, Action::Create).await?;
     let http = connecting_client()?;
@@ -175,21 +178,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut events = EventMaker::new(args.seed);
     let mut ticks = tokio::time::interval(Duration::from_secs(args.interval_secs.max(1)));
     ticks.tick().await;
-    let stop = crate::startup::shutdown_signal();
-    tokio::pin!(stop);
-    loop {
+    let stopped = loop {
         tokio::select! {
-            _ = &mut stop => break,
+            stopped = &mut server => break stopped,
             _ = ticks.tick() => match events.next(&sim) {
                 Ok(line) => println!("  {line}"),
                 Err(e) => println!("  (event skipped: {e})"),
             },
         }
-    }
+    };
     println!("stopping");
-    shutdown.shutdown();
-    server.await??;
     sim.stop().await;
+    stopped??;
     Ok(())
 }
 
