@@ -136,7 +136,7 @@ async fn changes(
         athlete_id: auth.athlete_id,
         token: auth.token,
         cursor: page.next_cursor,
-        caught_up: page.changes.len() < limit,
+        caught_up: !page.more,
         queued: page.changes.into(),
         touched,
         closing: state.changes.closing(),
@@ -210,7 +210,7 @@ impl Feed {
             {
                 Ok(Some(page)) => {
                     self.cursor = page.next_cursor;
-                    self.caught_up = page.changes.len() < DEFAULT_LIMIT as usize;
+                    self.caught_up = !page.more;
                     self.queued.extend(page.changes);
                 }
                 Ok(None) => return None,

@@ -101,6 +101,9 @@ pub struct ChangePage {
     /// changes are all read, past everyone's, so an idle cursor never falls
     /// behind pruning.
     pub next_cursor: i64,
+    /// Whether the athlete has more changes after this page (it stopped at
+    /// its `limit` or its size), to be read at once rather than waited for.
+    pub more: bool,
 }
 
 /// A change waiting to be delivered.
@@ -178,23 +181,24 @@ impl Store {
                 "{EVENTS} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3"
             ))?;
             let mut rows = stmt.query_map(params![athlete_id, since, limit as i64], event)?;
-            let (mut changes, mut bytes, mut full) = (Vec::new(), 0, false);
+            let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
             for change in rows.by_ref() {
                 let change = change?;
                 bytes += change.data.as_ref().map_or(0, |d| d.get().len());
                 changes.push(change);
                 if changes.len() == limit || bytes >= PAGE_BYTES {
-                    full = true;
+                    more = true;
                     break;
                 }
             }
             let next_cursor = match changes.last() {
-                Some(last) if full => last.id,
+                Some(last) if more => last.id,
                 _ => latest.max(since),
             };
             Ok(Some(ChangePage {
                 changes,
                 next_cursor,
+                more,
             }))
         })
         .await
@@ -468,6 +472,40 @@ mod tests {
         // older ids than it were pruned; one ahead of the log is refused.
         assert!(store.changes_after(2, 4, 10).await.unwrap().is_some());
         assert!(store.changes_after(2, 7, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_page_stops_near_its_size_and_says_more_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        store
+            .write_blocking(|tx| {
+                crate::store::athletes::upsert(tx, &serde_json::json!({"id": 1}), "read", 0)?;
+                let padding = "x".repeat(PAGE_BYTES / 2);
+                let page: Vec<_> = (1..=3)
+                    .map(|id| {
+                        RawValue::from_string(format!(
+                            r#"{{"id":{id},"athlete":{{"id":1}},"start_date":"2026-01-0{id}T00:00:00Z","name":"{padding}"}}"#
+                        ))
+                        .unwrap()
+                    })
+                    .collect();
+                crate::store::activities::upsert_summaries(tx, 1, &page, 0)?;
+                Ok(())
+            })
+            .unwrap();
+        // Connected, then three half-megabyte activities.
+        let first = store.changes_after(1, 0, 10).await.unwrap().unwrap();
+        assert_eq!(first.changes.len(), 3, "connected and two activities");
+        assert!(first.more, "the third follows");
+        assert_eq!(first.next_cursor, 3);
+        let rest = store
+            .changes_after(1, first.next_cursor, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest.changes.len(), 1);
+        assert!(!rest.more);
     }
 
     #[tokio::test]
