@@ -164,16 +164,12 @@ impl Store {
     ) -> DbResult<Option<ChangePage>> {
         self.read(move |c| {
             let snapshot = c.unchecked_transaction()?;
-            let pruned: i64 = service_state::get(&snapshot, PRUNED_THROUGH)?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
             let latest = latest(&snapshot)?;
             // Pruning keeps each athlete's newest change, so a cursor at or
             // past it missed nothing of theirs, however old.
-            let theirs: Option<i64> = snapshot
-                .prepare_cached("SELECT MAX(id) FROM changes WHERE athlete_id = ?1")?
-                .query_row([athlete_id], |r| r.get(0))?;
-            let missed = since > 0 && since < pruned && theirs.is_some_and(|t| since < t);
+            let missed = since > 0
+                && since < pruned_through(&snapshot)?
+                && newest_of(&snapshot, athlete_id)?.is_some_and(|newest| since < newest);
             if since > latest || missed {
                 return Ok(None);
             }
@@ -336,31 +332,42 @@ impl Store {
         limit: usize,
     ) -> DbResult<usize> {
         self.write(move |tx| {
-            let pruned: Option<i64> = tx.query_row(
-                "SELECT MAX(id) FROM (SELECT id FROM changes
-                     WHERE (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))
-                       AND id NOT IN (SELECT MAX(id) FROM changes GROUP BY athlete_id)
-                     ORDER BY id LIMIT ?3)",
-                params![before, any_before, limit as i64],
-                |r| r.get(0),
-            )?;
-            let Some(through) = pruned else {
-                return Ok(0);
-            };
-            let n = tx.execute(
-                "DELETE FROM changes WHERE id <= ?3
-                     AND (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))
-                     AND id NOT IN (SELECT MAX(id) FROM changes GROUP BY athlete_id)",
-                params![before, any_before, through],
-            )?;
-            let known: i64 = service_state::get(tx, PRUNED_THROUGH)?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            service_state::set(tx, PRUNED_THROUGH, &through.max(known).to_string())?;
-            Ok(n)
+            let pruned: Vec<i64> = tx
+                .prepare_cached(
+                    "DELETE FROM changes WHERE id IN (
+                         SELECT id FROM changes
+                         WHERE (occurred_at < ?2 OR (occurred_at < ?1 AND delivery = 'delivered'))
+                           AND id NOT IN (SELECT MAX(id) FROM changes GROUP BY athlete_id)
+                         ORDER BY id LIMIT ?3)
+                     RETURNING id",
+                )?
+                .query_map(params![before, any_before, limit as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if let Some(&through) = pruned.iter().max() {
+                let through = through.max(pruned_through(tx)?);
+                service_state::set(tx, PRUNED_THROUGH, &through.to_string())?;
+            }
+            Ok(pruned.len())
         })
         .await
     }
+}
+
+/// The highest id pruning has removed (0 before any).
+fn pruned_through(c: &Connection) -> DbResult<i64> {
+    Ok(service_state::get(c, PRUNED_THROUGH)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// The athlete's newest change: it names the current state of what they can
+/// read (every insert and delete of an activity logs one, and pruning keeps
+/// it), None when nothing of theirs is logged.
+pub fn newest_of(c: &Connection, athlete_id: i64) -> DbResult<Option<i64>> {
+    Ok(
+        c.prepare_cached("SELECT MAX(id) FROM changes WHERE athlete_id = ?1")?
+            .query_row([athlete_id], |r| r.get(0))?,
+    )
 }
 
 fn latest(c: &Connection) -> DbResult<i64> {

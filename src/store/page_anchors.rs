@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection};
 
-use super::DbResult;
+use super::{changes, DbResult};
 
 /// Rows between two anchors: the most a deep page steps over.
 pub const STRIDE: i64 = 500;
@@ -53,10 +53,7 @@ impl PageAnchors {
         if slot == 0 {
             return Ok(None);
         }
-        let state: Option<i64> = conn
-            .prepare_cached("SELECT MAX(id) FROM changes WHERE athlete_id = ?1")?
-            .query_row([athlete_id], |r| r.get(0))?;
-        let Some(state) = state else {
+        let Some(state) = changes::newest_of(conn, athlete_id)? else {
             return Ok(None);
         };
         let cached = {
