@@ -121,9 +121,8 @@ fn query_token(req: &HttpRequest) -> Option<String> {
 
 /// The athlete whose API token this is, counted against its rate limit and
 /// noted as looking.
-async fn athlete_for(req: &HttpRequest, token: Option<String>) -> Result<i64, ApiError> {
+async fn athlete_for(req: &HttpRequest, token: String) -> Result<i64, ApiError> {
     let (services, access) = (data::<Services>(req), data::<Access>(req));
-    let token = token.ok_or(ApiError::Unauthorized)?;
     if token.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
@@ -147,6 +146,7 @@ impl FromRequest for AthleteAuth {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let (req, token) = (req.clone(), bearer(req).map(str::to_owned));
         Box::pin(async move {
+            let token = token.ok_or(ApiError::Unauthorized)?;
             let athlete_id = athlete_for(&req, token).await?;
             Ok(AthleteAuth { athlete_id })
         })
@@ -162,7 +162,7 @@ impl FromRequest for FeedAuth {
         let req = req.clone();
         Box::pin(async move {
             let token = token.ok_or(ApiError::Unauthorized)?;
-            let athlete_id = athlete_for(&req, Some(token.clone())).await?;
+            let athlete_id = athlete_for(&req, token.clone()).await?;
             Ok(FeedAuth { athlete_id, token })
         })
     }

@@ -36,17 +36,18 @@ pub const STREAMS_PER_ATHLETE: usize = 5;
 /// Open streams in all, so held connections stay bounded.
 const STREAMS_IN_ALL: usize = 10_000;
 
-/// The feed's parameters (the document's come from this type).
+/// The feed's parameters as parsed, absent ones at their defaults (the
+/// document's come from this type).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ChangesParams {
     /// Answer the changes after this cursor (an event's `id`, or a
     /// `next_cursor`); 0 is the start of what is kept.
-    #[param(minimum = 0, default = 0)]
-    since: Option<i64>,
+    #[param(required = false, minimum = 0, default = 0)]
+    since: i64,
     /// Changes per answer.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<i64>,
+    #[param(required = false, minimum = 1, maximum = 1000, default = 100)]
+    limit: i64,
 }
 
 /// One answer of the feed.
@@ -86,8 +87,8 @@ async fn changes(
 ) -> Result<HttpResponse, ApiError> {
     let params = QueryParams::parse(req.query_string(), "Changes")?;
     let given = ChangesParams {
-        since: Some(params.bounded("since", 0..=i64::MAX, 0)?),
-        limit: Some(params.bounded("limit", 1..=MAX_LIMIT, DEFAULT_LIMIT)?),
+        since: params.bounded("since", 0..=i64::MAX, 0)?,
+        limit: params.bounded("limit", 1..=MAX_LIMIT, DEFAULT_LIMIT)?,
     };
     let live = req
         .headers()
@@ -106,8 +107,8 @@ async fn changes(
         ),
         _ => None,
     };
-    let since = resume.or(given.since).unwrap_or(0);
-    let limit = given.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    let since = resume.unwrap_or(given.since);
+    let limit = given.limit as usize;
     // Watching begins before the first read, so a change logged in between
     // still wakes the stream.
     let touched = state.changes.touched();

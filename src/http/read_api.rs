@@ -27,9 +27,10 @@ use crate::store::DbResult;
 const MAX_PER_PAGE: i64 = 200;
 const DEFAULT_PER_PAGE: i64 = 30;
 
-/// The list parameters, with Strava's names and bounds. The document's
-/// parameters come from this type; `tests/api/openapi.rs` checks that the
-/// bounds it gives are the ones [`parse_list_query`] enforces.
+/// The list parameters, with Strava's names and bounds, as parsed (absent
+/// ones at their defaults). The document's parameters come from this type;
+/// `tests/api/openapi.rs` checks that the bounds it gives are the ones
+/// [`parse_list_query`] enforces.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListParams {
@@ -38,11 +39,11 @@ struct ListParams {
     /// Only activities that started after this time (epoch seconds, exclusive).
     after: Option<i64>,
     /// The page, from 1; a page past the end is `[]`.
-    #[param(minimum = 1, default = 1)]
-    page: Option<i64>,
+    #[param(required = false, minimum = 1, default = 1)]
+    page: i64,
     /// Activities per page.
-    #[param(minimum = 1, maximum = 200, default = 30)]
-    per_page: Option<i64>,
+    #[param(required = false, minimum = 1, maximum = 200, default = 30)]
+    per_page: i64,
 }
 
 /// Strava's athlete profile (DetailedAthlete) as Strava last sent it. Stored
@@ -273,19 +274,15 @@ fn parse_list_query(query: &str) -> Result<ListFilter, ApiError> {
     let given = ListParams {
         before: params.integer("before")?,
         after: params.integer("after")?,
-        page: Some(params.bounded("page", 1..=i64::MAX, 1)?),
-        per_page: Some(params.bounded("per_page", 1..=MAX_PER_PAGE, DEFAULT_PER_PAGE)?),
+        page: params.bounded("page", 1..=i64::MAX, 1)?,
+        per_page: params.bounded("per_page", 1..=MAX_PER_PAGE, DEFAULT_PER_PAGE)?,
     };
-    let (page, per_page) = (
-        given.page.unwrap_or(1),
-        given.per_page.unwrap_or(DEFAULT_PER_PAGE),
-    );
     Ok(ListFilter {
         before: given.before,
         after: given.after,
-        limit: per_page,
+        limit: given.per_page,
         // A page far past the end simply finds nothing.
-        offset: (page - 1).saturating_mul(per_page),
+        offset: (given.page - 1).saturating_mul(given.per_page),
     })
 }
 

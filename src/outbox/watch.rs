@@ -77,9 +77,8 @@ impl ChangeWatch {
         // started, each feed reads for itself when it opens.
         let mut seen: Option<i64> = None;
         loop {
-            match store.latest_change().await {
-                Ok(id) if seen.is_some_and(|seen| seen != id) => {
-                    let after = seen.unwrap_or(id);
+            match (seen, store.latest_change().await) {
+                (Some(after), Ok(id)) if after != id => {
                     match store.athletes_changed(after, id).await {
                         Ok(athletes) => {
                             // No feed open is no one to tell.
@@ -90,12 +89,12 @@ impl ChangeWatch {
                         Err(e) => tracing::error!(error = %e, "reading the change log failed"),
                     }
                 }
-                Ok(id) => {
+                (Some(_), Ok(_)) => {}
+                (None, Ok(id)) => {
                     seen = Some(id);
-                    self.newest
-                        .send_if_modified(|newest| std::mem::replace(newest, id) != id);
+                    self.newest.send_replace(id);
                 }
-                Err(e) => tracing::error!(error = %e, "reading the change log failed"),
+                (_, Err(e)) => tracing::error!(error = %e, "reading the change log failed"),
             }
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
                 last_prune = Some(Instant::now());
