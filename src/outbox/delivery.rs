@@ -39,11 +39,12 @@ pub fn backoff_secs(attempt: i64) -> i64 {
 }
 
 pub struct Deliverer {
-    pub store: Store,
-    pub clock: Arc<dyn Clock>,
-    pub hook: AppWebhook,
-    pub watch: ChangeWatch,
-    pub client: reqwest::Client,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    hook: AppWebhook,
+    watch: ChangeWatch,
+    /// Its own, with the receiver's timeout and no redirects.
+    client: reqwest::Client,
 }
 
 impl Deliverer {

@@ -18,7 +18,7 @@ const PRUNED_THROUGH: &str = "changes_pruned_through";
 pub const PAGE_BYTES: usize = 1 << 20;
 
 /// Appends an activity's change. The activity itself is not copied: an
-/// event carries it as stored when the event is read (see [`EVENTS`]), so
+/// event carries it as stored when the event is read (see [`DATA`]), so
 /// the log stays small however large a backfill is.
 pub fn record_activity(
     conn: &Connection,
@@ -62,15 +62,22 @@ pub fn record_deauthorization(conn: &Connection, athlete_id: i64, at: i64) -> Db
     Ok(())
 }
 
-/// Events as read from the log, `c` the change: a created or updated
-/// activity comes with its JSON as stored now (the detail when fetched, else
-/// the summary), none once it is deleted.
-const EVENTS: &str = "SELECT c.id, c.kind, c.athlete_id, c.activity_id, c.occurred_at,
-         CASE WHEN c.kind IN ('activity.created', 'activity.updated')
-              THEN (SELECT COALESCE(a.detail_json, a.summary_json) FROM activities a
-                    WHERE a.id = c.activity_id AND a.athlete_id = c.athlete_id) END,
-         c.attempts, c.retry_from, c.last_error
-     FROM changes c";
+/// An event's `data`, `c` the change: a created or updated activity's JSON
+/// as stored now (the detail when fetched, else the summary), none once it
+/// is deleted.
+const DATA: &str = "CASE WHEN c.kind IN ('activity.created', 'activity.updated')
+         THEN (SELECT COALESCE(a.detail_json, a.summary_json) FROM activities a
+               WHERE a.id = c.activity_id AND a.athlete_id = c.athlete_id) END";
+
+/// Events as read from the log, `c` the change, with `data` ([`DATA`], or
+/// `NULL` where the activity is not wanted).
+fn events(data: &str) -> String {
+    format!(
+        "SELECT c.id, c.kind, c.athlete_id, c.activity_id, c.occurred_at, {data},
+             c.attempts, c.retry_from, c.last_error
+         FROM changes c"
+    )
+}
 
 fn event(r: &Row) -> rusqlite::Result<AppEvent> {
     let kind: String = r.get(1)?;
@@ -174,7 +181,8 @@ impl Store {
                 return Ok(None);
             }
             let mut stmt = snapshot.prepare_cached(&format!(
-                "{EVENTS} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3"
+                "{} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3",
+                events(DATA)
             ))?;
             let mut rows = stmt.query_map(params![athlete_id, since, limit as i64], event)?;
             let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
@@ -224,10 +232,11 @@ impl Store {
         self.read(move |c| {
             let rows = c
                 .prepare_cached(&format!(
-                    "{EVENTS} JOIN (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
+                    "{} JOIN (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
                                     GROUP BY athlete_id) AS head ON c.id = head.id
                      WHERE c.next_attempt_at <= ?1
-                     ORDER BY c.id LIMIT ?2"
+                     ORDER BY c.id LIMIT ?2",
+                    events(DATA)
                 ))?
                 .query_map(params![now, limit as i64], |r| {
                     Ok(DueDelivery {
@@ -284,14 +293,13 @@ impl Store {
                 .query_row([], |r| r.get(0))?;
             let failed = c
                 .prepare_cached(&format!(
-                    "{EVENTS} WHERE c.delivery = 'failed' ORDER BY c.id DESC LIMIT ?1"
+                    "{} WHERE c.delivery = 'failed' ORDER BY c.id DESC LIMIT ?1",
+                    // The list shows what failed, not the activities.
+                    events("NULL")
                 ))?
                 .query_map([failed_shown as i64], |r| {
                     Ok(FailedDelivery {
-                        event: AppEvent {
-                            data: None,
-                            ..event(r)?
-                        },
+                        event: event(r)?,
                         attempts: r.get(6)?,
                         last_error: r.get(8)?,
                     })
