@@ -619,7 +619,7 @@ impl Service {
                     "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                          owner_id, event_time, updates_json, received_at, status, next_attempt_at)
                      VALUES (?1, 'activity', ?2, 'create', ?3, ?4, '{}', ?4, 'done', ?4)",
-                    rusqlite::params![format!("create:{id}"), id, athlete_id, at],
+                    strava_sync::params![format!("create:{id}"), id, athlete_id, at],
                 )?;
                 jobs::enqueue(tx, athlete_id, Task::fetch(id), at, at).map(|_| ())
             })
@@ -666,12 +666,12 @@ impl Service {
     async fn due_jobs(&self, now: i64) -> i64 {
         self.store
             .read(move |c| {
-                Ok(c.query_row(
+                c.query_row(
                     "SELECT COUNT(*) FROM jobs j JOIN athletes a ON a.id = j.athlete_id
                      WHERE j.status = 'queued' AND j.not_before <= ?1 AND a.status = 'connected'",
                     [now],
                     |r| r.get(0),
-                )?)
+                )
             })
             .await
             .unwrap()

@@ -136,9 +136,58 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (`DATABASE_PATH`, or `DATABASE_URL=sqlite://PATH`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`DATABASE_URL`), which may hold a password.
+    Postgres(String),
+}
+
+impl Database {
+    /// The setting that chose it, for messages.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "DATABASE_PATH",
+            Database::Postgres(_) => "DATABASE_URL",
+        }
+    }
+}
+
+/// The file, or the URL without its password.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Database({self})")
+    }
+}
+
+/// `scheme://user:password@host/...` as `scheme://user:***@host/...`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub database_path: PathBuf,
+    pub database: Database,
     pub host: String,
     pub port: u16,
     /// External base URL without a trailing slash.
@@ -309,7 +358,7 @@ impl Settings {
         };
         let tiers = p.tiers("TIERS");
         let mut settings = Settings {
-            database_path: p.database(),
+            database: p.database(),
             host: p.text("HOST"),
             port: p.number("PORT", u16::MAX),
             public_url: p.url("PUBLIC_URL").trim_end_matches('/').to_string(),
@@ -551,14 +600,15 @@ impl Parser<'_> {
         out
     }
 
-    /// The SQLite file: `DATABASE_URL` as `sqlite://PATH` when set, else
-    /// `DATABASE_PATH`. A PostgreSQL URL is refused rather than ignored:
-    /// instances an operator meant to share one database must not each
-    /// quietly keep their own budget in a file.
-    fn database(&mut self) -> PathBuf {
+    /// `DATABASE_URL` when set (PostgreSQL, or `sqlite://PATH`), else the
+    /// SQLite file at `DATABASE_PATH`.
+    fn database(&mut self) -> Database {
         let Some(url) = self.optional("DATABASE_URL") else {
-            return PathBuf::from(self.text("DATABASE_PATH"));
+            return Database::Sqlite(PathBuf::from(self.text("DATABASE_PATH")));
         };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Database::Postgres(url);
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -567,18 +617,11 @@ impl Parser<'_> {
             // URL options, which would only become part of the file name.
             .filter(|p| !p.is_empty() && !p.contains(":memory:") && !p.contains('?'));
         match path {
-            Some(path) => PathBuf::from(path),
+            Some(path) => Database::Sqlite(PathBuf::from(path)),
             None => {
-                let problem = if url.starts_with("postgres://") || url.starts_with("postgresql://")
-                {
-                    "DATABASE_URL names a PostgreSQL database, which this version cannot use yet: \
-                     set DATABASE_PATH (or DATABASE_URL=sqlite://PATH) for SQLite"
-                        .to_string()
-                } else {
-                    "DATABASE_URL must be sqlite://PATH".to_string()
-                };
-                self.problems.push(problem);
-                PathBuf::from(self.text("DATABASE_PATH"))
+                self.problems
+                    .push("DATABASE_URL must be postgres://... or sqlite://PATH".to_string());
+                Database::Sqlite(PathBuf::from(self.text("DATABASE_PATH")))
             }
         }
     }
@@ -727,7 +770,10 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let s = Settings::from_sources(None, env(&[])).unwrap();
-        assert_eq!(s.database_path, PathBuf::from("strava-sync.db"));
+        assert_eq!(
+            s.database,
+            Database::Sqlite(PathBuf::from("strava-sync.db"))
+        );
         assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8080));
         assert_eq!(s.public_url, "http://localhost:8080");
         assert_eq!(s.strava_api_url, "https://www.strava.com/api/v3");
@@ -991,28 +1037,28 @@ mod tests {
     }
 
     #[test]
-    fn database_url_names_a_sqlite_file_and_postgresql_is_refused_not_ignored() {
+    fn database_url_names_a_sqlite_file_or_a_postgresql_database() {
         let load = |url: &str| Settings::from_sources(None, env(&[("DATABASE_URL", url)]));
+        let sqlite = |path: &str| Database::Sqlite(PathBuf::from(path));
         assert_eq!(
-            load("sqlite:///var/lib/s.db").unwrap().database_path,
-            PathBuf::from("/var/lib/s.db")
-        );
-        assert_eq!(
-            load("sqlite://data/s.db").unwrap().database_path,
-            PathBuf::from("data/s.db")
+            load("sqlite:///var/lib/s.db").unwrap().database,
+            sqlite("/var/lib/s.db")
         );
         assert_eq!(
-            load("sqlite:s.db").unwrap().database_path,
-            PathBuf::from("s.db")
+            load("sqlite://data/s.db").unwrap().database,
+            sqlite("data/s.db")
         );
-        let postgres = load("postgres://u:secret@db/strava").unwrap_err();
-        assert!(
-            postgres.problems[0].starts_with("DATABASE_URL names a PostgreSQL"),
-            "{postgres}"
+        assert_eq!(load("sqlite:s.db").unwrap().database, sqlite("s.db"));
+        let postgres = load("postgres://u:secret@db/strava").unwrap().database;
+        assert_eq!(
+            postgres,
+            Database::Postgres("postgres://u:secret@db/strava".into())
         );
-        assert!(
-            !postgres.to_string().contains("secret"),
-            "the URL's password is not repeated"
+        assert_eq!(postgres.to_string(), "postgres://u:***@db/strava");
+        assert!(!format!("{postgres:?}").contains("secret"));
+        assert_eq!(
+            load("postgresql://db/strava").unwrap().database.to_string(),
+            "postgresql://db/strava"
         );
         for wrong in [
             "mysql://db/x",

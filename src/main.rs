@@ -82,9 +82,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run().await
         }
         Command::Migrate => {
-            let path = settings.database_path.clone();
-            tokio::task::spawn_blocking(move || Store::migrate(&path)).await??;
-            println!("migrations applied to {}", settings.database_path.display());
+            let database = settings.database.clone();
+            tokio::task::spawn_blocking(move || Store::migrate(&database)).await??;
+            println!("migrations applied to {}", settings.database);
             Ok(())
         }
         Command::Demo(args) => strava_sync::demo::run(args).await,

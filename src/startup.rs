@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa_actix_web::AppExt;
 
-use crate::config::{ConfigError, Requirement, Settings};
+use crate::config::{ConfigError, Database, Requirement, Settings};
 use crate::http::auth::{Access, TokenRateLimiter};
 use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
@@ -292,7 +292,7 @@ impl Application {
 }
 
 /// Binds the listen address and opens the database, once both are known to
-/// work: every problem with `HOST`, `PORT` or `DATABASE_PATH` is reported in
+/// work: every problem with `HOST`, `PORT` or the database is reported in
 /// one error naming the setting, before a migration runs.
 async fn open(settings: &Settings) -> Result<(TcpListener, Store), ConfigError> {
     let listener = listen(&settings.host, settings.port);
@@ -300,21 +300,24 @@ async fn open(settings: &Settings) -> Result<(TcpListener, Store), ConfigError> 
     if let Err(problem) = &listener {
         problems.push(problem.clone());
     }
-    if let Err(problem) = check_database(&settings.database_path) {
-        problems.push(problem);
+    if let Database::Sqlite(path) = &settings.database {
+        if let Err(problem) = check_database(path) {
+            problems.push(problem);
+        }
     }
     let listener = match listener {
         Ok(listener) if problems.is_empty() => listener,
         _ => return Err(ConfigError { problems }),
     };
-    let path = settings.database_path.clone();
+    let database = settings.database.clone();
     let named = |e: String| ConfigError {
         problems: vec![format!(
-            "DATABASE_PATH `{}` cannot be used: {e}",
-            settings.database_path.display()
+            "{} `{}` cannot be used: {e}",
+            settings.database.setting(),
+            settings.database
         )],
     };
-    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+    let store = tokio::task::spawn_blocking(move || Store::connect(&database))
         .await
         .map_err(|e| named(e.to_string()))?
         .map_err(|e| named(e.to_string()))?;
@@ -337,8 +340,9 @@ async fn seal_tokens(store: Store, settings: &Settings) -> Result<Store, ConfigE
                 format!("TOKEN_ENCRYPTION_KEY does not open the stored tokens: {why}")
             }
             other => format!(
-                "DATABASE_PATH `{}`: sealing the stored tokens failed: {other}",
-                settings.database_path.display()
+                "{} `{}`: sealing the stored tokens failed: {other}",
+                settings.database.setting(),
+                settings.database
             ),
         };
         ConfigError {

@@ -2,8 +2,8 @@
 //! (unknown fields, 64-bit ids and float formatting survive); SQLite derives
 //! the typed columns used for filtering, sorting and stats.
 
+use super::sql::{params, Connection, OptionalExtension};
 use chrono::{Datelike, TimeZone, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -36,7 +36,7 @@ struct Owner {
 /// athlete (by the JSON, or by the row already stored under that id) are
 /// skipped.
 pub fn upsert_summaries(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     page: &[Box<RawValue>],
     at: i64,
@@ -59,7 +59,7 @@ pub fn upsert_summaries(
             continue;
         }
         let before: Option<(i64, String)> = existing
-            .query_row([keys.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![keys.id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         match before {
             None => {
@@ -98,7 +98,7 @@ pub fn upsert_summaries(
 /// the summary so the activity is listed at once. A record owned by another
 /// athlete is skipped.
 pub fn upsert_detail(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     detail: &RawValue,
     at: i64,
@@ -109,7 +109,7 @@ pub fn upsert_detail(
     }
     let before: Option<(i64, Option<String>)> = conn
         .prepare_cached("SELECT athlete_id, detail_json FROM activities WHERE id = ?1")?
-        .query_row([keys.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![keys.id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let changed = match &before {
         Some((owner, _)) if *owner != athlete_id => return Ok(Upserted::default()),
@@ -167,7 +167,7 @@ const LIST_AFTER_SQL: &str = "SELECT summary_json FROM activities
 /// re-serialised, so every field and number comes back exactly as stored. A
 /// deep unfiltered page starts from its anchor; read it in one transaction.
 pub fn list_json(
-    conn: &Connection,
+    conn: &dyn Connection,
     anchors: &PageAnchors,
     athlete_id: i64,
     filter: &ListFilter,
@@ -193,43 +193,39 @@ pub fn list_json(
             filter.offset,
         ),
     };
-    let mut rows = stmt.query(params![
-        athlete_id,
-        bounds.0,
-        bounds.1,
-        filter.limit,
-        offset
-    ])?;
     let mut out = String::from("[");
-    while let Some(row) = rows.next()? {
-        if out.len() > 1 {
-            out.push(',');
-        }
-        out.push_str(row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?);
-    }
+    stmt.for_each(
+        params![athlete_id, bounds.0, bounds.1, filter.limit, offset],
+        |row| {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&row.get::<String>(0)?);
+            Ok(())
+        },
+    )?;
     out.push(']');
     Ok(out)
 }
 
 /// The JSON served for one activity of this athlete: the detail when fetched,
 /// else the summary.
-pub fn get_json(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT COALESCE(detail_json, summary_json) FROM activities
+pub fn get_json(conn: &dyn Connection, athlete_id: i64, id: i64) -> DbResult<Option<String>> {
+    conn.query_row(
+        "SELECT COALESCE(detail_json, summary_json) FROM activities
              WHERE id = ?1 AND athlete_id = ?2",
-            params![id, athlete_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+        params![id, athlete_id],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
-pub fn count_for(conn: &Connection, athlete_id: i64) -> DbResult<i64> {
-    Ok(conn.query_row(
+pub fn count_for(conn: &dyn Connection, athlete_id: i64) -> DbResult<i64> {
+    conn.query_row(
         "SELECT COUNT(*) FROM activities WHERE athlete_id = ?1",
         [athlete_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Strava's ActivityTotal: one sport over one period.
@@ -269,7 +265,7 @@ pub const RECENT_SECS: i64 = 28 * 24 * 60 * 60;
 /// virtual rides but not e-bike rides, as on Strava; runs include trail and
 /// virtual runs. Every activity counts, private ones too: the only reader is
 /// the athlete.
-pub fn stats(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ActivityStats> {
+pub fn stats(conn: &dyn Connection, athlete_id: i64, now: i64) -> DbResult<ActivityStats> {
     let year_start = Utc
         .timestamp_opt(now, 0)
         .single()
@@ -289,58 +285,64 @@ pub fn stats(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ActivityS
                     achievement_count
              FROM activities WHERE athlete_id = ?1
          )
-         SELECT sport, period, COUNT(*), TOTAL(distance), COALESCE(SUM(moving_time), 0),
-                COALESCE(SUM(elapsed_time), 0), TOTAL(elevation_gain),
-                COALESCE(SUM(achievement_count), 0), MAX(distance), MAX(elevation_gain)
+         SELECT sport, period, COUNT(*), COALESCE(SUM(distance), 0.0),
+                CAST(COALESCE(SUM(moving_time), 0) AS BIGINT),
+                CAST(COALESCE(SUM(elapsed_time), 0) AS BIGINT),
+                COALESCE(SUM(elevation_gain), 0.0),
+                CAST(COALESCE(SUM(achievement_count), 0) AS BIGINT),
+                MAX(distance), MAX(elevation_gain)
          FROM classified JOIN periods ON start_time >= since
          WHERE sport IS NOT NULL
          GROUP BY sport, period",
     )?;
-    let mut rows = stmt.query(params![athlete_id, now - RECENT_SECS, year_start, i64::MIN])?;
     let mut out = ActivityStats::default();
-    while let Some(row) = rows.next()? {
-        let totals = Totals {
-            count: row.get(2)?,
-            distance: row.get(3)?,
-            moving_time: row.get(4)?,
-            elapsed_time: row.get(5)?,
-            elevation_gain: row.get(6)?,
-            achievement_count: row.get(7)?,
-        };
-        let (sport, period): (String, String) = (row.get(0)?, row.get(1)?);
-        let slot = match (sport.as_str(), period.as_str()) {
-            ("ride", "recent") => &mut out.recent_ride_totals,
-            ("ride", "ytd") => &mut out.ytd_ride_totals,
-            ("ride", _) => {
-                out.biggest_ride_distance = row.get(8)?;
-                out.biggest_climb_elevation_gain = row.get(9)?;
-                &mut out.all_ride_totals
-            }
-            ("run", "recent") => &mut out.recent_run_totals,
-            ("run", "ytd") => &mut out.ytd_run_totals,
-            ("run", _) => &mut out.all_run_totals,
-            ("swim", "recent") => &mut out.recent_swim_totals,
-            ("swim", "ytd") => &mut out.ytd_swim_totals,
-            _ => &mut out.all_swim_totals,
-        };
-        *slot = totals;
-    }
+    stmt.for_each(
+        params![athlete_id, now - RECENT_SECS, year_start, i64::MIN],
+        |row| {
+            let totals = Totals {
+                count: row.get(2)?,
+                distance: row.get(3)?,
+                moving_time: row.get(4)?,
+                elapsed_time: row.get(5)?,
+                elevation_gain: row.get(6)?,
+                achievement_count: row.get(7)?,
+            };
+            let (sport, period): (String, String) = (row.get(0)?, row.get(1)?);
+            let slot = match (sport.as_str(), period.as_str()) {
+                ("ride", "recent") => &mut out.recent_ride_totals,
+                ("ride", "ytd") => &mut out.ytd_ride_totals,
+                ("ride", _) => {
+                    out.biggest_ride_distance = row.get(8)?;
+                    out.biggest_climb_elevation_gain = row.get(9)?;
+                    &mut out.all_ride_totals
+                }
+                ("run", "recent") => &mut out.recent_run_totals,
+                ("run", "ytd") => &mut out.ytd_run_totals,
+                ("run", _) => &mut out.all_run_totals,
+                ("swim", "recent") => &mut out.recent_swim_totals,
+                ("swim", "ytd") => &mut out.ytd_swim_totals,
+                _ => &mut out.all_swim_totals,
+            };
+            *slot = totals;
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
 /// The start time of the athlete's newest stored activity.
-pub fn newest_start(conn: &Connection, athlete_id: i64) -> DbResult<Option<i64>> {
-    Ok(conn.query_row(
+pub fn newest_start(conn: &dyn Connection, athlete_id: i64) -> DbResult<Option<i64>> {
+    conn.query_row(
         "SELECT MAX(start_time) FROM activities WHERE athlete_id = ?1",
         [athlete_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// [`upsert_summaries`] for a page listed by the sync engine, leaving out
 /// activities a newer delete event removed (Strava's list can lag a delete).
 pub fn upsert_listed(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     page: Vec<Box<RawValue>>,
     at: i64,
@@ -357,9 +359,9 @@ pub fn upsert_listed(
 
 /// Records that a listing saw these activities at `at` (never moving the
 /// mark back).
-pub fn mark_seen(conn: &Connection, athlete_id: i64, ids: &[i64], at: i64) -> DbResult<()> {
+pub fn mark_seen(conn: &dyn Connection, athlete_id: i64, ids: &[i64], at: i64) -> DbResult<()> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE activities SET last_seen_at = MAX(last_seen_at, ?3) WHERE id = ?1 AND athlete_id = ?2",
+        "UPDATE activities SET last_seen_at = greatest(last_seen_at, ?3) WHERE id = ?1 AND athlete_id = ?2",
     )?;
     for &id in ids {
         stmt.execute(params![id, athlete_id, at])?;
@@ -373,7 +375,7 @@ pub fn mark_seen(conn: &Connection, athlete_id: i64, ids: &[i64], at: i64) -> Db
 /// no longer showed, and logs each deletion at `seen_before`. Returns how
 /// many went.
 pub fn sweep_unseen(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     seen_before: i64,
     started: (i64, i64),
@@ -403,7 +405,11 @@ pub fn sweep_unseen(
 
 /// Summary-only activities of connected athletes that started after `since`
 /// and were never tried, newest first: what detail enrichment fetches next.
-pub fn summary_only_since(conn: &Connection, since: i64, limit: u32) -> DbResult<Vec<(i64, i64)>> {
+pub fn summary_only_since(
+    conn: &dyn Connection,
+    since: i64,
+    limit: u32,
+) -> DbResult<Vec<(i64, i64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id, a.athlete_id FROM activities a
          JOIN athletes t ON t.id = a.athlete_id AND t.status = 'connected'
@@ -417,15 +423,14 @@ pub fn summary_only_since(conn: &Connection, since: i64, limit: u32) -> DbResult
 }
 
 /// Who the stored activity `id` belongs to, if it is stored.
-pub fn owner(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT athlete_id FROM activities WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?)
+pub fn owner(conn: &dyn Connection, id: i64) -> DbResult<Option<i64>> {
+    conn.prepare_cached("SELECT athlete_id FROM activities WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()
 }
 
 /// Which of these activity ids are already stored for the athlete.
-pub fn stored_ids(conn: &Connection, athlete_id: i64, ids: &[i64]) -> DbResult<Vec<i64>> {
+pub fn stored_ids(conn: &dyn Connection, athlete_id: i64, ids: &[i64]) -> DbResult<Vec<i64>> {
     let mut stmt =
         conn.prepare_cached("SELECT 1 FROM activities WHERE id = ?1 AND athlete_id = ?2")?;
     let mut out = Vec::new();
@@ -439,7 +444,12 @@ pub fn stored_ids(conn: &Connection, athlete_id: i64, ids: &[i64]) -> DbResult<V
 
 /// Records a detail fetch that found nothing (404), so enrichment does not
 /// spend another call on it; reconciliation decides whether it is gone.
-pub fn mark_detail_missing(conn: &Connection, athlete_id: i64, id: i64, at: i64) -> DbResult<()> {
+pub fn mark_detail_missing(
+    conn: &dyn Connection,
+    athlete_id: i64,
+    id: i64,
+    at: i64,
+) -> DbResult<()> {
     conn.execute(
         "UPDATE activities SET detail_fetched_at = ?3 WHERE id = ?1 AND athlete_id = ?2",
         params![id, athlete_id, at],
@@ -457,8 +467,7 @@ impl Store {
         let anchors = self.page_anchors.clone();
         self.read(move |c| {
             // The anchors' state and the page, read as one snapshot.
-            let snapshot = c.unchecked_transaction()?;
-            list_json(&snapshot, &anchors, athlete_id, &filter)
+            list_json(c, &anchors, athlete_id, &filter)
         })
         .await
     }
@@ -568,7 +577,7 @@ mod tests {
                 .read_blocking(|c| {
                     let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                     let rows = stmt.query_map(params![1, 2, 0, 30, 470], |r| r.get(3))?;
-                    Ok(rows.collect::<Result<_, _>>()?)
+                    rows.collect::<Result<_, _>>()
                 })
                 .unwrap();
             let plan = plan.join("\n");
@@ -603,8 +612,8 @@ mod tests {
                     get_json(c, athlete, 17179869201)?,
                     c.query_row(
                         "SELECT summary_json FROM activities WHERE id = 17179869201",
-                        [],
-                        |r| r.get::<_, String>(0),
+                        params![],
+                        |r| r.get::<String>(0),
                     )?,
                 ))
             })
@@ -627,7 +636,7 @@ mod tests {
         .unwrap()
     }
 
-    fn with_athlete(f: impl FnOnce(&Connection) -> DbResult<()>) {
+    fn with_athlete(f: impl FnOnce(&dyn Connection) -> DbResult<()>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         store
@@ -714,8 +723,14 @@ mod tests {
         with_athlete(|c| {
             upsert_summaries(c, 1, &[summary(10, "2026-01-01T00:00:00Z")], 0)?;
             upsert_summaries(c, 1, &[summary(11, "2026-01-02T00:00:00Z")], 0)?;
-            c.execute("UPDATE activities SET last_seen_at = 100 WHERE id = 10", [])?;
-            c.execute("UPDATE activities SET last_seen_at = 300 WHERE id = 11", [])?;
+            c.execute(
+                "UPDATE activities SET last_seen_at = 100 WHERE id = 10",
+                params![],
+            )?;
+            c.execute(
+                "UPDATE activities SET last_seen_at = 300 WHERE id = 11",
+                params![],
+            )?;
             // A pass that started at 200, before both started... sweeps nothing
             // that started after it (it could not have listed them).
             assert_eq!(sweep_unseen(c, 1, 200, (i64::MIN, 0))?, 0);
@@ -730,7 +745,7 @@ mod tests {
         with_athlete(|c| {
             c.execute(
                 "INSERT INTO activity_tombstones (id, athlete_id, event_time) VALUES (10, 1, 500)",
-                [],
+                params![],
             )?;
             let page = vec![summary(10, "2026-01-01T00:00:00Z")];
             assert_eq!(upsert_listed(c, 1, page.clone(), 0)?, Upserted::default());
@@ -738,7 +753,7 @@ mod tests {
                 "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                      owner_id, event_time, updates_json, received_at, next_attempt_at)
                  VALUES ('k', 'activity', 10, 'create', 1, 600, '{}', 600, 600)",
-                [],
+                params![],
             )?;
             assert_eq!(upsert_listed(c, 1, page, 0)?.new, 1);
             assert_eq!(

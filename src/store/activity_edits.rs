@@ -2,10 +2,13 @@
 //! field updates taken from the event itself, and deletions that leave a
 //! tombstone so a late-arriving create cannot bring the activity back.
 //!
-//! Updates edit the stored JSON in place with SQLite's `json_set`, which keeps
-//! every other field's text as Strava sent it (64-bit ids, `-14400.0`).
+//! Updates edit the stored JSON's fields in place, keeping every other
+//! field's text and place as Strava sent them (64-bit ids, `-14400.0`).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::sql::{params, Connection, OptionalExtension};
 
 use super::{changes, lifecycle, DbResult};
 use crate::model::app_event::ChangeKind;
@@ -36,71 +39,62 @@ pub enum UpdateResult {
 /// and the detail JSON, and marks the activity for a low-priority refresh
 /// (the event does not carry everything a rename or retype changes).
 pub fn apply_update(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     id: i64,
     event_time: i64,
     updates: &FieldUpdates,
     now: i64,
 ) -> DbResult<UpdateResult> {
-    let last: Option<Option<i64>> = conn
-        .prepare_cached("SELECT last_event_time FROM activities WHERE id = ?1 AND athlete_id = ?2")?
-        .query_row(params![id, athlete_id], |r| r.get(0))
+    let stored: Option<(Option<i64>, String, Option<String>)> = conn
+        .query_row(
+            "SELECT last_event_time, summary_json, detail_json FROM activities
+             WHERE id = ?1 AND athlete_id = ?2",
+            params![id, athlete_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()?;
-    match last {
+    let (summary, detail) = match stored {
         None => return Ok(UpdateResult::NotStored),
-        Some(Some(last)) if last > event_time => return Ok(UpdateResult::Stale),
-        Some(_) => {}
-    }
-    // Values go in as JSON literals through json(), so a string stays a string
-    // whatever it contains and a boolean is a boolean. A NULL detail stays
-    // NULL (json_set of NULL is NULL).
+        Some((Some(last), _, _)) if last > event_time => return Ok(UpdateResult::Stale),
+        Some((_, summary, detail)) => (summary, detail),
+    };
     let literal = |s: &str| serde_json::Value::from(s).to_string();
     let mut sets: Vec<(&str, String)> = Vec::new();
     if let Some(name) = &updates.name {
-        sets.push(("$.name", literal(name)));
+        sets.push(("name", literal(name)));
     }
     if let Some(kind) = &updates.activity_type {
-        sets.push(("$.type", literal(kind)));
-        sets.push(("$.sport_type", literal(kind)));
+        sets.push(("type", literal(kind)));
+        sets.push(("sport_type", literal(kind)));
     }
     if let Some(private) = updates.private {
-        sets.push(("$.private", private.to_string()));
+        sets.push(("private", private.to_string()));
         if private {
-            sets.push(("$.visibility", literal("only_me")));
+            sets.push(("visibility", literal("only_me")));
         }
     }
-    let args: String = sets
-        .iter()
-        .enumerate()
-        .map(|(i, (path, _))| format!(", '{path}', json(?{})", i + 4))
-        .collect();
-    let edit = if sets.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "summary_json = json_set(summary_json{args}),
-             detail_json = json_set(detail_json{args}),"
-        )
-    };
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id, &event_time, &now];
-    values.extend(sets.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
-    conn.prepare_cached(&format!(
-        "UPDATE activities SET {edit} needs_refresh = 1, last_event_time = ?2, updated_at = ?3
-         WHERE id = ?1"
-    ))?
-    .execute(values.as_slice())?;
-    if updates.private == Some(false) {
+    let edit = |json: String| -> DbResult<String> {
+        let mut fields: Fields = serde_json::from_str(&json)?;
+        let mut changed = false;
+        for (key, value) in &sets {
+            changed |= fields.set(key, value);
+        }
         // Public again: the event does not say to whom, so `only_me` becomes
         // `everyone` until the refresh brings the real visibility.
-        for column in ["summary_json", "detail_json"] {
-            conn.prepare_cached(&format!(
-                "UPDATE activities SET {column} = json_set({column}, '$.visibility', 'everyone')
-                 WHERE id = ?1 AND json_extract({column}, '$.visibility') = 'only_me'"
-            ))?
-            .execute([id])?;
+        if updates.private == Some(false) && fields.get("visibility") == Some(r#""only_me""#) {
+            changed |= fields.set("visibility", r#""everyone""#);
         }
-    }
+        Ok(if changed { fields.render() } else { json })
+    };
+    let summary = edit(summary)?;
+    let detail = detail.map(edit).transpose()?;
+    conn.execute(
+        "UPDATE activities SET summary_json = ?4, detail_json = ?5, needs_refresh = 1,
+             last_event_time = ?2, updated_at = ?3
+         WHERE id = ?1",
+        params![id, event_time, now, summary, detail],
+    )?;
     changes::record_activity(conn, athlete_id, id, ChangeKind::ActivityUpdated, now)?;
     Ok(UpdateResult::Applied)
 }
@@ -109,7 +103,7 @@ pub fn apply_update(
 /// wins), logging the deletion at `now`. Returns whether a stored activity
 /// was removed.
 pub fn delete(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     id: i64,
     event_time: i64,
@@ -124,4 +118,64 @@ pub fn delete(
         changes::record_activity(conn, athlete_id, id, ChangeKind::ActivityDeleted, now)?;
     }
     Ok(removed)
+}
+
+/// A JSON object's fields in their stored order, each value as its text.
+struct Fields(Vec<(String, Box<RawValue>)>);
+
+impl Fields {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.get())
+    }
+
+    /// Sets a field to a JSON literal, in place or appended; whether the
+    /// text changed.
+    fn set(&mut self, key: &str, literal: &str) -> bool {
+        let value = RawValue::from_string(literal.to_owned()).expect("literals are valid JSON");
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some((_, old)) if old.get() == literal => false,
+            Some((_, old)) => {
+                *old = value;
+                true
+            }
+            None => {
+                self.0.push((key.to_owned(), value));
+                true
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::Value::from(key.as_str()).to_string());
+            out.push(':');
+            out.push_str(value.get());
+        }
+        out.push('}');
+        out
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
 }

@@ -1,15 +1,15 @@
 //! API tokens for the read API: random, shown once, stored only as SHA-256
 //! hashes, each scoped to one athlete.
 
+use super::sql::{params, Connection, OptionalExtension};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::{DbResult, Store};
 
 /// Issues a new token for the athlete and returns it in clear, the only time
 /// it exists outside the caller's hands.
-pub fn issue(conn: &Connection, athlete_id: i64, at: i64) -> DbResult<String> {
+pub fn issue(conn: &dyn Connection, athlete_id: i64, at: i64) -> DbResult<String> {
     let token = random_token();
     conn.execute(
         "INSERT INTO api_tokens (token_hash, athlete_id, created_at) VALUES (?1, ?2, ?3)",
@@ -19,14 +19,13 @@ pub fn issue(conn: &Connection, athlete_id: i64, at: i64) -> DbResult<String> {
 }
 
 /// The athlete a token belongs to, if it is valid.
-pub fn athlete_for(conn: &Connection, token: &str) -> DbResult<Option<i64>> {
-    Ok(conn
-        .query_row(
-            "SELECT athlete_id FROM api_tokens WHERE token_hash = ?1",
-            [hash(token).as_slice()],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn athlete_for(conn: &dyn Connection, token: &str) -> DbResult<Option<i64>> {
+    conn.query_row(
+        "SELECT athlete_id FROM api_tokens WHERE token_hash = ?1",
+        [hash(token).as_slice()],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// 256 random bits as 64 hex characters: unguessable secrets (API tokens,

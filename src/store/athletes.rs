@@ -1,6 +1,6 @@
 //! Connected athletes: profile, granted scope and connection status.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::strava_tokens::{self, StoredTokens};
@@ -65,7 +65,7 @@ fn without_scope(granted: &str, refused: &str) -> String {
 /// kept); a reconnect resets the status to connected, and a change of status
 /// is logged. Returns the athlete id.
 pub fn upsert(
-    conn: &Connection,
+    conn: &dyn Connection,
     profile: &serde_json::Value,
     scope: &str,
     at: i64,
@@ -84,7 +84,7 @@ pub fn upsert(
         params![id, profile.to_string(), scope, at],
     )?;
     conn.execute(
-        "INSERT OR IGNORE INTO sync_state (athlete_id) VALUES (?1)",
+        "INSERT INTO sync_state (athlete_id) VALUES (?1) ON CONFLICT DO NOTHING",
         [id],
     )?;
     if !was_connected {
@@ -94,33 +94,31 @@ pub fn upsert(
 }
 
 /// Cached: every webhook event looks its athlete up, on receipt and when applied.
-pub fn get(conn: &Connection, id: i64) -> DbResult<Option<Athlete>> {
-    Ok(conn
-        .prepare_cached("SELECT id, scope, status, connected_at FROM athletes WHERE id = ?1")?
-        .query_row([id], |r| {
+pub fn get(conn: &dyn Connection, id: i64) -> DbResult<Option<Athlete>> {
+    conn.prepare_cached("SELECT id, scope, status, connected_at FROM athletes WHERE id = ?1")?
+        .query_row(params![id], |r| {
             Ok(Athlete {
                 id: r.get(0)?,
                 scope: r.get(1)?,
-                status: Status::parse(&r.get::<_, String>(2)?),
+                status: Status::parse(&r.get::<String>(2)?),
                 connected_at: r.get(3)?,
             })
         })
-        .optional()?)
+        .optional()
 }
 
 /// The athlete's profile JSON as last received.
-pub fn profile_json(conn: &Connection, id: i64) -> DbResult<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT profile_json FROM athletes WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn profile_json(conn: &dyn Connection, id: i64) -> DbResult<Option<String>> {
+    conn.query_row(
+        "SELECT profile_json FROM athletes WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Sets the athlete's status, logging a change of it.
-pub fn set_status(conn: &Connection, id: i64, status: Status, at: i64) -> DbResult<()> {
+pub fn set_status(conn: &dyn Connection, id: i64, status: Status, at: i64) -> DbResult<()> {
     let changed = conn.execute(
         "UPDATE athletes SET status = ?2, updated_at = ?3 WHERE id = ?1 AND status != ?2",
         params![id, status.as_str(), at],
@@ -140,7 +138,7 @@ pub fn set_status(conn: &Connection, id: i64, status: Status, at: i64) -> DbResu
 /// logged changes, and takes their id off the call ledger (the calls still
 /// count in the budget's history); logs `athlete.deauthorized` at `at`. Call
 /// it inside one transaction. Returns whether the athlete existed.
-pub fn purge(conn: &Connection, id: i64, at: i64) -> DbResult<bool> {
+pub fn purge(conn: &dyn Connection, id: i64, at: i64) -> DbResult<bool> {
     conn.execute(
         "DELETE FROM activity_tombstones WHERE athlete_id = ?1",
         [id],
@@ -219,7 +217,7 @@ impl Store {
     /// Replaces the known tiers with the configured ones.
     pub async fn set_tiers(&self, tiers: Vec<(String, u32)>, default: String) -> DbResult<()> {
         self.write(move |tx| {
-            tx.execute("DELETE FROM tier_weights", [])?;
+            tx.execute("DELETE FROM tier_weights", params![])?;
             let mut stmt = tx.prepare(
                 "INSERT INTO tier_weights (name, weight, is_default) VALUES (?1, ?2, ?3)",
             )?;
@@ -250,8 +248,8 @@ impl Store {
                         a.status, COUNT(*)
                  FROM athletes a GROUP BY 1, 2",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()
         })
         .await
     }

@@ -3,7 +3,7 @@
 //! made to Strava. The pause switch lives in `service_state`. Windows are
 //! named by the caller's key (`15min`, `day`): the store knows no budget types.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Connection, OptionalExtension};
 
 use super::{service_state, DbResult, Store};
 
@@ -34,51 +34,49 @@ pub struct WindowRow {
 }
 
 /// The stored counters of one window instance, if any call was counted in it.
-pub fn load_window(conn: &Connection, window: &str, start: i64) -> DbResult<Option<WindowRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT used, reported_usage, reported_limit, exhausted FROM budget_windows
-             WHERE window = ?1 AND window_start = ?2",
-            params![window, start],
-            |r| {
-                Ok(WindowRow {
-                    start,
-                    used: r.get(0)?,
-                    reported_usage: r.get(1)?,
-                    reported_limit: r.get(2)?,
-                    exhausted: r.get(3)?,
-                })
-            },
-        )
-        .optional()?)
+pub fn load_window(conn: &dyn Connection, window: &str, start: i64) -> DbResult<Option<WindowRow>> {
+    conn.query_row(
+        "SELECT used, reported_usage, reported_limit, exhausted FROM budget_windows
+             WHERE \"window\" = ?1 AND window_start = ?2",
+        params![window, start],
+        |r| {
+            Ok(WindowRow {
+                start,
+                used: r.get(0)?,
+                reported_usage: r.get(1)?,
+                reported_limit: r.get(2)?,
+                exhausted: r.get(3)?,
+            })
+        },
+    )
+    .optional()
 }
 
 /// The limit Strava last reported for this kind of window: limits outlive the
 /// window they were reported in.
-pub fn latest_reported_limit(conn: &Connection, window: &str) -> DbResult<Option<u32>> {
-    Ok(conn
-        .query_row(
-            "SELECT reported_limit FROM budget_windows
-             WHERE window = ?1 AND reported_limit IS NOT NULL
+pub fn latest_reported_limit(conn: &dyn Connection, window: &str) -> DbResult<Option<u32>> {
+    conn.query_row(
+        "SELECT reported_limit FROM budget_windows
+             WHERE \"window\" = ?1 AND reported_limit IS NOT NULL
              ORDER BY window_start DESC LIMIT 1",
-            [window],
-            |r| r.get(0),
-        )
-        .optional()?)
+        [window],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Stores a window's counters. Counts and the exhausted flag only ever grow
 /// within a window, so concurrent saves cannot lower them.
-pub fn save_window(conn: &Connection, window: &str, w: &WindowRow) -> DbResult<()> {
+pub fn save_window(conn: &dyn Connection, window: &str, w: &WindowRow) -> DbResult<()> {
     conn.execute(
         "INSERT INTO budget_windows
-             (window, window_start, used, reported_usage, reported_limit, exhausted)
+             (\"window\", window_start, used, reported_usage, reported_limit, exhausted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(window, window_start) DO UPDATE SET
-             used = MAX(used, excluded.used),
-             reported_usage = COALESCE(excluded.reported_usage, reported_usage),
-             reported_limit = COALESCE(excluded.reported_limit, reported_limit),
-             exhausted = MAX(exhausted, excluded.exhausted)",
+         ON CONFLICT(\"window\", window_start) DO UPDATE SET
+             used = greatest(budget_windows.used, excluded.used),
+             reported_usage = COALESCE(excluded.reported_usage, budget_windows.reported_usage),
+             reported_limit = COALESCE(excluded.reported_limit, budget_windows.reported_limit),
+             exhausted = greatest(budget_windows.exhausted, excluded.exhausted)",
         params![
             window,
             w.start,
@@ -92,14 +90,14 @@ pub fn save_window(conn: &Connection, window: &str, w: &WindowRow) -> DbResult<(
 }
 
 /// Drops window rows that ended before `before` (they no longer matter).
-pub fn prune_windows(conn: &Connection, before: i64) -> DbResult<usize> {
-    Ok(conn.execute(
+pub fn prune_windows(conn: &dyn Connection, before: i64) -> DbResult<usize> {
+    conn.execute(
         "DELETE FROM budget_windows WHERE window_start < ?1",
         [before],
-    )?)
+    )
 }
 
-pub fn insert_call(conn: &Connection, call: &CallRow<'_>) -> DbResult<()> {
+pub fn insert_call(conn: &dyn Connection, call: &CallRow<'_>) -> DbResult<()> {
     conn.prepare_cached(
         "INSERT INTO strava_calls
              (at, endpoint, athlete_id, purpose, status, usage_15min, usage_daily, duration_ms)
@@ -119,35 +117,35 @@ pub fn insert_call(conn: &Connection, call: &CallRow<'_>) -> DbResult<()> {
 }
 
 /// Calls made since `since`, by purpose.
-pub fn calls_by_purpose_since(conn: &Connection, since: i64) -> DbResult<Vec<(String, i64)>> {
+pub fn calls_by_purpose_since(conn: &dyn Connection, since: i64) -> DbResult<Vec<(String, i64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT purpose, COUNT(*) FROM strava_calls WHERE at >= ?1 GROUP BY purpose",
     )?;
-    let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect::<Result<_, _>>()
 }
 
 /// Calls made since `since`, per hour (its first second) and purpose, oldest
 /// hour first.
-pub fn calls_by_hour_since(conn: &Connection, since: i64) -> DbResult<Vec<(i64, String, i64)>> {
+pub fn calls_by_hour_since(conn: &dyn Connection, since: i64) -> DbResult<Vec<(i64, String, i64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT at - at % 3600, purpose, COUNT(*) FROM strava_calls WHERE at >= ?1
          GROUP BY 1, 2 ORDER BY 1, 2",
     )?;
-    let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect::<Result<_, _>>()
 }
 
 /// Every call the ledger holds.
-pub fn count_calls(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM strava_calls", [], |r| r.get(0))?)
+pub fn count_calls(conn: &dyn Connection) -> DbResult<i64> {
+    conn.query_row("SELECT COUNT(*) FROM strava_calls", params![], |r| r.get(0))
 }
 
-pub fn paused(conn: &Connection) -> DbResult<bool> {
+pub fn paused(conn: &dyn Connection) -> DbResult<bool> {
     Ok(service_state::get(conn, PAUSED_KEY)?.is_some_and(|v| v == "true"))
 }
 
-pub fn set_paused(conn: &Connection, paused: bool) -> DbResult<()> {
+pub fn set_paused(conn: &dyn Connection, paused: bool) -> DbResult<()> {
     service_state::set(conn, PAUSED_KEY, &paused.to_string())
 }
 

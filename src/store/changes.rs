@@ -4,11 +4,11 @@
 //! change feed reads it by cursor; deliveries to the application walk it in
 //! order per athlete.
 
-use rusqlite::{params, Connection, Row};
+use super::sql::{params, Connection, Row};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{service_state, DbResult, Store};
+use super::{service_state, DbError, DbResult, Store};
 use crate::model::app_event::{AppEvent, ChangeKind};
 
 /// The highest id pruning removed: a cursor below it may have missed changes.
@@ -21,7 +21,7 @@ pub const PAGE_BYTES: usize = 1 << 20;
 /// event carries it as stored when the event is read (see [`DATA`]), so
 /// the log stays small however large a backfill is.
 pub fn record_activity(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     activity_id: i64,
     kind: ChangeKind,
@@ -38,22 +38,23 @@ pub fn record_activity(
 /// Appends a change of the athlete's own state (connected, needs
 /// re-authorization, deauthorized). Returns its id.
 pub fn record_athlete(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     kind: ChangeKind,
     at: i64,
 ) -> DbResult<i64> {
-    conn.prepare_cached(
-        "INSERT INTO changes (athlete_id, kind, occurred_at, retry_from) VALUES (?1, ?2, ?3, ?3)",
-    )?
-    .execute(params![athlete_id, kind.as_str(), at])?;
-    Ok(conn.last_insert_rowid())
+    conn.query_row(
+        "INSERT INTO changes (athlete_id, kind, occurred_at, retry_from) VALUES (?1, ?2, ?3, ?3)
+         RETURNING id",
+        params![athlete_id, kind.as_str(), at],
+        |r| r.get(0),
+    )
 }
 
 /// Logs the athlete's `athlete.deauthorized` and removes their earlier
 /// changes (they name the activities a deauthorization deletes). The new
 /// change comes first, so its id is past every id already handed out.
-pub fn record_deauthorization(conn: &Connection, athlete_id: i64, at: i64) -> DbResult<()> {
+pub fn record_deauthorization(conn: &dyn Connection, athlete_id: i64, at: i64) -> DbResult<()> {
     let told = record_athlete(conn, athlete_id, ChangeKind::AthleteDeauthorized, at)?;
     conn.execute(
         "DELETE FROM changes WHERE athlete_id = ?1 AND id < ?2",
@@ -79,24 +80,17 @@ fn events(data: &str) -> String {
     )
 }
 
-fn event(r: &Row) -> rusqlite::Result<AppEvent> {
+fn event(r: &dyn Row) -> DbResult<AppEvent> {
     let kind: String = r.get(1)?;
     let data: Option<String> = r.get(5)?;
     Ok(AppEvent {
         id: r.get(0)?,
-        kind: ChangeKind::parse(&kind).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Text,
-                format!("unknown change kind {kind}").into(),
-            )
-        })?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| DbError::Decode(format!("unknown change kind {kind}")))?,
         athlete_id: r.get(2)?,
         activity_id: r.get(3)?,
         occurred_at: r.get(4)?,
-        data: data.map(RawValue::from_string).transpose().map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into())
-        })?,
+        data: data.map(RawValue::from_string).transpose()?,
     })
 }
 
@@ -170,13 +164,13 @@ impl Store {
         limit: usize,
     ) -> DbResult<Option<ChangePage>> {
         self.read(move |c| {
-            let snapshot = c.unchecked_transaction()?;
-            let latest = latest(&snapshot)?;
+            let snapshot = c;
+            let latest = latest(snapshot)?;
             // Pruning keeps each athlete's newest change, so a cursor at or
             // past it missed nothing of theirs, however old.
             let missed = since > 0
-                && since < pruned_through(&snapshot)?
-                && newest_of(&snapshot, athlete_id)?.is_some_and(|newest| since < newest);
+                && since < pruned_through(snapshot)?
+                && newest_of(snapshot, athlete_id)?.is_some_and(|newest| since < newest);
             if since > latest || missed {
                 return Ok(None);
             }
@@ -211,11 +205,9 @@ impl Store {
     /// The athletes with changes in `(after, through]`.
     pub async fn athletes_changed(&self, after: i64, through: i64) -> DbResult<Vec<i64>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT DISTINCT athlete_id FROM changes WHERE id > ?1 AND id <= ?2",
-            )?
-            .query_map(params![after, through], |r| r.get(0))?
-            .collect::<Result<_, _>>()?)
+            c.prepare_cached("SELECT DISTINCT athlete_id FROM changes WHERE id > ?1 AND id <= ?2")?
+                .query_map(params![after, through], |r| r.get(0))?
+                .collect::<Result<_, _>>()
         })
         .await
     }
@@ -279,10 +271,8 @@ impl Store {
             // Only the states the partial indexes hold: counting the
             // delivered would read the whole log on every scrape.
             let count = |state: &str| -> DbResult<i64> {
-                Ok(
-                    c.prepare_cached("SELECT COUNT(*) FROM changes WHERE delivery = ?1")?
-                        .query_row([state], |r| r.get(0))?,
-                )
+                c.prepare_cached("SELECT COUNT(*) FROM changes WHERE delivery = ?1")?
+                    .query_row(params![state], |r| r.get(0))
             };
             let counts = DeliveryCounts {
                 pending: count("pending")?,
@@ -290,14 +280,14 @@ impl Store {
             };
             let oldest_pending_at = c
                 .prepare_cached("SELECT MIN(occurred_at) FROM changes WHERE delivery = 'pending'")?
-                .query_row([], |r| r.get(0))?;
+                .query_row(params![], |r| r.get(0))?;
             let failed = c
                 .prepare_cached(&format!(
                     "{} WHERE c.delivery = 'failed' ORDER BY c.id DESC LIMIT ?1",
                     // The list shows what failed, not the activities.
                     events("NULL")
                 ))?
-                .query_map([failed_shown as i64], |r| {
+                .query_map(params![failed_shown as i64], |r| {
                     Ok(FailedDelivery {
                         event: event(r)?,
                         attempts: r.get(6)?,
@@ -318,12 +308,12 @@ impl Store {
     /// Returns how many.
     pub async fn replay_failed_deliveries(&self, now: i64) -> DbResult<usize> {
         self.write(move |tx| {
-            Ok(tx.execute(
+            tx.execute(
                 "UPDATE changes SET delivery = 'pending', attempts = 0, next_attempt_at = 0,
                      retry_from = ?1
                  WHERE delivery = 'failed'",
                 [now],
-            )?)
+            )
         })
         .await
     }
@@ -362,7 +352,7 @@ impl Store {
 }
 
 /// The highest id pruning has removed (0 before any).
-fn pruned_through(c: &Connection) -> DbResult<i64> {
+fn pruned_through(c: &dyn Connection) -> DbResult<i64> {
     Ok(service_state::get(c, PRUNED_THROUGH)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))
@@ -371,18 +361,14 @@ fn pruned_through(c: &Connection) -> DbResult<i64> {
 /// The athlete's newest change: it names the current state of what they can
 /// read (every insert and delete of an activity logs one, and pruning keeps
 /// it), None when nothing of theirs is logged.
-pub fn newest_of(c: &Connection, athlete_id: i64) -> DbResult<Option<i64>> {
-    Ok(
-        c.prepare_cached("SELECT MAX(id) FROM changes WHERE athlete_id = ?1")?
-            .query_row([athlete_id], |r| r.get(0))?,
-    )
+pub fn newest_of(c: &dyn Connection, athlete_id: i64) -> DbResult<Option<i64>> {
+    c.prepare_cached("SELECT MAX(id) FROM changes WHERE athlete_id = ?1")?
+        .query_row(params![athlete_id], |r| r.get(0))
 }
 
-fn latest(c: &Connection) -> DbResult<i64> {
-    Ok(
-        c.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM changes")?
-            .query_row([], |r| r.get(0))?,
-    )
+fn latest(c: &dyn Connection) -> DbResult<i64> {
+    c.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM changes")?
+        .query_row(params![], |r| r.get(0))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! athlete. The lifecycle rule ([`lifecycle::may_store`]) decides what a
 //! create or delete may do.
 
-use rusqlite::Connection;
+use super::sql::Connection;
 
 use super::activity_edits::{self, FieldUpdates, UpdateResult};
 use super::inbox::{self, Status, Stored};
@@ -74,7 +74,7 @@ impl Store {
 
 /// Applies one event and says how it settled and why.
 fn apply(
-    tx: &Connection,
+    tx: &dyn Connection,
     event: &Event,
     received_at: i64,
     now: i64,

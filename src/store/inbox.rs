@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, Row};
+use super::sql::{params, Connection, Row};
 use serde::Serialize;
 
-use super::{athletes, subscription, DbResult, Store};
+use super::{athletes, subscription, DbError, DbResult, Store};
 pub use crate::model::event::{AspectType, Event, ObjectType};
 
 /// Where an inbox event stands.
@@ -54,7 +54,7 @@ pub struct Stored {
 
 /// Commits an event unless an identical one is already in the inbox.
 /// Returns whether it was new.
-pub fn insert(conn: &Connection, event: &Event, now: i64) -> DbResult<bool> {
+pub fn insert(conn: &dyn Connection, event: &Event, now: i64) -> DbResult<bool> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
@@ -80,7 +80,7 @@ pub fn insert(conn: &Connection, event: &Event, now: i64) -> DbResult<bool> {
 /// acknowledge without keeping an unconnected athlete's, and otherwise
 /// insert unless an identical one is already in the inbox.
 pub(super) fn receive(
-    conn: &Connection,
+    conn: &dyn Connection,
     event: &Event,
     claimed_subscription: i64,
     now: i64,
@@ -102,7 +102,7 @@ const COLUMNS: &str =
     "id, object_type, object_id, aspect_type, owner_id, event_time, updates_json, attempts,
      received_at, last_error";
 
-fn stored(r: &Row) -> rusqlite::Result<Stored> {
+fn stored(r: &dyn Row) -> DbResult<Stored> {
     Ok(Stored {
         id: r.get(0)?,
         event: Event {
@@ -121,13 +121,12 @@ fn stored(r: &Row) -> rusqlite::Result<Stored> {
 
 /// Parses a text column as JSON after `as_json` turns it into JSON text.
 fn from_text<T: serde::de::DeserializeOwned>(
-    r: &Row,
+    r: &dyn Row,
     i: usize,
     as_json: impl FnOnce(String) -> String,
-) -> rusqlite::Result<T> {
-    serde_json::from_str(&as_json(r.get(i)?)).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    })
+) -> DbResult<T> {
+    serde_json::from_str(&as_json(r.get(i)?))
+        .map_err(|e| DbError::Decode(format!("column {i}: {e}")))
 }
 
 /// Pending events due by `now`, oldest `event_time` first, leaving out any
@@ -136,9 +135,9 @@ fn from_text<T: serde::de::DeserializeOwned>(
 /// `event_time` order). Walks the pending events in that order (the
 /// `webhook_events_pending` index) and stops at `limit`, so a batch costs
 /// the same however deep the backlog.
-pub fn next_due(conn: &Connection, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
+pub fn next_due(conn: &dyn Connection, now: i64, limit: usize) -> DbResult<Vec<Stored>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM webhook_events e INDEXED BY webhook_events_pending
+        "SELECT {COLUMNS} FROM webhook_events e {}
          WHERE status = 'pending' AND next_attempt_at <= ?1
            AND NOT EXISTS (
                SELECT 1 FROM webhook_events p
@@ -146,14 +145,15 @@ pub fn next_due(conn: &Connection, now: i64, limit: usize) -> DbResult<Vec<Store
                  AND p.status = 'pending'
                  AND (p.event_time, p.id) < (e.event_time, e.id))
          ORDER BY event_time, id
-         LIMIT ?2"
+         LIMIT ?2",
+        conn.dialect().indexed_by("webhook_events_pending")
     ))?;
     let rows = stmt.query_map(params![now, limit as i64], stored)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }
 
 /// Settles an event as applied or ignored.
-pub fn settle(conn: &Connection, id: i64, status: Status, now: i64) -> DbResult<()> {
+pub fn settle(conn: &dyn Connection, id: i64, status: Status, now: i64) -> DbResult<()> {
     conn.prepare_cached(
         "UPDATE webhook_events SET status = ?2, applied_at = ?3,
              attempts = attempts + 1, last_error = NULL
@@ -166,7 +166,7 @@ pub fn settle(conn: &Connection, id: i64, status: Status, now: i64) -> DbResult<
 /// Records a failed attempt: retry at `retry_at`, or mark the event failed
 /// when there is none left.
 pub fn record_failure(
-    conn: &Connection,
+    conn: &dyn Connection,
     id: i64,
     error: &str,
     retry_at: Option<i64>,
@@ -185,7 +185,11 @@ pub fn record_failure(
 }
 
 /// The earliest create event received for any of these activities.
-pub fn oldest_create_event(conn: &Connection, owner_id: i64, ids: &[i64]) -> DbResult<Option<i64>> {
+pub fn oldest_create_event(
+    conn: &dyn Connection,
+    owner_id: i64,
+    ids: &[i64],
+) -> DbResult<Option<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT MIN(event_time) FROM webhook_events
          WHERE object_type = 'activity' AND aspect_type = 'create' AND object_id = ?1
@@ -193,7 +197,7 @@ pub fn oldest_create_event(conn: &Connection, owner_id: i64, ids: &[i64]) -> DbR
     )?;
     let mut oldest: Option<i64> = None;
     for &id in ids {
-        let t: Option<i64> = stmt.query_row([id, owner_id], |r| r.get(0))?;
+        let t: Option<i64> = stmt.query_row(params![id, owner_id], |r| r.get(0))?;
         oldest = match (oldest, t) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -203,11 +207,11 @@ pub fn oldest_create_event(conn: &Connection, owner_id: i64, ids: &[i64]) -> DbR
 }
 
 /// How many events stand in each status (every status listed, zeros too).
-pub fn counts(conn: &Connection) -> DbResult<BTreeMap<&'static str, i64>> {
+pub fn counts(conn: &dyn Connection) -> DbResult<BTreeMap<&'static str, i64>> {
     let mut out: BTreeMap<&'static str, i64> =
         Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM webhook_events GROUP BY status")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let rows = stmt.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)))?;
     for row in rows {
         let (status, n) = row?;
         if let Some(s) = Status::ALL.iter().find(|s| s.as_str() == status) {
@@ -218,45 +222,45 @@ pub fn counts(conn: &Connection) -> DbResult<BTreeMap<&'static str, i64>> {
 }
 
 /// Events waiting to be applied (the inbox depth).
-pub fn depth(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row(
+pub fn depth(conn: &dyn Connection) -> DbResult<i64> {
+    conn.query_row(
         "SELECT COUNT(*) FROM webhook_events WHERE status = 'pending'",
-        [],
+        params![],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// The most recent failed events, newest first.
-pub fn failed(conn: &Connection, limit: usize) -> DbResult<Vec<Stored>> {
+pub fn failed(conn: &dyn Connection, limit: usize) -> DbResult<Vec<Stored>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM webhook_events WHERE status = 'failed'
          ORDER BY received_at DESC, id DESC LIMIT ?1"
     ))?;
-    let rows = stmt.query_map([limit as i64], stored)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map(params![limit as i64], stored)?;
+    rows.collect::<Result<_, _>>()
 }
 
 /// Puts every failed event back in the queue with a fresh set of attempts.
 /// Returns how many.
-pub fn replay_failed(conn: &Connection, now: i64) -> DbResult<usize> {
-    Ok(conn.execute(
+pub fn replay_failed(conn: &dyn Connection, now: i64) -> DbResult<usize> {
+    conn.execute(
         "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = ?1
          WHERE status = 'failed'",
         [now],
-    )?)
+    )
 }
 
 /// Deletes settled events last attempted before `before`, at most `limit` of
 /// them. They are kept for a while so Strava's retries still find their
 /// dedup key. (`next_attempt_at` is never earlier than arrival and is indexed
 /// with the status.)
-pub fn prune(conn: &Connection, before: i64, limit: usize) -> DbResult<usize> {
-    Ok(conn.execute(
+pub fn prune(conn: &dyn Connection, before: i64, limit: usize) -> DbResult<usize> {
+    conn.execute(
         "DELETE FROM webhook_events WHERE id IN (
              SELECT id FROM webhook_events
              WHERE status IN ('done', 'ignored') AND next_attempt_at < ?1 LIMIT ?2)",
         params![before, limit as i64],
-    )?)
+    )
 }
 
 /// What the callback did with an event.

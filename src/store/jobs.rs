@@ -4,9 +4,9 @@
 //! job per athlete and kind: a new task merges into the queued one
 //! ([`Task::merge`]).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Connection, Dialect, OptionalExtension, Row};
 
-use super::{DbResult, Store};
+use super::{DbError, DbResult, Store};
 use crate::model::job::{Counts, Task};
 use crate::model::Purpose;
 
@@ -28,17 +28,12 @@ pub struct Job {
 const JOB_COLUMNS: &str =
     "id, athlete_id, kind, status, payload_json, attempts, fetched, new, updated, error, created_at";
 
-fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+fn job_row(r: &dyn Row) -> DbResult<Job> {
     let kind: String = r.get(2)?;
     let payload: Option<String> = r.get(4)?;
     // An unreadable task is a defect to surface, never work to guess at.
-    let task = Task::from_stored(&kind, payload.as_deref()).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(
-            2,
-            rusqlite::types::Type::Text,
-            format!("unreadable job of kind `{kind}`: {e}").into(),
-        )
-    })?;
+    let task = Task::from_stored(&kind, payload.as_deref())
+        .map_err(|e| DbError::Decode(format!("unreadable job of kind `{kind}`: {e}")))?;
     Ok(Job {
         id: r.get(0)?,
         athlete_id: r.get(1)?,
@@ -54,16 +49,15 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 }
 
 /// The athlete's queued job of this task's kind, if any.
-fn queued_of_kind(conn: &Connection, athlete_id: i64, kind: &str) -> DbResult<Option<Job>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'"
-        ))?
-        .query_row(params![athlete_id, kind], job_row)
-        .optional()?)
+fn queued_of_kind(conn: &dyn Connection, athlete_id: i64, kind: &str) -> DbResult<Option<Job>> {
+    conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'"
+    ))?
+    .query_row(params![athlete_id, kind], job_row)
+    .optional()
 }
 
-fn set_task(conn: &Connection, id: i64, task: &Task) -> DbResult<()> {
+fn set_task(conn: &dyn Connection, id: i64, task: &Task) -> DbResult<()> {
     conn.prepare_cached("UPDATE jobs SET payload_json = ?2 WHERE id = ?1")?
         .execute(params![id, task.payload_json()?])?;
     Ok(())
@@ -73,7 +67,7 @@ fn set_task(conn: &Connection, id: i64, task: &Task) -> DbResult<()> {
 /// job of the same kind, which then is due at the earlier of the two times
 /// (a fresh create never waits behind a retry's backoff). Returns the job id.
 pub fn enqueue(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     task: Task,
     not_before: i64,
@@ -82,28 +76,28 @@ pub fn enqueue(
     if let Some(mut queued) = queued_of_kind(conn, athlete_id, task.kind())? {
         queued.task.merge(task);
         set_task(conn, queued.id, &queued.task)?;
-        conn.prepare_cached("UPDATE jobs SET not_before = MIN(not_before, ?2) WHERE id = ?1")?
+        conn.prepare_cached("UPDATE jobs SET not_before = least(not_before, ?2) WHERE id = ?1")?
             .execute(params![queued.id, not_before])?;
         return Ok(queued.id);
     }
-    conn.prepare_cached(
+    conn.query_row(
         "INSERT INTO jobs (athlete_id, kind, priority, payload_json, not_before, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        athlete_id,
-        task.kind(),
-        task.purpose().rank(),
-        task.payload_json()?,
-        not_before,
-        now
-    ])?;
-    Ok(conn.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        params![
+            athlete_id,
+            task.kind(),
+            task.purpose().rank(),
+            task.payload_json()?,
+            not_before,
+            now
+        ],
+        |r| r.get(0),
+    )
 }
 
 /// Takes an activity a delete event removed out of the athlete's queued
 /// jobs, dropping a job left with nothing to do, so a delete costs no call.
-pub fn forget_activity(conn: &Connection, athlete_id: i64, activity_id: i64) -> DbResult<()> {
+pub fn forget_activity(conn: &dyn Connection, athlete_id: i64, activity_id: i64) -> DbResult<()> {
     for kind in ["webhook_fetch", "enrich"] {
         let Some(queued) = queued_of_kind(conn, athlete_id, kind)? else {
             continue;
@@ -111,7 +105,7 @@ pub fn forget_activity(conn: &Connection, athlete_id: i64, activity_id: i64) -> 
         match queued.task.clone().without_activity(activity_id) {
             None => {
                 conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?
-                    .execute([queued.id])?;
+                    .execute(params![queued.id])?;
             }
             Some(task) if task != queued.task => set_task(conn, queued.id, &task)?,
             Some(_) => {}
@@ -121,14 +115,13 @@ pub fn forget_activity(conn: &Connection, athlete_id: i64, activity_id: i64) -> 
 }
 
 /// One job of this athlete, if it exists.
-pub fn get(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<Option<Job>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND athlete_id = ?2"),
-            params![id, athlete_id],
-            job_row,
-        )
-        .optional()?)
+pub fn get(conn: &dyn Connection, athlete_id: i64, id: i64) -> DbResult<Option<Job>> {
+    conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND athlete_id = ?2"),
+        params![id, athlete_id],
+        job_row,
+    )
+    .optional()
 }
 
 /// How long a queued fetch waits before it weighs twice as much as a fresh
@@ -145,9 +138,10 @@ const LOOKING: &str = "(a.last_read_at IS NOT NULL AND a.last_read_at >= ?2)";
 
 /// A fetch's value, as SQL over `jobs j` and the tier joins, with `?1` now:
 /// tier weight × activities one call brings in, growing with age.
-fn fetch_value() -> String {
+fn fetch_value(dialect: Dialect) -> String {
+    let ids = dialect.json_array_length("j.payload_json", "activity_ids");
     format!(
-        "{WEIGHT} * MAX(1, COALESCE(json_array_length(j.payload_json, '$.activity_ids'), 1))
+        "{WEIGHT} * greatest(1, COALESCE({ids}, 1))
          * (1.0 + (?1 - j.created_at) * 1.0 / {AGING_SECS})"
     )
 }
@@ -156,8 +150,8 @@ fn fetch_value() -> String {
 /// `athletes a`, `sync_state s` and the tier joins; `?2` is the start of
 /// attention (an athlete who read since is looking) and `?1` is now. Every
 /// order names both, so one statement shape binds them all.
-fn selection(purpose: Purpose) -> (String, String) {
-    let value = fetch_value();
+fn selection(purpose: Purpose, dialect: Dialect) -> (String, String) {
+    let value = fetch_value(dialect);
     let readers_first = format!("{LOOKING} DESC, {WEIGHT} DESC");
     let (kinds, order) = match purpose {
         Purpose::Interactive => (
@@ -199,15 +193,14 @@ pub const LEASE_SECS: i64 = 26 * 3600;
 /// of an athlete with nothing running, so one athlete's jobs never race on
 /// their cursor or tokens.
 fn claim(
-    conn: &Connection,
+    conn: &dyn Connection,
     now: i64,
     purpose: Purpose,
     attention_since: i64,
 ) -> DbResult<Option<Job>> {
-    let (filter, order) = selection(purpose);
-    Ok(conn
-        .prepare_cached(&format!(
-            "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1
+    let (filter, order) = selection(purpose, conn.dialect());
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1
              WHERE id = (
                  SELECT j.id FROM jobs j JOIN athletes a ON a.id = j.athlete_id
                  LEFT JOIN sync_state s ON s.athlete_id = j.athlete_id
@@ -219,68 +212,66 @@ fn claim(
                                    WHERE r.athlete_id = j.athlete_id AND r.status = 'running')
                  ORDER BY {order} LIMIT 1)
              RETURNING {JOB_COLUMNS}"
-        ))?
-        .query_row(params![now, attention_since], job_row)
-        .optional()?)
+    ))?
+    .query_row(params![now, attention_since], job_row)
+    .optional()
 }
 
 /// When the next queued job of a connected athlete that is not yet due
 /// becomes due (jobs already due wait for the budget or their athlete, not
 /// for time).
-fn next_due_after(conn: &Connection, now: i64) -> DbResult<Option<i64>> {
-    Ok(conn.query_row(
+fn next_due_after(conn: &dyn Connection, now: i64) -> DbResult<Option<i64>> {
+    conn.query_row(
         "SELECT MIN(j.not_before) FROM jobs j JOIN athletes a ON a.id = j.athlete_id
          WHERE j.status = 'queued' AND a.status = 'connected' AND j.not_before > ?1",
         [now],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Jobs waiting in the queue, those of athletes needing re-authorization
 /// included.
-fn queued_count(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row(
+fn queued_count(conn: &dyn Connection) -> DbResult<i64> {
+    conn.query_row(
         "SELECT COUNT(*) FROM jobs WHERE status = 'queued'",
-        [],
+        params![],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Where a queued job stands among the jobs that go before it (higher
 /// purposes, then earlier due time and age): 1 means it is next. Jobs of
 /// athletes who must connect again wait outside the line. None when the job
 /// is not queued.
-pub fn queue_position(conn: &Connection, id: i64) -> DbResult<Option<i64>> {
-    Ok(conn
-        .query_row(
-            "SELECT (SELECT COUNT(*) FROM jobs o JOIN athletes a ON a.id = o.athlete_id
+pub fn queue_position(conn: &dyn Connection, id: i64) -> DbResult<Option<i64>> {
+    conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM jobs o JOIN athletes a ON a.id = o.athlete_id
                      WHERE o.status = 'queued' AND a.status = 'connected'
                        AND (o.priority, o.not_before, o.id) < (j.priority, j.not_before, j.id)) + 1
              FROM jobs j WHERE j.id = ?1 AND j.status = 'queued'",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?)
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Whether the athlete has a job of this kind queued or running.
-pub fn has_open(conn: &Connection, athlete_id: i64, kind: &str) -> DbResult<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM jobs WHERE athlete_id = ?1 AND kind = ?2
+pub fn has_open(conn: &dyn Connection, athlete_id: i64, kind: &str) -> DbResult<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM jobs WHERE athlete_id = ?1 AND kind = ?2
              AND status IN ('queued', 'running')",
-        )?
-        .exists(params![athlete_id, kind])?)
+    )?
+    .exists(params![athlete_id, kind])
 }
 
 /// The athlete's queued jobs by kind.
-pub fn queued_by_kind(conn: &Connection, athlete_id: i64) -> DbResult<Vec<(String, i64)>> {
+pub fn queued_by_kind(conn: &dyn Connection, athlete_id: i64) -> DbResult<Vec<(String, i64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT kind, COUNT(*) FROM jobs WHERE athlete_id = ?1 AND status = 'queued'
          GROUP BY kind ORDER BY MIN(priority)",
     )?;
     let rows = stmt
-        .query_map([athlete_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![athlete_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
@@ -300,7 +291,7 @@ pub enum Outcome {
     Failed(String),
 }
 
-fn record(conn: &Connection, id: i64, outcome: &Outcome, now: i64) -> DbResult<()> {
+fn record(conn: &dyn Connection, id: i64, outcome: &Outcome, now: i64) -> DbResult<()> {
     let (status, not_before, error, counts) = match outcome {
         Outcome::Done(counts) => ("done", None, None, *counts),
         Outcome::Requeue {
@@ -336,10 +327,10 @@ fn record(conn: &Connection, id: i64, outcome: &Outcome, now: i64) -> DbResult<(
 /// A job put back in the queue while a task of its kind was queued for the
 /// same athlete (a create announced while a fetch ran) folds into that one,
 /// so the athlete keeps one queued job per kind.
-fn merge_into_queued_twin(conn: &Connection, id: i64, not_before: i64) -> DbResult<()> {
+fn merge_into_queued_twin(conn: &dyn Connection, id: i64, not_before: i64) -> DbResult<()> {
     let Some(requeued) = conn
         .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
-        .query_row([id], job_row)
+        .query_row(params![id], job_row)
         .optional()?
     else {
         return Ok(());
@@ -352,14 +343,14 @@ fn merge_into_queued_twin(conn: &Connection, id: i64, not_before: i64) -> DbResu
         .exists(params![requeued.athlete_id, requeued.task.kind(), id])?;
     if twin_queued {
         conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?
-            .execute([id])?;
+            .execute(params![id])?;
         enqueue(conn, requeued.athlete_id, requeued.task, not_before, 0)?;
     }
     Ok(())
 }
 
 /// Drops the athlete's queued job of `kind`: work another job just did.
-pub fn drop_queued(conn: &Connection, athlete_id: i64, kind: &str) -> DbResult<()> {
+pub fn drop_queued(conn: &dyn Connection, athlete_id: i64, kind: &str) -> DbResult<()> {
     conn.prepare_cached(
         "DELETE FROM jobs WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'",
     )?
@@ -396,23 +387,19 @@ pub struct JobsByPurpose {
 }
 
 /// Queued and running jobs by purpose, highest priority first.
-fn jobs_by_purpose(conn: &Connection, now: i64) -> DbResult<Vec<JobsByPurpose>> {
+fn jobs_by_purpose(conn: &dyn Connection, now: i64) -> DbResult<Vec<JobsByPurpose>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT j.priority, SUM(j.status = 'queued'),
-                SUM(j.status = 'queued' AND j.not_before <= ?1),
-                SUM(j.status = 'queued' AND a.status <> 'connected'), SUM(j.status = 'running')
+        "SELECT j.priority, COUNT(*) FILTER (WHERE j.status = 'queued'),
+                COUNT(*) FILTER (WHERE j.status = 'queued' AND j.not_before <= ?1),
+                COUNT(*) FILTER (WHERE j.status = 'queued' AND a.status <> 'connected'),
+                COUNT(*) FILTER (WHERE j.status = 'running')
          FROM jobs j JOIN athletes a ON a.id = j.athlete_id
          WHERE j.status IN ('queued', 'running') GROUP BY j.priority ORDER BY j.priority",
     )?;
-    let rows = stmt.query_map([now], |r| {
+    let rows = stmt.query_map(params![now], |r| {
         let rank: i64 = r.get(0)?;
-        let purpose = Purpose::from_rank(rank).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Integer,
-                format!("no purpose has priority {rank}").into(),
-            )
-        })?;
+        let purpose = Purpose::from_rank(rank)
+            .ok_or_else(|| DbError::Decode(format!("no purpose has priority {rank}")))?;
         Ok(JobsByPurpose {
             purpose,
             queued: r.get(1)?,
@@ -421,7 +408,7 @@ fn jobs_by_purpose(conn: &Connection, now: i64) -> DbResult<Vec<JobsByPurpose>> 
             running: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }
 
 /// The queue as the runner sees it when idle.
@@ -459,7 +446,7 @@ impl Store {
             tx.prepare_cached(
                 "UPDATE jobs SET status = 'queued' WHERE status = 'running' AND started_at < ?1",
             )?
-            .execute([now - LEASE_SECS])?;
+            .execute(params![now - LEASE_SECS])?;
             for purpose in order {
                 if let Some(job) = claim(tx, now, purpose, attention_since)? {
                     return Ok(Some((job, purpose)));
@@ -479,10 +466,10 @@ impl Store {
     /// progress is in their cursors, committed page by page.
     pub async fn requeue_interrupted_jobs(&self) -> DbResult<usize> {
         self.write(|tx| {
-            Ok(tx.execute(
+            tx.execute(
                 "UPDATE jobs SET status = 'queued' WHERE status = 'running'",
-                [],
-            )?)
+                params![],
+            )
         })
         .await
     }
@@ -525,7 +512,7 @@ impl Store {
         attention_since: i64,
     ) -> DbResult<Option<PendingFetch>> {
         self.read(move |c| {
-            let value = fetch_value();
+            let value = fetch_value(c.dialect());
             let row = c
                 .prepare_cached(&format!(
                     "WITH v AS (
@@ -543,11 +530,11 @@ impl Store {
                 ))?
                 .query_row(params![now, attention_since, athlete_id], |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, bool>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Option<String>>(4)?,
+                        r.get::<i64>(0)?,
+                        r.get::<bool>(1)?,
+                        r.get::<i64>(2)?,
+                        r.get::<i64>(3)?,
+                        r.get::<Option<String>>(4)?,
                     ))
                 })
                 .optional()?;
@@ -591,14 +578,15 @@ impl Store {
 
 /// Each athlete's queued and failed job counts.
 pub fn queued_and_failed_by_athlete(
-    conn: &Connection,
+    conn: &dyn Connection,
 ) -> DbResult<std::collections::HashMap<i64, (i64, i64)>> {
     let mut stmt = conn.prepare(
-        "SELECT athlete_id, SUM(status = 'queued'), SUM(status = 'failed') FROM jobs
+        "SELECT athlete_id, COUNT(*) FILTER (WHERE status = 'queued'),
+                COUNT(*) FILTER (WHERE status = 'failed') FROM jobs
          GROUP BY athlete_id",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+    rows.collect::<Result<_, _>>()
 }
 
 #[cfg(test)]
@@ -617,9 +605,10 @@ mod tests {
                 tx.execute(
                     "INSERT INTO jobs (athlete_id, kind, priority, created_at)
                      VALUES (7, 'bogus', 0, 0)",
-                    [],
+                    params![],
                 )?;
-                Ok((known, tx.last_insert_rowid()))
+                let unknown = tx.query_row("SELECT MAX(id) FROM jobs", params![], |r| r.get(0))?;
+                Ok((known, unknown))
             })
             .unwrap();
         let job = store.read_blocking(|c| get(c, 7, known)).unwrap().unwrap();

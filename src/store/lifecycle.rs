@@ -9,7 +9,7 @@
 //! names: an event naming someone else cannot keep an activity away from its
 //! owner.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Connection, OptionalExtension};
 
 use super::DbResult;
 
@@ -26,7 +26,7 @@ pub enum Applying {
 /// taken into account: true unless the athlete's newest delete of it is at
 /// least as new as every create of it seen for them.
 pub fn may_store(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     id: i64,
     applying: Applying,
@@ -47,21 +47,20 @@ pub fn may_store(
     if matches!(applying, Applying::Create(at) if at > deleted) {
         return Ok(true);
     }
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM webhook_events
+    conn.prepare_cached(
+        "SELECT 1 FROM webhook_events
              WHERE object_type = 'activity' AND object_id = ?1 AND owner_id = ?2
                AND aspect_type = 'create' AND event_time > ?3",
-        )?
-        .exists(params![id, athlete_id, deleted])?)
+    )?
+    .exists(params![id, athlete_id, deleted])
 }
 
 /// Records the athlete's delete at `event_time` (the newest delete time wins).
-pub fn bury(conn: &Connection, athlete_id: i64, id: i64, event_time: i64) -> DbResult<()> {
+pub fn bury(conn: &dyn Connection, athlete_id: i64, id: i64, event_time: i64) -> DbResult<()> {
     conn.prepare_cached(
         "INSERT INTO activity_tombstones (athlete_id, id, event_time) VALUES (?1, ?2, ?3)
          ON CONFLICT(athlete_id, id) DO UPDATE SET
-             event_time = max(event_time, excluded.event_time)",
+             event_time = greatest(event_time, excluded.event_time)",
     )?
     .execute(params![athlete_id, id, event_time])?;
     Ok(())
@@ -69,7 +68,7 @@ pub fn bury(conn: &Connection, athlete_id: i64, id: i64, event_time: i64) -> DbR
 
 /// Lifts the athlete's tombstone once a newer create brought the activity
 /// back, so later listings need not consult the inbox (which is pruned).
-pub fn unbury(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<()> {
+pub fn unbury(conn: &dyn Connection, athlete_id: i64, id: i64) -> DbResult<()> {
     conn.prepare_cached("DELETE FROM activity_tombstones WHERE athlete_id = ?1 AND id = ?2")?
         .execute(params![athlete_id, id])?;
     Ok(())
@@ -77,13 +76,12 @@ pub fn unbury(conn: &Connection, athlete_id: i64, id: i64) -> DbResult<()> {
 
 /// Deletes up to `limit` tombstones of deletes before `before`, so forged
 /// deletes cannot grow the table without bound.
-pub fn prune(conn: &Connection, before: i64, limit: usize) -> DbResult<usize> {
-    Ok(conn
-        .prepare_cached(
-            "DELETE FROM activity_tombstones WHERE (athlete_id, id) IN (
+pub fn prune(conn: &dyn Connection, before: i64, limit: usize) -> DbResult<usize> {
+    conn.prepare_cached(
+        "DELETE FROM activity_tombstones WHERE (athlete_id, id) IN (
                  SELECT athlete_id, id FROM activity_tombstones WHERE event_time < ?1 LIMIT ?2)",
-        )?
-        .execute(params![before, limit as i64])?)
+    )?
+    .execute(params![before, limit as i64])
 }
 
 #[cfg(test)]
@@ -109,7 +107,7 @@ mod tests {
                     "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                          owner_id, event_time, updates_json, received_at, next_attempt_at)
                      VALUES ('k', 'activity', 10, 'create', 1, 600, '{}', 600, 600)",
-                    [],
+                    params![],
                 )?;
                 assert!(may_store(c, 1, 10, Applying::Nothing)?, "created again");
                 assert!(may_store(c, 1, 10, Applying::Delete(550))?, "a late delete");

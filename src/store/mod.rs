@@ -1,12 +1,14 @@
-//! Storage: one SQLite file behind two r2d2 pools, one writer and several
-//! readers, so writes never contend with each other for the file lock.
+//! Storage: a SQLite file ([`sqlite`], the default) or a PostgreSQL
+//! database several instances share ([`postgres`]), each behind r2d2 pools
+//! with one writer and several readers.
 //!
 //! Table families live in their own modules as plain functions over a
-//! `rusqlite::Connection`, so one transaction can span families. The rest of
-//! the service reaches storage only through the named use-case methods on
-//! [`Store`] (connect an athlete, apply an event, store a listing, claim a
-//! job, ...), each one transaction run off the async threads; they are the
-//! seam a second backend implements.
+//! [`sql::Connection`], the interface both backends implement, so one
+//! transaction can span families and each use case is written once. The
+//! rest of the service reaches storage only through the named use-case
+//! methods on [`Store`] (connect an athlete, apply an event, store a
+//! listing, claim a job, ...), each one transaction run off the async
+//! threads.
 
 pub mod activities;
 pub mod activity_edits;
@@ -21,7 +23,10 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod oauth_states;
 mod page_anchors;
+mod postgres;
 pub mod service_state;
+pub mod sql;
+mod sqlite;
 pub mod strava_tokens;
 pub mod subscription;
 pub mod sync_state;
@@ -30,39 +35,30 @@ pub mod token_cipher;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use include_dir::{include_dir, Dir};
-use r2d2::Pool;
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
-use rusqlite_migration::Migrations;
+use rusqlite::ErrorCode;
 
+use crate::config::Database;
 use token_cipher::TokenCipher;
-
-static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
-
-/// How long a connection waits for the file lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const READER_POOL_SIZE: u32 = 8;
-/// Readers idle this long are closed (down to one), handing their page
-/// cache back: a read burst's memory is not kept for good.
-const READER_IDLE: Duration = Duration::from_secs(30);
-/// Page cache per connection, in KiB (SQLite's default is 2,000): nine
-/// connections at the default could hold 18 MB.
-const CACHE_KIB: i64 = 1024;
-/// Prepared statements kept per connection; applying a batch of events
-/// uses more than rusqlite's default of 16, which would re-prepare them.
-const STATEMENT_CACHE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("query returned no rows")]
+    NoRows,
+    /// A stored value that does not read as the type asked for.
+    #[error("unreadable stored value: {0}")]
+    Decode(String),
     #[error("connection pool error: {0}")]
     Pool(#[from] r2d2::Error),
     #[error("migration error: {0}")]
     Migration(#[from] rusqlite_migration::Error),
+    /// A database setting that cannot work (an unparsable URL).
+    #[error("{0}")]
+    Config(String),
     #[error("stored data is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("blocking task failed: {0}")]
@@ -95,6 +91,11 @@ impl DbError {
                         | ErrorCode::NotADatabase
                 )
             )
+            // PostgreSQL's "insufficient resources" (a full disk among them)
+            // and "system error" (I/O) classes.
+            || self
+                .sql_state()
+                .is_some_and(|s| s.code().starts_with("53") || s.code().starts_with("58"))
     }
 
     /// Whether the database could not serve at all (a storage fault, or no
@@ -108,15 +109,26 @@ impl DbError {
                 DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
                     if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
             )
+            || matches!(self, DbError::Postgres(e) if e.is_closed())
+            // Connection exceptions, and a server shutting down or starting.
+            || self
+                .sql_state()
+                .is_some_and(|s| s.code().starts_with("08") || s.code().starts_with("57P"))
     }
 }
 
 pub type DbResult<T> = Result<T, DbError>;
 
+/// Where the data lives.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
 #[derive(Clone)]
 pub struct Store {
-    writer: Pool<SqliteConnectionManager>,
-    readers: Pool<SqliteConnectionManager>,
+    backend: Backend,
     /// Set by a storage fault; cleared by [`Store::ready`] once a write that
     /// allocates pages commits (smaller writes may still fit while others
     /// fail).
@@ -130,37 +142,37 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the database file (creating it readable by its owner only),
-    /// switches it to WAL once, applies migrations and builds the pools.
+    /// Opens a SQLite file (see [`sqlite::Sqlite::open`]).
     pub fn open(path: &Path) -> DbResult<Self> {
-        create_private(path)?;
-        {
-            let mut conn = Connection::open(path)?;
-            // WAL is a property of the file: set it here, once, rather than in
-            // every pooled connection, where concurrent first opens race.
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            configure(&mut conn)?;
-            migrations().to_latest(&mut conn)?;
+        Ok(Self::with_backend(Backend::Sqlite(sqlite::Sqlite::open(
+            path,
+        )?)))
+    }
+
+    /// Opens the configured database, applying migrations. Blocking: on
+    /// PostgreSQL it connects and may wait for another instance migrating.
+    pub fn connect(database: &Database) -> DbResult<Self> {
+        match database {
+            Database::Sqlite(path) => Self::open(path),
+            Database::Postgres(url) => Ok(Self::with_backend(Backend::Postgres(
+                postgres::Postgres::open(url)?,
+            ))),
         }
-        let manager = |init: fn(&mut Connection) -> rusqlite::Result<()>| {
-            SqliteConnectionManager::file(path).with_init(init)
-        };
-        let writer = Pool::builder()
-            .max_size(1)
-            .build(manager(configure_writer))?;
-        let readers = Pool::builder()
-            .max_size(READER_POOL_SIZE)
-            .min_idle(Some(1))
-            .idle_timeout(Some(READER_IDLE))
-            .build(manager(configure))?;
-        Ok(Self {
-            writer,
-            readers,
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Self {
+            backend,
             failing: Arc::default(),
             cipher: None,
             committer: Default::default(),
             page_anchors: Default::default(),
-        })
+        }
+    }
+
+    /// Applies migrations and returns.
+    pub fn migrate(database: &Database) -> DbResult<()> {
+        Self::connect(database).map(|_| ())
     }
 
     /// This store, sealing Strava's tokens with `cipher`.
@@ -177,21 +189,16 @@ impl Store {
             .ok_or_else(|| DbError::Tokens("no TOKEN_ENCRYPTION_KEY to open them with".into()))
     }
 
-    /// Copies the write-ahead log into the file and empties it.
+    /// Hands freed space back to the file system where the backend keeps
+    /// deleted rows around (SQLite's write-ahead log).
     async fn checkpoint(&self) -> DbResult<()> {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            writer
-                .get()?
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await?
-    }
-
-    /// Applies migrations to the file and returns.
-    pub fn migrate(path: &Path) -> DbResult<()> {
-        Self::open(path).map(|_| ())
+        match &self.backend {
+            Backend::Sqlite(lite) => {
+                let lite = lite.clone();
+                tokio::task::spawn_blocking(move || lite.checkpoint()).await?
+            }
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// Runs read-only work on a reader connection, off the async threads.
@@ -200,32 +207,33 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> DbResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+        F: FnOnce(&dyn sql::Connection) -> DbResult<T> + Send + 'static,
     {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read_blocking(f)).await?
     }
 
-    /// Runs work in one `BEGIN IMMEDIATE` transaction on the writer, off the
-    /// async threads; commits when the closure returns `Ok`.
+    /// Runs work in one write transaction (SQLite's `BEGIN IMMEDIATE` on its
+    /// one writer; PostgreSQL's under the schema's write lock), off the async
+    /// threads; commits when the closure returns `Ok`.
     pub async fn write<T, F>(&self, f: F) -> DbResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction) -> DbResult<T> + Send + 'static,
+        F: FnOnce(&dyn sql::Connection) -> DbResult<T> + Send + 'static,
     {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.write_blocking(f)).await?
     }
 
     /// [`Store::write`] for callers already on a blocking thread.
-    pub fn write_blocking<T>(&self, f: impl FnOnce(&Transaction) -> DbResult<T>) -> DbResult<T> {
-        let result = (|| {
-            let mut conn = self.writer.get()?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&dyn sql::Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let result = match &self.backend {
+            Backend::Sqlite(lite) => lite.write(f),
+            Backend::Postgres(pg) => pg.write(f),
+        };
         if let Err(e) = &result {
             self.note_fault(e);
         }
@@ -233,12 +241,14 @@ impl Store {
     }
 
     /// [`Store::read`] for callers already on a blocking thread.
-    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
-        let result = self
-            .readers
-            .get()
-            .map_err(DbError::from)
-            .and_then(|c| f(&c));
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&dyn sql::Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let result = match &self.backend {
+            Backend::Sqlite(lite) => lite.read(f),
+            Backend::Postgres(pg) => pg.read(f),
+        };
         if let Err(e) = &result {
             self.note_fault(e);
         }
@@ -266,80 +276,8 @@ impl Store {
         }
         !self.failing.load(Ordering::Relaxed)
             && self
-                .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .read(|c| c.query_row("SELECT 1", sql::params![], |r| r.get::<i64>(0)))
                 .await
                 .is_ok()
-    }
-}
-
-/// Creates the database file, readable and writable by its owner only, if
-/// it does not exist yet; SQLite gives the WAL and shared-memory files the
-/// database file's permissions.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Every connection overwrites what it deletes (`secure_delete`), so a
-/// purged athlete's rows do not live on in the file's free space, and keeps
-/// a bounded page cache.
-fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    Ok(())
-}
-
-/// The writer syncs the WAL at every commit: a webhook acknowledged after its
-/// commit must survive a power loss too, not only a crash of the process
-/// (with `NORMAL` the last commits before an OS crash can roll back).
-fn configure_writer(conn: &mut Connection) -> rusqlite::Result<()> {
-    configure(conn)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-}
-
-fn migrations() -> Migrations<'static> {
-    Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations directory is well-formed")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrations_are_valid() {
-        migrations().validate().unwrap();
-    }
-
-    #[tokio::test]
-    async fn opens_in_wal_with_foreign_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let (mode, fk) = store
-            .read(|c| {
-                let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-                let fk: i64 = c.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
-                Ok((mode, fk))
-            })
-            .await
-            .unwrap();
-        assert_eq!(mode, "wal");
-        assert_eq!(fk, 1);
-        let synchronous = store
-            .write(|tx| Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .unwrap();
-        assert_eq!(synchronous, 2, "FULL: a commit is durable when it returns");
-        assert!(store.ready().await);
     }
 }

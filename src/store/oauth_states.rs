@@ -1,7 +1,7 @@
 //! OAuth `state` values: issued at `GET /auth/strava`, consumed once at the
 //! callback, useless after they expire.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Connection, OptionalExtension};
 
 use super::{DbResult, Store};
 
@@ -9,14 +9,15 @@ use super::{DbResult, Store};
 /// unless `max_pending` unexpired ones are already waiting. Returns whether
 /// it was recorded.
 pub fn create(
-    conn: &Connection,
+    conn: &dyn Connection,
     state: &str,
     expires_at: i64,
     now: i64,
     max_pending: i64,
 ) -> DbResult<bool> {
     conn.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
-    let pending: i64 = conn.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?;
+    let pending: i64 =
+        conn.query_row("SELECT COUNT(*) FROM oauth_states", params![], |r| r.get(0))?;
     if pending >= max_pending {
         return Ok(false);
     }
@@ -28,7 +29,7 @@ pub fn create(
 }
 
 /// Uses a state up: true only the first time, and only before it expires.
-pub fn consume(conn: &Connection, state: &str, now: i64) -> DbResult<bool> {
+pub fn consume(conn: &dyn Connection, state: &str, now: i64) -> DbResult<bool> {
     let expires_at: Option<i64> = conn
         .query_row(
             "DELETE FROM oauth_states WHERE state = ?1 RETURNING expires_at",

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection};
+use super::sql::{params, Connection};
 
 use super::{changes, DbResult};
 
@@ -45,7 +45,7 @@ impl PageAnchors {
     /// the read transaction that reads the page.
     pub fn before(
         &self,
-        conn: &Connection,
+        conn: &dyn Connection,
         athlete_id: i64,
         offset: i64,
     ) -> DbResult<Option<(i64, Key)>> {
@@ -81,20 +81,20 @@ impl PageAnchors {
 }
 
 /// Every `STRIDE`th key of the athlete's list, from one walk of the index.
-fn walk(conn: &Connection, athlete_id: i64) -> DbResult<Vec<Key>> {
+fn walk(conn: &dyn Connection, athlete_id: i64) -> DbResult<Vec<Key>> {
     let mut stmt = conn.prepare_cached(
         "SELECT start_time, id FROM activities
          WHERE athlete_id = ?1 AND start_time < ?2 AND start_time > ?3
          ORDER BY start_time DESC, id DESC",
     )?;
-    let mut rows = stmt.query(params![athlete_id, i64::MAX, i64::MIN])?;
     let mut keys = Vec::new();
     let mut n = 0i64;
-    while let Some(row) = rows.next()? {
+    stmt.for_each(params![athlete_id, i64::MAX, i64::MIN], |row| {
         n += 1;
         if n % STRIDE == 0 {
             keys.push((row.get(0)?, row.get(1)?));
         }
-    }
+        Ok(())
+    })?;
     Ok(keys)
 }

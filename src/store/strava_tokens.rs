@@ -4,8 +4,7 @@
 //! a value's own type): a TEXT value is a plaintext token from before
 //! encryption, sealed by [`Store::seal_tokens`] at start.
 
-use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{self, params, Connection, OptionalExtension, ValueRef};
 
 use super::token_cipher::TokenCipher;
 use super::{DbError, DbResult, Store};
@@ -35,10 +34,11 @@ enum Stored {
     Plain(String),
 }
 
-fn column(value: ValueRef<'_>) -> rusqlite::Result<Stored> {
+fn column(value: ValueRef<'_>) -> DbResult<Stored> {
     Ok(match value {
         ValueRef::Blob(b) => Stored::Sealed(b.to_vec()),
-        other => Stored::Plain(other.as_str()?.to_string()),
+        ValueRef::Text(t) => Stored::Plain(t.to_string()),
+        other => return Err(DbError::Decode(format!("a token column holds {other:?}"))),
     })
 }
 
@@ -53,11 +53,11 @@ struct Row {
 const SELECT: &str =
     "SELECT athlete_id, access_token, refresh_token, expires_at FROM strava_tokens";
 
-fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+fn row(r: &dyn sql::Row) -> DbResult<Row> {
     Ok(Row {
         athlete_id: r.get(0)?,
-        access: column(r.get_ref(1)?)?,
-        refresh: column(r.get_ref(2)?)?,
+        access: column(r.value(1)?)?,
+        refresh: column(r.value(2)?)?,
         expires_at: r.get(3)?,
     })
 }
@@ -82,7 +82,7 @@ fn open(
 }
 
 pub fn get(
-    conn: &Connection,
+    conn: &dyn Connection,
     cipher: &TokenCipher,
     athlete_id: i64,
 ) -> DbResult<Option<StoredTokens>> {
@@ -105,7 +105,7 @@ pub fn get(
 
 /// Stores (or replaces) an athlete's tokens, sealed.
 pub fn put(
-    conn: &Connection,
+    conn: &dyn Connection,
     cipher: &TokenCipher,
     athlete_id: i64,
     tokens: &StoredTokens,
@@ -131,10 +131,10 @@ pub fn put(
 /// Seals every plaintext row and reseals every row sealed with the previous
 /// key. Returns how many rows changed; fails, naming the athlete, on a row
 /// no configured key opens.
-pub fn seal_all(conn: &Connection, cipher: &TokenCipher) -> DbResult<usize> {
+pub fn seal_all(conn: &dyn Connection, cipher: &TokenCipher) -> DbResult<usize> {
     let rows: Vec<Row> = conn
         .prepare(SELECT)?
-        .query_map([], row)?
+        .query_map(params![], row)?
         .collect::<Result<_, _>>()?;
     let mut changed = 0;
     for stored in rows {

@@ -3,7 +3,7 @@
 //! across restarts and the CLI and the server agree on it) and the id Strava
 //! gave the subscription, which incoming events must carry.
 
-use rusqlite::Connection;
+use super::sql::Connection;
 
 use super::api_tokens::random_token;
 use super::{service_state, DbResult, Store};
@@ -12,20 +12,20 @@ const PATH_SECRET: &str = "webhook_path_secret";
 const SUBSCRIPTION_ID: &str = "webhook_subscription_id";
 
 /// The callback path secret, created on first use: 32 random bytes as hex.
-pub fn path_secret(conn: &Connection) -> DbResult<String> {
+pub fn path_secret(conn: &dyn Connection) -> DbResult<String> {
     service_state::get_or_insert(conn, PATH_SECRET, &random_token())
 }
 
 /// The id of our subscription, once `subscription create` has stored it.
-pub fn id(conn: &Connection) -> DbResult<Option<i64>> {
+pub fn id(conn: &dyn Connection) -> DbResult<Option<i64>> {
     Ok(service_state::get(conn, SUBSCRIPTION_ID)?.and_then(|v| v.parse().ok()))
 }
 
-pub fn set_id(conn: &Connection, id: i64) -> DbResult<()> {
+pub fn set_id(conn: &dyn Connection, id: i64) -> DbResult<()> {
     service_state::set(conn, SUBSCRIPTION_ID, &id.to_string())
 }
 
-pub fn clear_id(conn: &Connection) -> DbResult<()> {
+pub fn clear_id(conn: &dyn Connection) -> DbResult<()> {
     service_state::delete(conn, SUBSCRIPTION_ID)
 }
 

@@ -4,7 +4,7 @@
 //! transaction as the page it moved past, so a restart or a spent budget
 //! resumes exactly there; the reconciliation's likewise.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use serde_json::value::RawValue;
@@ -25,24 +25,23 @@ pub struct Backfill {
     pub complete: bool,
 }
 
-pub fn backfill(conn: &Connection, athlete_id: i64) -> DbResult<Option<Backfill>> {
-    Ok(conn
-        .query_row(
-            "SELECT backfill_before, backfill_pages, backfill_complete FROM sync_state
+pub fn backfill(conn: &dyn Connection, athlete_id: i64) -> DbResult<Option<Backfill>> {
+    conn.query_row(
+        "SELECT backfill_before, backfill_pages, backfill_complete FROM sync_state
              WHERE athlete_id = ?1",
-            [athlete_id],
-            |r| {
-                Ok(Backfill {
-                    before: r.get(0)?,
-                    pages: r.get(1)?,
-                    complete: r.get(2)?,
-                })
-            },
-        )
-        .optional()?)
+        [athlete_id],
+        |r| {
+            Ok(Backfill {
+                before: r.get(0)?,
+                pages: r.get(1)?,
+                complete: r.get(2)?,
+            })
+        },
+    )
+    .optional()
 }
 
-pub fn set_backfill(conn: &Connection, athlete_id: i64, b: &Backfill) -> DbResult<()> {
+pub fn set_backfill(conn: &dyn Connection, athlete_id: i64, b: &Backfill) -> DbResult<()> {
     conn.execute(
         "INSERT INTO sync_state (athlete_id, backfill_before, backfill_pages, backfill_complete)
          VALUES (?1, ?2, ?3, ?4)
@@ -56,7 +55,7 @@ pub fn set_backfill(conn: &Connection, athlete_id: i64, b: &Backfill) -> DbResul
 
 /// Records on the athlete's sync state when we last heard from Strava about
 /// them (`GET /api/sync` shows it).
-pub fn record_webhook_at(conn: &Connection, athlete_id: i64, received_at: i64) -> DbResult<()> {
+pub fn record_webhook_at(conn: &dyn Connection, athlete_id: i64, received_at: i64) -> DbResult<()> {
     conn.prepare_cached(
         "UPDATE sync_state SET last_webhook_at = max(coalesce(last_webhook_at, 0), ?2)
          WHERE athlete_id = ?1",
@@ -85,7 +84,7 @@ pub struct AthleteOverview {
 }
 
 /// Every athlete with their sync state, oldest connection first.
-fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
+fn overview(conn: &dyn Connection) -> DbResult<Vec<AthleteOverview>> {
     let mut stmt = conn.prepare(
         "SELECT a.id, a.status, a.scope, a.connected_at,
                 (SELECT COUNT(*) FROM activities x WHERE x.athlete_id = a.id),
@@ -97,7 +96,7 @@ fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
          ORDER BY a.connected_at, a.id",
     )?;
     let jobs = jobs::queued_and_failed_by_athlete(conn)?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![], |r| {
         let id = r.get(0)?;
         let (queued_jobs, failed_jobs) = jobs.get(&id).copied().unwrap_or_default();
         Ok(AthleteOverview {
@@ -117,7 +116,7 @@ fn overview(conn: &Connection) -> DbResult<Vec<AthleteOverview>> {
             failed_jobs,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }
 
 /// One athlete's row; absent rows read as the defaults of a new athlete.
@@ -133,7 +132,7 @@ pub struct SyncState {
     pub last_manual_refresh_at: Option<i64>,
 }
 
-pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
+pub fn get(conn: &dyn Connection, athlete_id: i64) -> DbResult<SyncState> {
     Ok(conn
         .query_row(
             "SELECT backfill_before, backfill_pages, backfill_complete, last_gap_fill_at,
@@ -145,7 +144,7 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
                 Ok(SyncState {
                     backfill_before: r.get(0)?,
                     backfill_pages: r.get(1)?,
-                    backfill_complete: r.get::<_, i64>(2)? != 0,
+                    backfill_complete: r.get::<i64>(2)? != 0,
                     last_gap_fill_at: r.get(3)?,
                     last_webhook_at: r.get(4)?,
                     last_reconcile_at: r.get(5)?,
@@ -162,7 +161,11 @@ pub fn get(conn: &Connection, athlete_id: i64) -> DbResult<SyncState> {
 /// `attention_since` first, then higher tiers, then never checked, then the
 /// one checked longest ago. Athletes needing re-authorization are left out:
 /// their tokens cannot fetch anything.
-pub fn gap_fill_order(conn: &Connection, limit: u32, attention_since: i64) -> DbResult<Vec<i64>> {
+pub fn gap_fill_order(
+    conn: &dyn Connection,
+    limit: u32,
+    attention_since: i64,
+) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a LEFT JOIN sync_state s ON s.athlete_id = a.id
          LEFT JOIN tier_weights w ON w.name = a.tier
@@ -182,7 +185,7 @@ pub fn gap_fill_order(conn: &Connection, limit: u32, attention_since: i64) -> Db
 /// progress, or whose last one started before `before` (or never), longest
 /// ago first. Until the backfill is complete it would list the same history
 /// anyway.
-fn due_for_reconcile(conn: &Connection, before: i64) -> DbResult<Vec<i64>> {
+fn due_for_reconcile(conn: &dyn Connection, before: i64) -> DbResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM athletes a JOIN sync_state s ON s.athlete_id = a.id
          WHERE a.status = 'connected' AND s.backfill_complete = 1
@@ -191,19 +194,19 @@ fn due_for_reconcile(conn: &Connection, before: i64) -> DbResult<Vec<i64>> {
          ORDER BY s.last_reconcile_at IS NOT NULL, s.last_reconcile_at, a.id",
     )?;
     let ids = stmt
-        .query_map([before], |r| r.get(0))?
+        .query_map(params![before], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(ids)
 }
 
-pub fn set_last_gap_fill(conn: &Connection, athlete_id: i64, at: i64) -> DbResult<()> {
+pub fn set_last_gap_fill(conn: &dyn Connection, athlete_id: i64, at: i64) -> DbResult<()> {
     upsert_column(conn, athlete_id, "last_gap_fill_at", Some(at))
 }
 
 /// Takes the manual-refresh slot if the cooldown has passed; otherwise
 /// answers how many seconds remain.
 pub fn claim_manual_refresh(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     now: i64,
     cooldown_secs: i64,
@@ -230,7 +233,7 @@ pub struct ReconcilePass {
 }
 
 /// The pass in progress, or a new one starting at `now`.
-pub fn reconcile_pass(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<ReconcilePass> {
+pub fn reconcile_pass(conn: &dyn Connection, athlete_id: i64, now: i64) -> DbResult<ReconcilePass> {
     let state = get(conn, athlete_id)?;
     if let (Some(started_at), Some(page)) = (state.last_reconcile_at, state.reconcile_cursor) {
         return Ok(ReconcilePass {
@@ -248,7 +251,7 @@ pub fn reconcile_pass(conn: &Connection, athlete_id: i64, now: i64) -> DbResult<
 
 /// Records the pass's next page, or that it is `finished`.
 pub fn save_reconcile_pass(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     pass: ReconcilePass,
     finished: bool,
@@ -265,9 +268,9 @@ pub fn save_reconcile_pass(
     Ok(())
 }
 
-fn ensure(conn: &Connection, athlete_id: i64) -> DbResult<()> {
+fn ensure(conn: &dyn Connection, athlete_id: i64) -> DbResult<()> {
     conn.execute(
-        "INSERT OR IGNORE INTO sync_state (athlete_id) VALUES (?1)",
+        "INSERT INTO sync_state (athlete_id) VALUES (?1) ON CONFLICT DO NOTHING",
         [athlete_id],
     )?;
     Ok(())
@@ -275,7 +278,7 @@ fn ensure(conn: &Connection, athlete_id: i64) -> DbResult<()> {
 
 /// Sets one timestamp column; `column` is always a literal from this module.
 fn upsert_column(
-    conn: &Connection,
+    conn: &dyn Connection,
     athlete_id: i64,
     column: &'static str,
     value: Option<i64>,
@@ -289,24 +292,24 @@ fn upsert_column(
 }
 
 /// When the newest webhook event for this athlete arrived.
-pub fn last_webhook_at(conn: &Connection, athlete_id: i64) -> DbResult<Option<i64>> {
-    Ok(conn.query_row(
+pub fn last_webhook_at(conn: &dyn Connection, athlete_id: i64) -> DbResult<Option<i64>> {
+    conn.query_row(
         "SELECT MAX(t) FROM (
              SELECT last_webhook_at AS t FROM sync_state WHERE athlete_id = ?1
              UNION ALL SELECT MAX(received_at) FROM webhook_events WHERE owner_id = ?1)",
         [athlete_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Athletes whose history backfill is still walking.
-pub fn backfills_in_progress(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row(
+pub fn backfills_in_progress(conn: &dyn Connection) -> DbResult<i64> {
+    conn.query_row(
         "SELECT COUNT(*) FROM sync_state s JOIN athletes a ON a.id = s.athlete_id
          WHERE a.status = 'connected' AND s.backfill_complete = 0",
-        [],
+        params![],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// One athlete's history backfill still walking, as an operator sees it.
@@ -331,19 +334,21 @@ pub struct BackfillReport {
     pub shown: Vec<BackfillProgress>,
 }
 
-fn backfill_report(conn: &Connection, shown: usize) -> DbResult<BackfillReport> {
-    let mut stmt = conn.prepare_cached(
+fn backfill_report(conn: &dyn Connection, shown: usize) -> DbResult<BackfillReport> {
+    let name = |key| conn.dialect().json_text("a.profile_json", key);
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT a.id,
-                TRIM(COALESCE(json_extract(a.profile_json, '$.firstname'), '') || ' ' ||
-                     COALESCE(json_extract(a.profile_json, '$.lastname'), '')),
+                TRIM(COALESCE({}, '') || ' ' || COALESCE({}, '')),
                 s.backfill_pages,
                 (SELECT COUNT(*) FROM activities x WHERE x.athlete_id = a.id),
                 s.backfill_before
          FROM sync_state s JOIN athletes a ON a.id = s.athlete_id
          WHERE a.status = 'connected' AND s.backfill_complete = 0
          ORDER BY a.connected_at, a.id LIMIT ?1",
-    )?;
-    let rows = stmt.query_map([shown as i64], |r| {
+        name("firstname"),
+        name("lastname")
+    ))?;
+    let rows = stmt.query_map(params![shown as i64], |r| {
         Ok(BackfillProgress {
             athlete_id: r.get(0)?,
             name: r.get(1)?,
@@ -632,7 +637,7 @@ mod tests {
         (dir, store)
     }
 
-    fn connect(conn: &Connection, id: i64) {
+    fn connect(conn: &dyn Connection, id: i64) {
         athletes::upsert(
             conn,
             &serde_json::json!({"id": id}),

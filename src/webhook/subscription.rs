@@ -26,8 +26,8 @@ pub enum Action {
 /// Runs one subscription command and returns what to print.
 pub async fn run(settings: &Settings, action: Action) -> anyhow::Result<String> {
     settings.require(&[Requirement::StravaApp, Requirement::Webhooks])?;
-    let path = settings.database_path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    let database = settings.database.clone();
+    let store = tokio::task::spawn_blocking(move || Store::connect(&database)).await??;
     let secret = store.path_secret().await?;
     let api = Api::new(settings)?;
     let callback = callback_url(&settings.public_url, &secret);

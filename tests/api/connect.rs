@@ -183,18 +183,18 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
                 "SELECT endpoint, athlete_id, purpose, status, usage_15min, usage_daily
                  FROM strava_calls ORDER BY id",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map(strava_sync::params![], |r| {
                 Ok(format!(
                     "{} {} {} {} {}/{}",
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?
+                    r.get::<String>(0)?,
+                    r.get::<i64>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<i64>(3)?,
+                    r.get::<i64>(4)?,
+                    r.get::<i64>(5)?
                 ))
             })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            rows.collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap();
@@ -328,7 +328,7 @@ async fn disconnect_deauthorizes_at_strava_and_purges_the_athlete() {
         .state()
         .store
         .read(move |c| {
-            let n = |sql: &str| c.query_row(sql, [athlete as i64], |r| r.get::<_, i64>(0));
+            let n = |sql: &str| c.query_row(sql, [athlete as i64], |r| r.get::<i64>(0));
             Ok([
                 n("SELECT COUNT(*) FROM activities WHERE athlete_id = ?1")?,
                 n("SELECT COUNT(*) FROM strava_tokens WHERE athlete_id = ?1")?,

@@ -149,7 +149,11 @@ async fn every_post_route_refuses_a_body_declared_too_large_and_does_nothing() {
     assert_eq!(app.get_athlete(&token).await.status(), 200);
     let jobs: i64 = app
         .store
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?))
+        .read(|c| {
+            c.query_row("SELECT COUNT(*) FROM jobs", strava_sync::params![], |r| {
+                r.get(0)
+            })
+        })
         .await
         .unwrap();
     assert_eq!(jobs, 0);
@@ -275,7 +279,13 @@ async fn connect_from(app: &TestApp, path: &str, forwarded_for: Option<&str>) ->
 
 async fn pending_states(app: &TestApp) -> i64 {
     app.store
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?))
+        .read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM oauth_states",
+                strava_sync::params![],
+                |r| r.get(0),
+            )
+        })
         .await
         .unwrap()
 }

@@ -140,9 +140,14 @@ fn migrate_applies_and_exits() {
 async fn fill_the_disk(app: &TestApp, full: bool) {
     app.store
         .write(move |tx| {
-            let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let pages: i64 =
+                tx.query_row("PRAGMA page_count", strava_sync::params![], |r| r.get(0))?;
             let limit = if full { pages } else { i64::from(u32::MAX) };
-            tx.query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))?;
+            tx.query_row(
+                &format!("PRAGMA max_page_count = {limit}"),
+                strava_sync::params![],
+                |_| Ok(()),
+            )?;
             Ok(())
         })
         .await

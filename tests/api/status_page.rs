@@ -187,7 +187,12 @@ async fn athletes_own_words_are_shown_as_text() {
                 updates: [("title".to_string(), title.to_string())].into(),
             };
             inbox::insert(tx, &event, at)?;
-            inbox::record_failure(tx, tx.last_insert_rowid(), error, None)
+            let id = tx.query_row(
+                "SELECT MAX(id) FROM webhook_events",
+                strava_sync::params![],
+                |r| r.get(0),
+            )?;
+            inbox::record_failure(tx, id, error, None)
         })
         .await
         .unwrap();

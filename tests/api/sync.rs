@@ -49,12 +49,12 @@ async fn unfinished_jobs(app: &SimApp, athlete_id: u64) -> i64 {
     app.state()
         .store
         .read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT COUNT(*) FROM jobs
                  WHERE athlete_id = ?1 AND status IN ('queued', 'running')",
                 [athlete_id as i64],
                 |r| r.get(0),
-            )?)
+            )
         })
         .await
         .unwrap()
@@ -65,11 +65,11 @@ async fn ledger_calls(app: &SimApp, purpose: &'static str) -> i64 {
     app.state()
         .store
         .read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT COUNT(*) FROM strava_calls WHERE purpose = ?1 AND status = 200",
                 [purpose],
                 |r| r.get(0),
-            )?)
+            )
         })
         .await
         .unwrap()
@@ -314,7 +314,7 @@ async fn a_create_older_than_a_delete_does_not_bring_the_activity_back() {
         .write(move |tx| {
             tx.execute(
                 "INSERT INTO activity_tombstones (id, athlete_id, event_time) VALUES (?1, ?2, ?3)",
-                rusqlite::params![id as i64, athlete as i64, now],
+                strava_sync::params![id as i64, athlete as i64, now],
             )?;
             Ok(())
         })

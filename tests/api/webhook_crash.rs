@@ -175,13 +175,13 @@ fn applied(store: &Store, event: &Value, queued_fetches: &BTreeSet<i64>) -> bool
     let id = event["object_id"].as_i64().unwrap();
     let row: Option<String> = store
         .read_blocking(move |c| {
-            use rusqlite::OptionalExtension;
-            Ok(c.query_row(
+            use strava_sync::store::sql::OptionalExtension;
+            c.query_row(
                 "SELECT summary_json FROM activities WHERE id = ?1",
                 [id],
                 |r| r.get(0),
             )
-            .optional()?)
+            .optional()
         })
         .unwrap();
     match event["aspect_type"].as_str().unwrap() {
@@ -199,7 +199,8 @@ fn queued_fetches(store: &Store) -> BTreeSet<i64> {
         .read_blocking(|c| {
             let mut stmt =
                 c.prepare("SELECT payload_json FROM jobs WHERE kind = 'webhook_fetch'")?;
-            let payloads = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
+            let payloads =
+                stmt.query_map(strava_sync::params![], |r| r.get::<Option<String>>(0))?;
             let mut ids = BTreeSet::new();
             for json in payloads {
                 ids.extend(
@@ -297,7 +298,13 @@ async fn every_acknowledged_event_survives_sigkill() {
     let fetches = queued_fetches(&store);
     assert!(events.iter().all(|e| applied(&store, e, &fetches)));
     let rows: i64 = store
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM webhook_events", [], |r| r.get(0))?))
+        .read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM webhook_events",
+                strava_sync::params![],
+                |r| r.get(0),
+            )
+        })
         .await
         .unwrap();
     assert_eq!(rows, events.len() as i64, "each event is in the inbox once");
@@ -305,7 +312,9 @@ async fn every_acknowledged_event_survives_sigkill() {
 
 /// Pauses background Strava work (so fetch jobs stay queued for checking and
 /// nothing is fetched) and returns the callback path secret.
-fn paused_secret(tx: &rusqlite::Transaction) -> strava_sync::store::DbResult<String> {
+fn paused_secret(
+    tx: &dyn strava_sync::store::sql::Connection,
+) -> strava_sync::store::DbResult<String> {
     strava_sync::store::budget::set_paused(tx, true)?;
     subscription::path_secret(tx)
 }

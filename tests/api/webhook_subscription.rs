@@ -57,13 +57,13 @@ pub async fn seed_from(sim: &Simulator, store: &Store) -> (u64, Vec<Value>) {
 async fn stored_name(store: &Store, id: u64) -> Option<String> {
     store
         .read(move |c| {
-            use rusqlite::OptionalExtension;
-            Ok(c.query_row(
+            use strava_sync::store::sql::OptionalExtension;
+            c.query_row(
                 "SELECT json_extract(summary_json, '$.name') FROM activities WHERE id = ?1",
                 [id as i64],
                 |r| r.get(0),
             )
-            .optional()?)
+            .optional()
         })
         .await
         .unwrap()

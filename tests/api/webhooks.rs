@@ -67,12 +67,15 @@ impl Hook {
         let sql = format!("SELECT COUNT(*) FROM {table}");
         self.app
             .store
-            .read(move |c| Ok(c.query_row(&sql, [], |r| r.get(0))?))
+            .read(move |c| c.query_row(&sql, strava_sync::params![], |r| r.get(0)))
             .await
             .unwrap()
     }
 
-    async fn scalar<T: rusqlite::types::FromSql + Send + 'static>(&self, sql: &'static str) -> T {
+    async fn scalar<T: strava_sync::store::sql::FromSql + Send + 'static>(
+        &self,
+        sql: &'static str,
+    ) -> T {
         scalar(&self.app.store, sql).await
     }
 
@@ -82,8 +85,8 @@ impl Hook {
             .store
             .read(|c| {
                 let mut stmt = c.prepare("SELECT status FROM webhook_events ORDER BY id")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                let rows = stmt.query_map(strava_sync::params![], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()
             })
             .await
             .unwrap()
@@ -93,13 +96,13 @@ impl Hook {
         self.app
             .store
             .read(move |c| {
-                use rusqlite::OptionalExtension;
-                Ok(c.query_row(
+                use strava_sync::store::sql::OptionalExtension;
+                c.query_row(
                     "SELECT summary_json FROM activities WHERE id = ?1",
                     [id],
                     |r| r.get(0),
                 )
-                .optional()?)
+                .optional()
             })
             .await
             .unwrap()
@@ -113,8 +116,8 @@ impl Hook {
                     "SELECT athlete_id, payload_json FROM jobs WHERE kind = 'webhook_fetch'
                      ORDER BY id",
                 )?;
-                let rows = stmt.query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+                let rows = stmt.query_map(strava_sync::params![], |r| {
+                    Ok((r.get::<i64>(0)?, r.get::<Option<String>>(1)?))
                 })?;
                 let mut out = Vec::new();
                 for row in rows {
@@ -135,7 +138,7 @@ impl Hook {
         let sql = sql.into();
         self.app
             .store
-            .write(move |tx| Ok(tx.execute_batch(&sql)?))
+            .write(move |tx| tx.execute_batch(&sql))
             .await
             .unwrap();
     }
@@ -174,12 +177,12 @@ pub async fn pause_background_work(app: &TestApp) {
     assert_eq!(res.status(), 200);
 }
 
-pub async fn scalar<T: rusqlite::types::FromSql + Send + 'static>(
+pub async fn scalar<T: strava_sync::store::sql::FromSql + Send + 'static>(
     store: &Store,
     sql: &'static str,
 ) -> T {
     store
-        .read(move |c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+        .read(move |c| c.query_row(sql, strava_sync::params![], |r| r.get(0)))
         .await
         .unwrap()
 }
@@ -354,12 +357,12 @@ async fn an_update_is_applied_from_the_event_without_any_call() {
         .app
         .store
         .read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT summary_json, detail_json, needs_refresh, last_event_time
                  FROM activities WHERE id = ?1",
                 [ACTIVITY],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?)
+            )
         })
         .await
         .unwrap();
@@ -593,7 +596,7 @@ async fn deauthorization_purges_everything_held_for_the_athlete() {
             .app
             .store
             .read(move |c| {
-                let count = |a: i64| c.query_row(&sql, [a], |r| r.get::<_, i64>(0));
+                let count = |a: i64| c.query_row(&sql, [a], |r| r.get::<i64>(0));
                 Ok((count(ATHLETE)?, count(ATHLETE + 1)?))
             })
             .await
@@ -961,11 +964,11 @@ async fn concurrent_events_are_each_answered_after_their_row_is_committed() {
                 .app
                 .store
                 .read(move |c| {
-                    Ok(c.query_row(
+                    c.query_row(
                         "SELECT COUNT(*) FROM webhook_events WHERE event_time = ?1",
                         [time],
                         |r| r.get(0),
-                    )?)
+                    )
                 })
                 .await
                 .unwrap();

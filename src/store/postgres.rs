@@ -1,0 +1,312 @@
+//! The PostgreSQL backend of [`Connection`]: the blocking `postgres` client
+//! in r2d2 pools, like SQLite's. Parameters bind to whatever type the server
+//! inferred for them (an `i64` into an `integer`, a flag into a `boolean`),
+//! so the SQL both backends share needs no casts for its parameters.
+//!
+//! Every write transaction first takes one advisory lock for the schema:
+//! writes are serialized across instances as SQLite serializes them in
+//! one file. Each use case therefore keeps its single-writer meaning (a
+//! permit is taken once, a job claimed once, an event applied once), and
+//! the change log's ids are handed out in commit order, which the feed's
+//! cursor relies on. Reads run in read-only snapshots and never wait.
+
+use std::cell::RefCell;
+use std::error::Error;
+
+use bytes::BytesMut;
+use include_dir::{include_dir, Dir};
+use postgres::error::SqlState;
+use postgres::types::{to_sql_checked, IsNull, ToSql as PgToSql, Type};
+use postgres::{IsolationLevel, NoTls, Transaction};
+use r2d2::Pool;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::sql::{self, Connection, Dialect, Row, ValueRef};
+use super::{DbError, DbResult};
+
+static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations/postgres");
+
+type Manager = PostgresConnectionManager<NoTls>;
+
+const READER_POOL_SIZE: u32 = 8;
+
+/// The pools of one PostgreSQL database (and schema, when the URL's
+/// `options` set a `search_path`).
+#[derive(Clone)]
+pub struct Postgres {
+    writer: Pool<Manager>,
+    readers: Pool<Manager>,
+    /// The advisory lock key that serializes writes to this schema.
+    write_lock: i64,
+}
+
+impl Postgres {
+    /// Connects, applies migrations and builds the pools.
+    pub fn open(url: &str) -> DbResult<Self> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| DbError::Config(format!("DATABASE_URL is not a PostgreSQL URL: {e}")))?;
+        let manager = || PostgresConnectionManager::new(config.clone(), NoTls);
+        let writer = Pool::builder().max_size(1).build(manager())?;
+        let readers = Pool::builder()
+            .max_size(READER_POOL_SIZE)
+            .min_idle(Some(1))
+            .build(manager())?;
+        let write_lock = {
+            let mut client = writer.get()?;
+            let schema: String = client.query_one("SELECT current_schema()", &[])?.get(0);
+            lock_key(&schema)
+        };
+        let pg = Self {
+            writer,
+            readers,
+            write_lock,
+        };
+        pg.migrate()?;
+        Ok(pg)
+    }
+
+    /// Applies the migrations not applied yet, in order, under the write
+    /// lock: instances starting together migrate once.
+    fn migrate(&self) -> DbResult<()> {
+        self.write(|tx| {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version BIGINT PRIMARY KEY,
+                     name    TEXT NOT NULL
+                 )",
+            )?;
+            let applied: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                super::sql::params![],
+                |r| r.get(0),
+            )?;
+            let mut dirs: Vec<_> = MIGRATIONS_DIR.dirs().collect();
+            dirs.sort_by_key(|d| d.path().to_owned());
+            for (i, dir) in dirs.iter().enumerate() {
+                let version = i as i64 + 1;
+                if version <= applied {
+                    continue;
+                }
+                let sql = dir
+                    .get_file(dir.path().join("up.sql"))
+                    .and_then(|f| f.contents_utf8())
+                    .ok_or_else(|| DbError::Config(format!("{:?} has no up.sql", dir.path())))?;
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)",
+                    super::sql::params![version, dir.path().display().to_string()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in a read-only snapshot.
+    pub fn read<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
+        let mut client = self.readers.get()?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let conn = PgConnection::new(tx);
+        let out = f(&conn)?;
+        conn.tx.into_inner().commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a transaction holding the schema's write lock; commits
+    /// when it returns `Ok`.
+    pub fn write<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
+        let mut client = self.writer.get()?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.write_lock])?;
+        let conn = PgConnection::new(tx);
+        let out = f(&conn)?;
+        conn.tx.into_inner().commit()?;
+        Ok(out)
+    }
+}
+
+/// A stable advisory lock key per schema, so tests (and tenants) in their
+/// own schemas of one database do not wait on each other.
+fn lock_key(schema: &str) -> i64 {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("strava-sync:{schema}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+struct PgConnection<'a> {
+    tx: RefCell<Transaction<'a>>,
+}
+
+impl<'a> PgConnection<'a> {
+    fn new(tx: Transaction<'a>) -> Self {
+        Self {
+            tx: RefCell::new(tx),
+        }
+    }
+}
+
+impl Connection for PgConnection<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn run(&self, sql: &str, params: &[&dyn sql::ToSql]) -> DbResult<usize> {
+        let sql = numbered(sql);
+        let params: Vec<Param> = params.iter().map(|p| Param(p.to_sql())).collect();
+        let refs: Vec<&(dyn PgToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
+        Ok(self.tx.borrow_mut().execute(sql.as_str(), &refs)? as usize)
+    }
+
+    fn run_batch(&self, sql: &str) -> DbResult<()> {
+        Ok(self.tx.borrow_mut().batch_execute(sql)?)
+    }
+
+    fn each_row(
+        &self,
+        sql: &str,
+        params: &[&dyn sql::ToSql],
+        f: &mut dyn FnMut(&dyn Row) -> DbResult<()>,
+    ) -> DbResult<()> {
+        let sql = numbered(sql);
+        let params: Vec<Param> = params.iter().map(|p| Param(p.to_sql())).collect();
+        let refs: Vec<&(dyn PgToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
+        let rows = self.tx.borrow_mut().query(sql.as_str(), &refs)?;
+        for row in &rows {
+            f(&PgRow(row))?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites `?N` and `?` placeholders as PostgreSQL's `$N`, leaving quoted
+/// text alone.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut next = 1;
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    digits = next.to_string();
+                    next += 1;
+                }
+                out.push('$');
+                out.push_str(&digits);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[derive(Debug)]
+struct Param<'a>(ValueRef<'a>);
+
+impl PgToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self.0 {
+            ValueRef::Null => Ok(IsNull::Yes),
+            ValueRef::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
+                Type::BOOL => (i != 0).to_sql(ty, out),
+                Type::FLOAT8 => (i as f64).to_sql(ty, out),
+                Type::FLOAT4 => (i as f32).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => i.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("cannot bind an integer as {ty}").into()),
+            },
+            ValueRef::Real(f) => match *ty {
+                Type::FLOAT8 => f.to_sql(ty, out),
+                Type::FLOAT4 => (f as f32).to_sql(ty, out),
+                _ => Err(format!("cannot bind a number as {ty}").into()),
+            },
+            ValueRef::Text(s) => s.to_sql(ty, out),
+            ValueRef::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+struct PgRow<'a>(&'a postgres::Row);
+
+impl Row for PgRow<'_> {
+    fn value(&self, idx: usize) -> DbResult<ValueRef<'_>> {
+        let row = self.0;
+        let column = row
+            .columns()
+            .get(idx)
+            .ok_or_else(|| DbError::Decode(format!("no column {idx}")))?;
+        let int = |v: Option<i64>| v.map_or(ValueRef::Null, ValueRef::Int);
+        Ok(match *column.type_() {
+            Type::INT8 => int(row.try_get(idx)?),
+            Type::INT4 => int(row.try_get::<_, Option<i32>>(idx)?.map(i64::from)),
+            Type::INT2 => int(row.try_get::<_, Option<i16>>(idx)?.map(i64::from)),
+            Type::BOOL => int(row.try_get::<_, Option<bool>>(idx)?.map(i64::from)),
+            Type::FLOAT8 => row
+                .try_get::<_, Option<f64>>(idx)?
+                .map_or(ValueRef::Null, ValueRef::Real),
+            Type::FLOAT4 => row
+                .try_get::<_, Option<f32>>(idx)?
+                .map_or(ValueRef::Null, |f| ValueRef::Real(f64::from(f))),
+            Type::BYTEA => row
+                .try_get::<_, Option<&[u8]>>(idx)?
+                .map_or(ValueRef::Null, ValueRef::Blob),
+            _ => row
+                .try_get::<_, Option<&str>>(idx)?
+                .map_or(ValueRef::Null, ValueRef::Text),
+        })
+    }
+}
+
+impl DbError {
+    /// The SQLSTATE of a PostgreSQL error, if this is one.
+    pub(super) fn sql_state(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Postgres(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_outside_quotes() {
+        assert_eq!(numbered("a = ?1 AND b = ?12"), "a = $1 AND b = $12");
+        assert_eq!(numbered("IN (?, ?, ?)"), "IN ($1, $2, $3)");
+        assert_eq!(numbered("x = '?' AND y = ?2"), "x = '?' AND y = $2");
+    }
+}
