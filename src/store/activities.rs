@@ -50,7 +50,8 @@ pub fn upsert_summaries(
     )?;
     let mut update = conn.prepare_cached(
         "UPDATE activities SET summary_json = ?2, last_seen_at = ?3,
-             updated_at = CASE WHEN summary_json = ?2 THEN updated_at ELSE ?3 END
+             updated_at = CASE WHEN activities.summary_json = ?2
+                 THEN activities.updated_at ELSE ?3 END
          WHERE id = ?1",
     )?;
     for raw in page {
@@ -124,7 +125,7 @@ pub fn upsert_detail(
              detail_json = excluded.detail_json,
              detail_fetched_at = excluded.detail_fetched_at,
              last_seen_at = excluded.last_seen_at,
-             updated_at = CASE WHEN ?5 THEN excluded.updated_at ELSE updated_at END",
+             updated_at = CASE WHEN ?5 THEN excluded.updated_at ELSE activities.updated_at END",
     )?
     .execute(params![keys.id, athlete_id, detail.get(), at, changed])?;
     let (kind, upserted) = match (before, changed) {
@@ -272,7 +273,9 @@ pub fn stats(conn: &dyn Connection, athlete_id: i64, now: i64) -> DbResult<Activ
         .and_then(|t| Utc.with_ymd_and_hms(t.year(), 1, 1, 0, 0, 0).single())
         .map_or(i64::MIN, |t| t.timestamp());
     let mut stmt = conn.prepare_cached(
-        "WITH periods(period, since) AS (VALUES ('recent', ?2), ('ytd', ?3), ('all', ?4)),
+        "WITH periods(period, since) AS (
+             VALUES ('recent', CAST(?2 AS BIGINT)), ('ytd', CAST(?3 AS BIGINT)),
+                    ('all', CAST(?4 AS BIGINT))),
          classified AS (
              SELECT CASE
                         WHEN COALESCE(sport_type, activity_type)

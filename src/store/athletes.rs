@@ -203,7 +203,7 @@ impl Store {
     pub async fn record_reads(&self, reads: Vec<(i64, i64)>) -> DbResult<()> {
         self.write(move |tx| {
             let mut stmt = tx.prepare_cached(
-                "UPDATE athletes SET last_read_at = MAX(COALESCE(last_read_at, 0), ?2)
+                "UPDATE athletes SET last_read_at = greatest(COALESCE(last_read_at, 0), ?2)
                  WHERE id = ?1",
             )?;
             for (id, at) in reads {

@@ -60,7 +60,7 @@ pub fn bury(conn: &dyn Connection, athlete_id: i64, id: i64, event_time: i64) ->
     conn.prepare_cached(
         "INSERT INTO activity_tombstones (athlete_id, id, event_time) VALUES (?1, ?2, ?3)
          ON CONFLICT(athlete_id, id) DO UPDATE SET
-             event_time = greatest(event_time, excluded.event_time)",
+             event_time = greatest(activity_tombstones.event_time, excluded.event_time)",
     )?
     .execute(params![athlete_id, id, event_time])?;
     Ok(())

@@ -45,7 +45,7 @@ use token_cipher::TokenCipher;
 pub enum DbError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres_message(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("query returned no rows")]
     NoRows,
@@ -114,6 +114,15 @@ impl DbError {
             || self
                 .sql_state()
                 .is_some_and(|s| s.code().starts_with("08") || s.code().starts_with("57P"))
+    }
+}
+
+/// The server's own message where there is one: the driver's display of
+/// a server error says only "db error".
+fn postgres_message(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::error::Error;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use include_dir::{include_dir, Dir};
@@ -34,10 +35,34 @@ const READER_POOL_SIZE: u32 = 8;
 /// `options` set a `search_path`).
 #[derive(Clone)]
 pub struct Postgres {
-    writer: Pool<Manager>,
-    readers: Pool<Manager>,
+    pools: Arc<Pools>,
     /// The advisory lock key that serializes writes to this schema.
     write_lock: i64,
+}
+
+/// The blocking client runs a small runtime per connection, which may not
+/// be dropped on an async thread, where the last clone of a store may
+/// well go: the pools are dropped on a thread of their own.
+struct Pools {
+    writer: Option<Pool<Manager>>,
+    readers: Option<Pool<Manager>>,
+}
+
+impl Pools {
+    fn writer(&self) -> &Pool<Manager> {
+        self.writer.as_ref().expect("taken only on drop")
+    }
+
+    fn readers(&self) -> &Pool<Manager> {
+        self.readers.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        let pools = (self.writer.take(), self.readers.take());
+        std::thread::spawn(move || drop(pools));
+    }
 }
 
 impl Postgres {
@@ -46,20 +71,27 @@ impl Postgres {
         let config: postgres::Config = url
             .parse()
             .map_err(|e| DbError::Config(format!("DATABASE_URL is not a PostgreSQL URL: {e}")))?;
+        // One connection first: a server that cannot be reached is said so
+        // at once, where a pool would retry until its timeout.
+        let schema: Option<String> = config
+            .connect(NoTls)?
+            .query_one("SELECT current_schema()", &[])?
+            .get(0);
+        let schema = schema.ok_or_else(|| {
+            DbError::Config("DATABASE_URL's search_path names no schema that exists".into())
+        })?;
+        let write_lock = lock_key(&schema);
         let manager = || PostgresConnectionManager::new(config.clone(), NoTls);
         let writer = Pool::builder().max_size(1).build(manager())?;
         let readers = Pool::builder()
             .max_size(READER_POOL_SIZE)
             .min_idle(Some(1))
             .build(manager())?;
-        let write_lock = {
-            let mut client = writer.get()?;
-            let schema: String = client.query_one("SELECT current_schema()", &[])?.get(0);
-            lock_key(&schema)
-        };
         let pg = Self {
-            writer,
-            readers,
+            pools: Arc::new(Pools {
+                writer: Some(writer),
+                readers: Some(readers),
+            }),
             write_lock,
         };
         pg.migrate()?;
@@ -104,7 +136,7 @@ impl Postgres {
 
     /// Runs `f` in a read-only snapshot.
     pub fn read<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
-        let mut client = self.readers.get()?;
+        let mut client = self.pools.readers().get()?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -119,7 +151,7 @@ impl Postgres {
     /// Runs `f` in a transaction holding the schema's write lock; commits
     /// when it returns `Ok`.
     pub fn write<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
-        let mut client = self.writer.get()?;
+        let mut client = self.pools.writer().get()?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.write_lock])?;
         let conn = PgConnection::new(tx);

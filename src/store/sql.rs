@@ -18,7 +18,7 @@ impl Dialect {
     pub fn json_text(self, column: &str, key: &str) -> String {
         match self {
             Dialect::Sqlite => format!("json_extract({column}, '$.{key}')"),
-            Dialect::Postgres => format!("(CAST({column} AS json) ->> '{key}')"),
+            Dialect::Postgres => format!("(strava_sync_json({column}) ->> '{key}')"),
         }
     }
 
@@ -35,7 +35,9 @@ impl Dialect {
     pub fn json_array_length(self, column: &str, key: &str) -> String {
         match self {
             Dialect::Sqlite => format!("json_array_length({column}, '$.{key}')"),
-            Dialect::Postgres => format!("json_array_length(CAST({column} AS json) -> '{key}')"),
+            Dialect::Postgres => {
+                format!("json_array_length(strava_sync_json({column}) -> '{key}')")
+            }
         }
     }
 }

@@ -57,7 +57,7 @@ pub fn set_backfill(conn: &dyn Connection, athlete_id: i64, b: &Backfill) -> DbR
 /// them (`GET /api/sync` shows it).
 pub fn record_webhook_at(conn: &dyn Connection, athlete_id: i64, received_at: i64) -> DbResult<()> {
     conn.prepare_cached(
-        "UPDATE sync_state SET last_webhook_at = max(coalesce(last_webhook_at, 0), ?2)
+        "UPDATE sync_state SET last_webhook_at = greatest(coalesce(last_webhook_at, 0), ?2)
          WHERE athlete_id = ?1",
     )?
     .execute(params![athlete_id, received_at])?;
@@ -171,7 +171,7 @@ pub fn gap_fill_order(
          LEFT JOIN tier_weights w ON w.name = a.tier
          LEFT JOIN tier_weights d ON d.is_default = 1
          WHERE a.status = 'connected'
-         ORDER BY COALESCE(a.last_read_at >= ?2, 0) DESC, COALESCE(w.weight, d.weight, 1) DESC,
+         ORDER BY CASE WHEN a.last_read_at >= ?2 THEN 1 ELSE 0 END DESC, COALESCE(w.weight, d.weight, 1) DESC,
                   s.last_gap_fill_at IS NOT NULL, s.last_gap_fill_at, a.id
          LIMIT ?1",
     )?;
@@ -296,7 +296,7 @@ pub fn last_webhook_at(conn: &dyn Connection, athlete_id: i64) -> DbResult<Optio
     conn.query_row(
         "SELECT MAX(t) FROM (
              SELECT last_webhook_at AS t FROM sync_state WHERE athlete_id = ?1
-             UNION ALL SELECT MAX(received_at) FROM webhook_events WHERE owner_id = ?1)",
+             UNION ALL SELECT MAX(received_at) FROM webhook_events WHERE owner_id = ?1) AS w",
         [athlete_id],
         |r| r.get(0),
     )

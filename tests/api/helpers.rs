@@ -1,6 +1,10 @@
-//! Spawns the real application on a loopback port with a fresh database file,
+//! Spawns the real application on a loopback port with a fresh database,
 //! calls its routes (one helper per endpoint, shared by every kind of test
 //! app), and waits for background work.
+//!
+//! The database is a SQLite file in the test's directory, or, when
+//! `TEST_DATABASE_URL` names a PostgreSQL database, a schema of its own in
+//! it: `.ci/run` runs the suite once each way.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -10,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use strava_sync::config::Settings;
+use strava_sync::config::{Database, Settings};
 use strava_sync::startup::{Application, ShutdownHandle};
 use strava_sync::store::{activities, api_tokens, athletes, Store};
 use tokio::time::Instant;
@@ -392,13 +396,93 @@ impl Deref for TestApp {
     }
 }
 
+/// The PostgreSQL database the suite runs on, if it does.
+fn postgres_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Whether this run keeps its data in PostgreSQL; tests of SQLite's file
+/// (its permissions, its pages, a full disk) have nothing to check there.
+pub fn on_postgres() -> bool {
+    postgres_url().is_some()
+}
+
+/// The database a test's app runs on, named `name` within the test's
+/// directory: the same one each time it is asked for, so a restarted app
+/// finds its data. On PostgreSQL, a schema named after the directory,
+/// created on first use; the schemas of earlier runs are dropped once per
+/// run, before the first is created.
+pub fn test_database(dir: &tempfile::TempDir, name: &str) -> Database {
+    let Some(url) = postgres_url() else {
+        return Database::Sqlite(dir.path().join(name));
+    };
+    static CLEARED: std::sync::Once = std::sync::Once::new();
+    let tag = format!("{}/{name}", dir.path().display());
+    let schema = format!(
+        "{SCHEMA_PREFIX}{:016x}",
+        tag.bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b))
+                .wrapping_mul(0x0100_0000_01b3))
+    );
+    let admin = url.clone();
+    let create = schema.clone();
+    // The blocking client must not run on the test's async threads.
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+            .expect("TEST_DATABASE_URL accepts connections");
+        CLEARED.call_once(|| {
+            let stale: Vec<String> = client
+                .query(
+                    "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)",
+                    &[&SCHEMA_PREFIX],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for schema in stale {
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .unwrap();
+            }
+        });
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {create}"))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Database::Postgres(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+}
+
+const SCHEMA_PREFIX: &str = "strava_sync_test_";
+
+/// The environment variable and value that point an app at `database`.
+pub fn database_env(database: &Database) -> (&'static str, String) {
+    match database {
+        Database::Sqlite(path) => ("DATABASE_PATH", path.display().to_string()),
+        Database::Postgres(url) => ("DATABASE_URL", url.clone()),
+    }
+}
+
+/// Opens `database` as its app does (off the async threads: PostgreSQL's
+/// client blocks).
+pub async fn open_store(database: &Database) -> Store {
+    let database = database.clone();
+    tokio::task::spawn_blocking(move || Store::connect(&database))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Settings for a test app; `overrides` win over the test defaults.
 pub fn test_settings(dir: &tempfile::TempDir, overrides: &[(&str, &str)]) -> Settings {
+    let (key, database) = database_env(&test_database(dir, "test.db"));
     let mut env: BTreeMap<String, String> = [
-        (
-            "DATABASE_PATH",
-            dir.path().join("test.db").to_str().unwrap(),
-        ),
+        (key, database.as_str()),
         ("PORT", "0"),
         ("STRAVA_CLIENT_ID", "1234"),
         ("STRAVA_CLIENT_SECRET", "test-client-secret"),
@@ -440,7 +524,7 @@ impl TestApp {
         }
     }
 
-    /// The app's database file.
+    /// The app's database file (on SQLite).
     pub fn database_path(&self) -> std::path::PathBuf {
         self.dir.path().join("test.db")
     }

@@ -6,8 +6,7 @@
 //! in the test (exact control of what was acknowledged), once with the
 //! simulator delivering and retrying as Strava does.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +14,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use strava_sync::config::Database;
 use strava_sync::model::job::Fetch;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simulator};
 use strava_sync::store::{subscription, Store};
 
-use crate::helpers::{eventually, ApiClient, TOKEN_KEY, WAIT};
+use crate::helpers::{
+    database_env, eventually, open_store, test_database, ApiClient, TOKEN_KEY, WAIT,
+};
 use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
 
@@ -49,7 +51,7 @@ struct Server {
 
 impl Server {
     /// Starts the binary on `port`; fails the test if it does not come up.
-    async fn start(db: &Path, port: u16, strava_api_url: &str) -> Self {
+    async fn start(db: &Database, port: u16, strava_api_url: &str) -> Self {
         Self::try_start(db, port, strava_api_url)
             .await
             .unwrap_or_else(|| panic!("the service exited at start (port {port} taken?)"))
@@ -57,7 +59,7 @@ impl Server {
 
     /// Starts the binary on a free port, trying another if the one picked
     /// was taken between choosing it and the child binding it.
-    async fn start_on_a_free_port(db: &Path, strava_api_url: &str) -> Self {
+    async fn start_on_a_free_port(db: &Database, strava_api_url: &str) -> Self {
         for _ in 0..3 {
             if let Some(server) = Self::try_start(db, free_port(), strava_api_url).await {
                 return server;
@@ -67,13 +69,14 @@ impl Server {
     }
 
     /// None when the child exits before it answers (it could not bind).
-    async fn try_start(db: &Path, port: u16, strava_api_url: &str) -> Option<Self> {
+    async fn try_start(db: &Database, port: u16, strava_api_url: &str) -> Option<Self> {
         let admin_token = strava_sync::store::api_tokens::random_token();
+        let (key, database) = database_env(db);
         let child = Command::new(env!("CARGO_BIN_EXE_strava-sync"))
             .arg("serve")
-            .current_dir(db.parent().unwrap())
+            .current_dir(std::env::temp_dir())
             .env_clear()
-            .env("DATABASE_PATH", db)
+            .env(key, database)
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
@@ -170,46 +173,59 @@ async fn deliver(url: &str, events: &[Value], acked: impl Fn() + Sync) -> Vec<bo
         .await
 }
 
-/// Whether the effect of an event is in the database.
-fn applied(store: &Store, event: &Value, queued_fetches: &BTreeSet<i64>) -> bool {
-    let id = event["object_id"].as_i64().unwrap();
-    let row: Option<String> = store
-        .read_blocking(move |c| {
-            use strava_sync::store::sql::OptionalExtension;
-            c.query_row(
-                "SELECT summary_json FROM activities WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()
-        })
-        .unwrap();
-    match event["aspect_type"].as_str().unwrap() {
-        "update" => row.is_some_and(|json| {
-            serde_json::from_str::<Value>(&json).unwrap()["name"] == event["updates"]["title"]
-        }),
-        "delete" => row.is_none(),
-        // The fetch itself is the job runner's: a queued fetch counts.
-        _ => queued_fetches.contains(&id),
-    }
+/// What the database holds that events change: each stored activity's
+/// summary, and the activities queued for a fetch.
+struct Effects {
+    summaries: BTreeMap<i64, String>,
+    queued_fetches: BTreeSet<i64>,
 }
 
-fn queued_fetches(store: &Store) -> BTreeSet<i64> {
-    store
-        .read_blocking(|c| {
-            let mut stmt =
-                c.prepare("SELECT payload_json FROM jobs WHERE kind = 'webhook_fetch'")?;
-            let payloads =
-                stmt.query_map(strava_sync::params![], |r| r.get::<Option<String>>(0))?;
-            let mut ids = BTreeSet::new();
-            for json in payloads {
-                ids.extend(
-                    serde_json::from_str::<Fetch>(json?.as_deref().unwrap_or("{}"))?.activity_ids,
-                );
-            }
-            Ok(ids)
-        })
-        .unwrap()
+impl Effects {
+    async fn read(store: &Store) -> Self {
+        store
+            .read(|c| {
+                let summaries = c
+                    .query_map(
+                        "SELECT id, summary_json FROM activities",
+                        strava_sync::params![],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?
+                    .into_iter()
+                    .collect();
+                let mut queued_fetches = BTreeSet::new();
+                let payloads: Vec<Option<String>> = c.query_map(
+                    "SELECT payload_json FROM jobs WHERE kind = 'webhook_fetch'",
+                    strava_sync::params![],
+                    |r| r.get(0),
+                )?;
+                for json in payloads {
+                    queued_fetches.extend(
+                        serde_json::from_str::<Fetch>(json.as_deref().unwrap_or("{}"))?
+                            .activity_ids,
+                    );
+                }
+                Ok(Effects {
+                    summaries,
+                    queued_fetches,
+                })
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Whether the effect of an event is in the database.
+    fn applied(&self, event: &Value) -> bool {
+        let id = event["object_id"].as_i64().unwrap();
+        let row = self.summaries.get(&id);
+        match event["aspect_type"].as_str().unwrap() {
+            "update" => row.is_some_and(|json| {
+                serde_json::from_str::<Value>(json).unwrap()["name"] == event["updates"]["title"]
+            }),
+            "delete" => row.is_none(),
+            // The fetch itself is the job runner's: a queued fetch counts.
+            _ => self.queued_fetches.contains(&id),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,8 +233,8 @@ async fn every_acknowledged_event_survives_sigkill() {
     const STORED: i64 = 400;
     const KILL_AFTER_ACKS: usize = 150;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
-    let store = Store::open(&db).unwrap();
+    let db = test_database(&dir, "crash.db");
+    let store = open_store(&db).await;
     seed_athlete(&store, ATHLETE).await;
     seed_activities(&store, ATHLETE, (0..STORED).map(|i| FIRST_ID + i).collect()).await;
     let secret = store.write(paused_secret).await.unwrap();
@@ -271,10 +287,10 @@ async fn every_acknowledged_event_survives_sigkill() {
     // Restart on the same database; nothing is resent yet.
     let server = Server::start_on_a_free_port(&db, NOWHERE).await;
     server.drained().await;
-    let fetches = queued_fetches(&store);
+    let effects = Effects::read(&store).await;
     let lost: Vec<String> = acknowledged
         .iter()
-        .filter(|e| !applied(&store, e, &fetches))
+        .filter(|e| !effects.applied(e))
         .map(|e| format!("{} {}", e["aspect_type"], e["object_id"]))
         .collect();
     assert!(
@@ -295,8 +311,8 @@ async fn every_acknowledged_event_survives_sigkill() {
         .collect();
     assert!(deliver(&url, &unacked, || {}).await.iter().all(|ok| *ok));
     server.drained().await;
-    let fetches = queued_fetches(&store);
-    assert!(events.iter().all(|e| applied(&store, e, &fetches)));
+    let effects = Effects::read(&store).await;
+    assert!(events.iter().all(|e| effects.applied(e)));
     let rows: i64 = store
         .read(|c| {
             c.query_row(
@@ -353,8 +369,8 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
         s.subscription_id_as_string_probability = 0.5;
     });
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sim-crash.db");
-    let store = Store::open(&db).unwrap();
+    let db = test_database(&dir, "sim-crash.db");
+    let store = open_store(&db).await;
     let (athlete, list) = seed_from(&sim, &store).await;
     store.write(paused_secret).await.unwrap();
     let port = free_port();
@@ -401,11 +417,8 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
     drop(server);
     let server = Server::start(&db, port, &sim.api_url()).await;
     server.drained().await;
-    let fetches = queued_fetches(&store);
-    let lost = acknowledged
-        .iter()
-        .filter(|e| !applied(&store, e, &fetches))
-        .count();
+    let effects = Effects::read(&store).await;
+    let lost = acknowledged.iter().filter(|e| !effects.applied(e)).count();
     assert_eq!(
         lost,
         0,
@@ -423,8 +436,8 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
     })
     .await;
     server.drained().await;
-    let fetches = queued_fetches(&store);
-    assert!(delivered(&sim).iter().all(|e| applied(&store, e, &fetches)));
+    let effects = Effects::read(&store).await;
+    assert!(delivered(&sim).iter().all(|e| effects.applied(e)));
     // Renames and deletes cost no call; creates are left to the job runner.
     assert_eq!(sim.calls().total, calls_before);
 }

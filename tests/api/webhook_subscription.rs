@@ -4,20 +4,22 @@
 //! with no API call, and a create that only queues a fetch.
 
 use serde_json::Value;
+use strava_sync::config::Database;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, SimHandle, Simulator};
 use strava_sync::store::{activities, athletes, Store};
 
-use crate::helpers::{eventually, TestApp, WAIT};
+use crate::helpers::{database_env, eventually, test_database, TestApp, WAIT};
 use crate::webhooks::{pause_background_work, scalar};
 
 /// Runs `strava-sync subscription <action>` against the simulator, for the
 /// service at `public_url`.
-pub async fn cli(action: &str, db: &std::path::Path, sim: &SimHandle, public_url: &str) -> String {
+pub async fn cli(action: &str, db: &Database, sim: &SimHandle, public_url: &str) -> String {
+    let (key, database) = database_env(db);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
         .args(["subscription", action])
-        .current_dir(db.parent().unwrap())
+        .current_dir(std::env::temp_dir())
         .env_clear()
-        .env("DATABASE_PATH", db)
+        .env(key, database)
         .env("PUBLIC_URL", public_url)
         .env("STRAVA_API_URL", sim.api_url())
         .env("STRAVA_CLIENT_ID", sim.client_id().to_string())
@@ -59,7 +61,10 @@ async fn stored_name(store: &Store, id: u64) -> Option<String> {
         .read(move |c| {
             use strava_sync::store::sql::OptionalExtension;
             c.query_row(
-                "SELECT json_extract(summary_json, '$.name') FROM activities WHERE id = ?1",
+                &format!(
+                    "SELECT {} FROM activities WHERE id = ?1",
+                    c.dialect().json_text("summary_json", "name")
+                ),
                 [id as i64],
                 |r| r.get(0),
             )
@@ -83,12 +88,10 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
         s.subscription_id_as_string_probability = 0.5;
     });
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sub.db");
-    let app = TestApp::spawn_with(&[
-        ("DATABASE_PATH", db.to_str().unwrap()),
-        ("STRAVA_API_URL", &sim.api_url()),
-    ])
-    .await;
+    let db = test_database(&dir, "sub.db");
+    let (key, database) = database_env(&db);
+    let app =
+        TestApp::spawn_with(&[(key, database.as_str()), ("STRAVA_API_URL", &sim.api_url())]).await;
     let secret = app.store.path_secret().await.unwrap();
     let callback = format!("{}/webhook/{secret}", app.address);
     pause_background_work(&app).await;

@@ -8,6 +8,7 @@
 
 use serde_json::{json, Value};
 use strava_sync::model::job::{Fetch, Task};
+use strava_sync::store::sql::Dialect;
 use strava_sync::store::{activities, api_tokens, athletes, inbox, jobs, Store};
 use strava_sync::webhook::worker;
 
@@ -143,14 +144,50 @@ impl Hook {
             .unwrap();
     }
 
-    /// Makes SQLite refuse updates of activities matching `when`, as a
+    /// Makes the database refuse updates of activities (those named `name`,
+    /// or all), as a
     /// stand-in for any failure while applying an event.
-    async fn refuse_updates(&self, when: &str) {
-        self.exec(format!(
-            "CREATE TRIGGER refuse BEFORE UPDATE ON activities WHEN {when}
-             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
-        ))
-        .await;
+    async fn refuse_updates(&self, name: Option<&'static str>) {
+        self.app
+            .store
+            .write(move |tx| {
+                let dialect = tx.dialect();
+                let when = match name {
+                    Some(name) => format!(
+                        "{} = '{name}'",
+                        dialect.json_text("NEW.summary_json", "name")
+                    ),
+                    None => "1 = 1".into(),
+                };
+                tx.execute_batch(&match dialect {
+                    Dialect::Sqlite => format!(
+                        "CREATE TRIGGER refuse BEFORE UPDATE ON activities WHEN {when}
+                         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+                    ),
+                    Dialect::Postgres => format!(
+                        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql
+                             AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+                         CREATE TRIGGER refuse BEFORE UPDATE ON activities
+                             FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION refuse();"
+                    ),
+                })
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Lets updates through again.
+    async fn allow_updates(&self) {
+        self.app
+            .store
+            .write(|tx| {
+                tx.execute_batch(match tx.dialect() {
+                    Dialect::Sqlite => "DROP TRIGGER refuse",
+                    Dialect::Postgres => "DROP TRIGGER refuse ON activities",
+                })
+            })
+            .await
+            .unwrap();
     }
 
     /// Commits several events in one transaction, as if they had arrived
@@ -865,8 +902,8 @@ async fn hostile_strings_are_stored_and_applied_verbatim() {
 #[tokio::test]
 async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
     let hook = seeded().await;
-    // Make applying the update fail inside SQLite.
-    hook.refuse_updates("1").await;
+    // Make applying the update fail inside the database.
+    hook.refuse_updates(None).await;
     hook.rename(ACTIVITY, T0, "x").await;
     let start = now();
     let mut clock = start;
@@ -902,7 +939,7 @@ async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
         "{overview}"
     );
 
-    hook.exec("DROP TRIGGER refuse").await;
+    hook.allow_updates().await;
     let replay: Value = hook.app.admin_webhooks_replay().await.json().await.unwrap();
     assert_eq!(replay, json!({"replayed": 1}));
     hook.drain().await;
@@ -914,8 +951,7 @@ async fn failing_events_retry_with_backoff_then_wait_for_a_replay() {
 #[tokio::test]
 async fn a_pending_retry_holds_back_later_events_of_the_same_activity() {
     let hook = seeded().await;
-    hook.refuse_updates("json_extract(NEW.summary_json, '$.name') = 'first'")
-        .await;
+    hook.refuse_updates(Some("first")).await;
     hook.rename(ACTIVITY, T0, "first").await;
     hook.rename(ACTIVITY, T0 + 1, "second").await;
     let now = now();
@@ -925,7 +961,7 @@ async fn a_pending_retry_holds_back_later_events_of_the_same_activity() {
         ["pending", "pending"],
         "the second waits for the first"
     );
-    hook.exec("DROP TRIGGER refuse").await;
+    hook.allow_updates().await;
     // Margin: the app's own worker may have made the first attempt a second later.
     worker::drain(&hook.app.store, now + worker::backoff_secs(1) + 5)
         .await
@@ -987,8 +1023,7 @@ async fn a_failing_event_in_a_batch_is_recorded_while_the_others_apply() {
     let hook = seeded().await;
     let others = [ACTIVITY + 1, ACTIVITY + 2];
     seed_activities(&hook.app.store, ATHLETE, others.to_vec()).await;
-    hook.refuse_updates("json_extract(NEW.summary_json, '$.name') = 'bad'")
-        .await;
+    hook.refuse_updates(Some("bad")).await;
     hook.deliver_together(vec![
         activity_event("update", others[0], T0, json!({ "title": "good one" })),
         activity_event("update", ACTIVITY, T0 + 1, json!({ "title": "bad" })),

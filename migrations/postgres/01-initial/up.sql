@@ -11,6 +11,14 @@ CREATE FUNCTION strava_sync_epoch(t text) RETURNS bigint
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$ SELECT CAST(EXTRACT(EPOCH FROM CAST(t AS timestamptz)) AS bigint) $$;
 
+-- A JSON text as json, for reading fields: PostgreSQL cannot turn an
+-- escaped NUL (\u0000) into text, and would fail on any field of a
+-- document holding one, so it becomes U+FFFD first. Only reads go through
+-- here; the stored text keeps the escape.
+CREATE FUNCTION strava_sync_json(t text) RETURNS json
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$ SELECT CAST(replace(t, '\u0000', '\ufffd') AS json) $$;
+
 CREATE TABLE athletes (
     id            BIGINT PRIMARY KEY,
     profile_json  TEXT   NOT NULL,
@@ -55,21 +63,21 @@ CREATE TABLE activities (
     last_seen_at      BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL,
     start_time        BIGINT NOT NULL
-        GENERATED ALWAYS AS (strava_sync_epoch(CAST(summary_json AS json) ->> 'start_date')) STORED,
+        GENERATED ALWAYS AS (strava_sync_epoch(strava_sync_json(summary_json) ->> 'start_date')) STORED,
     activity_type     TEXT COLLATE "C"
-        GENERATED ALWAYS AS (CAST(summary_json AS json) ->> 'type') STORED,
+        GENERATED ALWAYS AS (strava_sync_json(summary_json) ->> 'type') STORED,
     sport_type        TEXT COLLATE "C"
-        GENERATED ALWAYS AS (CAST(summary_json AS json) ->> 'sport_type') STORED,
+        GENERATED ALWAYS AS (strava_sync_json(summary_json) ->> 'sport_type') STORED,
     distance          DOUBLE PRECISION
-        GENERATED ALWAYS AS (CAST(CAST(summary_json AS json) ->> 'distance' AS double precision)) STORED,
+        GENERATED ALWAYS AS (CAST(strava_sync_json(summary_json) ->> 'distance' AS double precision)) STORED,
     moving_time       BIGINT
-        GENERATED ALWAYS AS (CAST(CAST(CAST(summary_json AS json) ->> 'moving_time' AS numeric) AS bigint)) STORED,
+        GENERATED ALWAYS AS (CAST(CAST(strava_sync_json(summary_json) ->> 'moving_time' AS numeric) AS bigint)) STORED,
     elapsed_time      BIGINT
-        GENERATED ALWAYS AS (CAST(CAST(CAST(summary_json AS json) ->> 'elapsed_time' AS numeric) AS bigint)) STORED,
+        GENERATED ALWAYS AS (CAST(CAST(strava_sync_json(summary_json) ->> 'elapsed_time' AS numeric) AS bigint)) STORED,
     elevation_gain    DOUBLE PRECISION
-        GENERATED ALWAYS AS (CAST(CAST(summary_json AS json) ->> 'total_elevation_gain' AS double precision)) STORED,
+        GENERATED ALWAYS AS (CAST(strava_sync_json(summary_json) ->> 'total_elevation_gain' AS double precision)) STORED,
     achievement_count BIGINT
-        GENERATED ALWAYS AS (CAST(CAST(CAST(summary_json AS json) ->> 'achievement_count' AS numeric) AS bigint)) STORED
+        GENERATED ALWAYS AS (CAST(CAST(strava_sync_json(summary_json) ->> 'achievement_count' AS numeric) AS bigint)) STORED
 );
 CREATE INDEX activities_athlete_start ON activities(athlete_id, start_time DESC, id DESC);
 CREATE INDEX activities_needs_detail ON activities((detail_json IS NULL), start_time DESC);
