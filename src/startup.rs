@@ -28,7 +28,7 @@ use crate::strava::oauth::StravaOAuth;
 use crate::strava::tokens::Tokens;
 use crate::sync::attention::Attention;
 use crate::sync::queue::JobQueue;
-use crate::sync::runner::JobRunner;
+use crate::sync::runner::{self, JobRunner};
 use crate::sync::scheduler::{self, Planner};
 use crate::telemetry;
 use crate::webhook::worker::{self, Worker};
@@ -84,6 +84,7 @@ impl Application {
         let settings = Arc::new(settings);
         let (listener, store) = open(&settings).await?;
         let store = seal_tokens(store, &settings).await?;
+        store.join_instances(clock.epoch()).await?;
         let port = listener.local_addr()?.port();
 
         let webhooks = web::Data::new(Webhooks::load(&store).await?);
@@ -259,6 +260,11 @@ impl Application {
             jobs: services.jobs.clone(),
         };
         tasks.spawn(worker::run(worker, shutdown.clone()));
+        tasks.spawn(runner::keep_alive(
+            services.store.clone(),
+            services.clock.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(telemetry::run_upkeep(
             telemetry::metrics_recorder(),
             shutdown.clone(),
@@ -285,6 +291,9 @@ impl Application {
         tasks.close();
         handle.stop(true).await;
         tasks.wait().await;
+        if let Err(e) = services.store.leave_instances().await {
+            tracing::error!(error = %e, "could not hand this instance's jobs back");
+        }
         server_task.await??;
         tracing::info!("stopped");
         Ok(())

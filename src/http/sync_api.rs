@@ -332,12 +332,18 @@ async fn run_gap_fill(
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.epoch();
     let since = state.attention.since();
-    let queued =
-        gap_fill::start_pass(&state.store, settings.strava_rate_limit_daily, since, now).await?;
+    let queued = gap_fill::start_pass(
+        &state.store,
+        settings.strava_rate_limit_daily,
+        since,
+        now,
+        false,
+    )
+    .await?;
     state.jobs.wake();
     Ok(HttpResponse::Accepted().json(PassQueued {
         status: "queued",
-        athletes: queued,
+        athletes: queued.unwrap_or_default(),
     }))
 }
 

@@ -27,6 +27,11 @@ pub const GIVE_UP_AFTER_SECS: i64 = 24 * 3600;
 /// Athletes served at once: one hanging receiver call holds up a batch for
 /// at most [`TIMEOUT`].
 const BATCH: usize = 32;
+
+/// How long a batch's changes are claimed by this instance: long enough
+/// for every delivery in it to time out, after which a claim whose
+/// instance died runs out and another posts the change.
+const CLAIM_SECS: i64 = 120;
 /// How often due retries are looked for when no change arrives.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -92,7 +97,7 @@ impl Deliverer {
         let mut tried = 0;
         loop {
             let now = self.clock.epoch();
-            let due = self.store.due_deliveries(now, BATCH).await?;
+            let due = self.store.claim_deliveries(now, BATCH, CLAIM_SECS).await?;
             if due.is_empty() {
                 return Ok(tried);
             }

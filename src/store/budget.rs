@@ -157,26 +157,82 @@ pub struct StoredWindow {
     pub latest_reported_limit: Option<u32>,
 }
 
+/// The shared budget as stored, which every instance's permits count in:
+/// the windows asked for, the pause switch and the ledger's calls by
+/// purpose since the day began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBudget {
+    pub windows: Vec<StoredWindow>,
+    pub paused: bool,
+    pub spent: Vec<(String, i64)>,
+}
+
+fn load_budget(
+    conn: &dyn Connection,
+    windows: &[(&'static str, i64)],
+    day_start: i64,
+) -> DbResult<StoredBudget> {
+    let windows = windows
+        .iter()
+        .map(|(key, start)| {
+            Ok(StoredWindow {
+                row: load_window(conn, key, *start)?,
+                latest_reported_limit: latest_reported_limit(conn, key)?,
+            })
+        })
+        .collect::<DbResult<_>>()?;
+    Ok(StoredBudget {
+        windows,
+        paused: paused(conn)?,
+        spent: calls_by_purpose_since(conn, day_start)?,
+    })
+}
+
 impl Store {
     /// Drops window rows that started before `prune_before`, then loads the
-    /// windows asked for (key, start) and the pause switch.
+    /// budget (the windows asked for as (key, start), and the calls since
+    /// `day_start`).
     pub async fn load_budget(
         &self,
         windows: Vec<(&'static str, i64)>,
+        day_start: i64,
         prune_before: i64,
-    ) -> DbResult<(Vec<StoredWindow>, bool)> {
+    ) -> DbResult<StoredBudget> {
         self.write(move |tx| {
             prune_windows(tx, prune_before)?;
-            let loaded = windows
-                .into_iter()
-                .map(|(key, start)| {
-                    Ok(StoredWindow {
-                        row: load_window(tx, key, start)?,
-                        latest_reported_limit: latest_reported_limit(tx, key)?,
-                    })
-                })
-                .collect::<DbResult<_>>()?;
-            Ok((loaded, paused(tx)?))
+            load_budget(tx, &windows, day_start)
+        })
+        .await
+    }
+
+    /// The budget as stored now, for an instance catching up with what the
+    /// others spent, paused or resumed.
+    pub async fn read_budget(
+        &self,
+        windows: Vec<(&'static str, i64)>,
+        day_start: i64,
+    ) -> DbResult<StoredBudget> {
+        self.read(move |c| load_budget(c, &windows, day_start))
+            .await
+    }
+
+    /// Takes a permit as one write transaction: `decide` sees the budget as
+    /// stored and returns its answer with the windows to store. Writes are
+    /// serialized (one writer; on PostgreSQL the write lock every instance
+    /// takes), so no other permit comes between the read and the count:
+    /// two instances never both take the last call of a window.
+    pub async fn take_budget_permit<T: Send + 'static>(
+        &self,
+        windows: Vec<(&'static str, i64)>,
+        day_start: i64,
+        decide: impl FnOnce(StoredBudget) -> (T, Vec<(&'static str, WindowRow)>) + Send + 'static,
+    ) -> DbResult<T> {
+        self.write(move |tx| {
+            let (answer, rows) = decide(load_budget(tx, &windows, day_start)?);
+            for (key, row) in &rows {
+                save_window(tx, key, row)?;
+            }
+            Ok(answer)
         })
         .await
     }

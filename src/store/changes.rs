@@ -4,7 +4,7 @@
 //! change feed reads it by cursor; deliveries to the application walk it in
 //! order per athlete.
 
-use super::sql::{params, Connection, Row};
+use super::sql::{self, params, Connection, Row};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -217,12 +217,20 @@ impl Store {
         self.read(latest).await
     }
 
-    /// The oldest undelivered change of each athlete, when due at `now`:
-    /// a later change waits for the earlier one, so each athlete's events
-    /// arrive in order.
-    pub async fn due_deliveries(&self, now: i64, limit: usize) -> DbResult<Vec<DueDelivery>> {
-        self.read(move |c| {
-            let rows = c
+    /// Claims the oldest undelivered change of each athlete, when due at
+    /// `now`: a later change waits for the earlier one, so each athlete's
+    /// events arrive in order. A claimed change is not due again for
+    /// `claim_secs`, so another instance sharing the database does not post
+    /// it too; the outcome recorded replaces the claim, and a claim whose
+    /// instance died runs out.
+    pub async fn claim_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+        claim_secs: i64,
+    ) -> DbResult<Vec<DueDelivery>> {
+        self.write(move |c| {
+            let rows: Vec<DueDelivery> = c
                 .prepare_cached(&format!(
                     "{} JOIN (SELECT MIN(id) AS id FROM changes WHERE delivery = 'pending'
                                     GROUP BY athlete_id) AS head ON c.id = head.id
@@ -238,6 +246,19 @@ impl Store {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<i64> = rows.iter().map(|d| d.event.id).collect();
+            let until = now + claim_secs;
+            for chunk in ids.chunks(500) {
+                let mut params = vec![&until as &dyn sql::ToSql];
+                params.extend(sql::params_from(chunk));
+                c.execute(
+                    &format!(
+                        "UPDATE changes SET next_attempt_at = ?1 WHERE id IN ({})",
+                        sql::placeholders_from(2, chunk.len())
+                    ),
+                    params,
+                )?;
+            }
             Ok(rows)
         })
         .await
@@ -390,8 +411,20 @@ mod tests {
     }
 
     async fn heads(store: &Store, now: i64) -> Vec<i64> {
-        let due = store.due_deliveries(now, 10).await.unwrap();
+        claimed(store, now, 0).await
+    }
+
+    async fn claimed(store: &Store, now: i64, claim_secs: i64) -> Vec<i64> {
+        let due = store.claim_deliveries(now, 10, claim_secs).await.unwrap();
         due.iter().map(|d| d.event.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_claimed_change_is_not_handed_out_again_until_its_claim_runs_out() {
+        let (_dir, store) = store();
+        assert_eq!(claimed(&store, 0, 60).await, [1, 2]);
+        assert_eq!(claimed(&store, 59, 60).await, Vec::<i64>::new());
+        assert_eq!(claimed(&store, 60, 60).await, [1, 2], "its instance died");
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 
 use super::sql::{params, Connection, Dialect, OptionalExtension, Row};
 
-use super::{DbError, DbResult, Store};
+use super::{instances, DbError, DbResult, Store};
 use crate::model::job::{Counts, Task};
 use crate::model::Purpose;
 
@@ -182,11 +182,28 @@ fn selection(purpose: Purpose, dialect: Dialect) -> (String, String) {
     (filter, order)
 }
 
-/// How long a job may stay running before it counts as abandoned (its
-/// outcome could not be recorded) and is queued again: longer than the
-/// longest wait for a permit (a spent day waits for midnight), and every
-/// step commits its progress as it goes.
+/// How long a job may stay running on a live instance before it counts as
+/// abandoned (its outcome could not be recorded) and is queued again:
+/// longer than the longest wait for a permit (a spent day waits for
+/// midnight), and every step commits its progress as it goes. A job of an
+/// instance that died goes back as soon as its heartbeat is stale.
 pub const LEASE_SECS: i64 = 26 * 3600;
+
+/// Returns to the queue the jobs left running by instances that are gone
+/// (or that ran past [`LEASE_SECS`]): their progress is in their cursors,
+/// committed step by step.
+fn requeue_abandoned(conn: &dyn Connection, me: &str, now: i64) -> DbResult<usize> {
+    conn.execute(
+        &format!(
+            "UPDATE jobs SET status = 'queued', claimed_by = NULL
+             WHERE status = 'running'
+               AND (started_at < ?1 - {LEASE_SECS}
+                    OR ((claimed_by IS NULL OR claimed_by <> ?2) AND NOT {}))",
+            instances::alive("jobs.claimed_by", 1)
+        ),
+        params![now, me],
+    )
+}
 
 /// Marks the best runnable job of `purpose` running and returns it: due by
 /// `now`, of a connected athlete (those needing re-authorization wait), and
@@ -194,13 +211,15 @@ pub const LEASE_SECS: i64 = 26 * 3600;
 /// their cursor or tokens.
 fn claim(
     conn: &dyn Connection,
+    me: &str,
     now: i64,
     purpose: Purpose,
     attention_since: i64,
 ) -> DbResult<Option<Job>> {
     let (filter, order) = selection(purpose, conn.dialect());
     conn.prepare_cached(&format!(
-        "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1
+        "UPDATE jobs SET status = 'running', started_at = ?1, attempts = attempts + 1,
+                 claimed_by = ?3
              WHERE id = (
                  SELECT j.id FROM jobs j JOIN athletes a ON a.id = j.athlete_id
                  LEFT JOIN sync_state s ON s.athlete_id = j.athlete_id
@@ -213,7 +232,7 @@ fn claim(
                  ORDER BY {order} LIMIT 1)
              RETURNING {JOB_COLUMNS}"
     ))?
-    .query_row(params![now, attention_since], job_row)
+    .query_row(params![now, attention_since, me], job_row)
     .optional()
 }
 
@@ -291,7 +310,19 @@ pub enum Outcome {
     Failed(String),
 }
 
-fn record(conn: &dyn Connection, id: i64, outcome: &Outcome, now: i64) -> DbResult<()> {
+/// Returns the jobs instance `me` runs to the queue (it is stopping).
+pub fn release(conn: &dyn Connection, me: &str) -> DbResult<usize> {
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', claimed_by = NULL
+         WHERE status = 'running' AND claimed_by = ?1",
+        params![me],
+    )
+}
+
+/// Records the outcome of this instance's run of job `id`; a run another
+/// instance has taken over (this one was given up for dead) records
+/// nothing. Returns whether it was recorded.
+fn record(conn: &dyn Connection, me: &str, id: i64, outcome: &Outcome, now: i64) -> DbResult<bool> {
     let (status, not_before, error, counts) = match outcome {
         Outcome::Done(counts) => ("done", None, None, *counts),
         Outcome::Requeue {
@@ -301,27 +332,29 @@ fn record(conn: &dyn Connection, id: i64, outcome: &Outcome, now: i64) -> DbResu
         } => ("queued", Some(*not_before), error.as_deref(), *counts),
         Outcome::Failed(error) => ("failed", None, Some(error.as_str()), Counts::default()),
     };
-    conn.prepare_cached(
-        "UPDATE jobs SET status = ?2, error = ?3,
-             not_before = COALESCE(?4, not_before),
-             finished_at = CASE WHEN ?2 = 'queued' THEN finished_at ELSE ?5 END,
-             fetched = fetched + ?6, new = new + ?7, updated = updated + ?8
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        status,
-        error,
-        not_before,
-        now,
-        counts.fetched,
-        counts.new,
-        counts.updated
-    ])?;
-    if let Outcome::Requeue { not_before, .. } = outcome {
+    let recorded =
+        conn.prepare_cached(
+            "UPDATE jobs SET status = ?2, error = ?3, claimed_by = NULL,
+                 not_before = COALESCE(?4, not_before),
+                 finished_at = CASE WHEN ?2 = 'queued' THEN finished_at ELSE ?5 END,
+                 fetched = fetched + ?6, new = new + ?7, updated = updated + ?8
+             WHERE id = ?1 AND status = 'running' AND claimed_by = ?9",
+        )?
+        .execute(params![
+            id,
+            status,
+            error,
+            not_before,
+            now,
+            counts.fetched,
+            counts.new,
+            counts.updated,
+            me
+        ])? > 0;
+    if let (true, Outcome::Requeue { not_before, .. }) = (recorded, outcome) {
         merge_into_queued_twin(conn, id, *not_before)?;
     }
-    Ok(())
+    Ok(recorded)
 }
 
 /// A job put back in the queue while a task of its kind was queued for the
@@ -442,13 +475,11 @@ impl Store {
         order: Vec<Purpose>,
         attention_since: i64,
     ) -> DbResult<Option<(Job, Purpose)>> {
+        let me = self.instance.clone();
         self.write(move |tx| {
-            tx.prepare_cached(
-                "UPDATE jobs SET status = 'queued' WHERE status = 'running' AND started_at < ?1",
-            )?
-            .execute(params![now - LEASE_SECS])?;
+            requeue_abandoned(tx, &me, now)?;
             for purpose in order {
-                if let Some(job) = claim(tx, now, purpose, attention_since)? {
+                if let Some(job) = claim(tx, &me, now, purpose, attention_since)? {
                     return Ok(Some((job, purpose)));
                 }
             }
@@ -457,21 +488,12 @@ impl Store {
         .await
     }
 
-    /// Records how a run of job `id` ended.
-    pub async fn record_job(&self, id: i64, outcome: Outcome, now: i64) -> DbResult<()> {
-        self.write(move |tx| record(tx, id, &outcome, now)).await
-    }
-
-    /// Returns jobs left running by a previous process to the queue; their
-    /// progress is in their cursors, committed page by page.
-    pub async fn requeue_interrupted_jobs(&self) -> DbResult<usize> {
-        self.write(|tx| {
-            tx.execute(
-                "UPDATE jobs SET status = 'queued' WHERE status = 'running'",
-                params![],
-            )
-        })
-        .await
+    /// Records how this instance's run of job `id` ended; false when
+    /// another instance took the job over meanwhile.
+    pub async fn record_job(&self, id: i64, outcome: Outcome, now: i64) -> DbResult<bool> {
+        let me = self.instance.clone();
+        self.write(move |tx| record(tx, &me, id, &outcome, now))
+            .await
     }
 
     pub async fn queue_state(&self, now: i64) -> DbResult<QueueState> {
@@ -699,7 +721,7 @@ mod tests {
                 enqueue(tx, 3, Task::Backfill, 0, 0)?;
                 enqueue(tx, 1, Task::fetch(9), 0, 0)?;
                 athletes::set_status(tx, 3, athletes::Status::NeedsReauth, 0)?;
-                claim(tx, 10, Purpose::Webhook, 0)?.unwrap();
+                claim(tx, "me", 10, Purpose::Webhook, 0)?.unwrap();
                 jobs_by_purpose(tx, 10)
             })
             .unwrap();
@@ -732,7 +754,7 @@ mod tests {
             .write_blocking(|tx| {
                 athletes::upsert(tx, &serde_json::json!({"id": 7}), "read", 0)?;
                 let running = enqueue(tx, 7, Task::fetch(1), 0, 0)?;
-                let job = claim(tx, 10, Purpose::Webhook, 0)?.unwrap();
+                let job = claim(tx, "me", 10, Purpose::Webhook, 0)?.unwrap();
                 assert_eq!(job.id, running);
                 // A create announced while the fetch ran queues a second one.
                 let queued = enqueue(tx, 7, Task::fetch(2), 10, 10)?;
@@ -742,7 +764,7 @@ mod tests {
                     not_before: 40,
                     error: None,
                 };
-                record(tx, running, &retry, 10)?;
+                record(tx, "me", running, &retry, 10)?;
                 assert_eq!(get(tx, 7, running)?, None);
                 let merged = get(tx, 7, queued)?.unwrap().task;
                 assert_eq!(merged.without_activity(1), Some(Task::fetch(2)));

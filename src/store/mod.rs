@@ -19,6 +19,7 @@ pub mod changes;
 pub mod events;
 mod group_commit;
 pub mod inbox;
+pub mod instances;
 pub mod jobs;
 pub mod lifecycle;
 pub mod oauth_states;
@@ -148,6 +149,9 @@ pub struct Store {
     committer: group_commit::Committer,
     /// Where deep list pages start (see [`page_anchors`]).
     page_anchors: page_anchors::PageAnchors,
+    /// This process among the instances sharing the database (see
+    /// [`instances`]): what it claims is marked with it.
+    instance: Arc<str>,
 }
 
 impl Store {
@@ -176,6 +180,7 @@ impl Store {
             cipher: None,
             committer: Default::default(),
             page_anchors: Default::default(),
+            instance: format!("{:016x}", rand::random::<u64>()).into(),
         }
     }
 

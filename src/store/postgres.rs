@@ -152,7 +152,12 @@ impl Postgres {
     /// when it returns `Ok`.
     pub fn write<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
         let mut client = self.pools.writer().get()?;
-        let mut tx = client.transaction()?;
+        // Read committed whatever the server's default: each statement after
+        // the lock must see what the instance before committed.
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.write_lock])?;
         let conn = PgConnection::new(tx);
         let out = f(&conn)?;

@@ -253,9 +253,13 @@ pub fn params_from<T: ToSql>(values: &[T]) -> Vec<&dyn ToSql> {
     values.iter().map(|v| v as &dyn ToSql).collect()
 }
 
-/// `?, ?, ...`: `n` placeholders for an `IN` list.
-pub fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
+/// `?first, ?first+1, ...`: `n` numbered placeholders for an `IN` list
+/// after `first - 1` other parameters.
+pub fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl<T: ToSql + ?Sized> ToSql for &T {

@@ -7,7 +7,7 @@
 use super::sql::{self, params, Connection, OptionalExtension, ValueRef};
 
 use super::token_cipher::TokenCipher;
-use super::{DbError, DbResult, Store};
+use super::{instances, DbError, DbResult, Store};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredTokens {
@@ -116,7 +116,7 @@ pub fn put(
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(athlete_id) DO UPDATE SET access_token = excluded.access_token,
              refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, refreshing_by = NULL, refreshing_since = NULL",
         params![
             athlete_id,
             cipher.seal(athlete_id, ACCESS, &tokens.access_token),
@@ -156,7 +156,85 @@ pub fn seal_all(conn: &dyn Connection, cipher: &TokenCipher) -> DbResult<usize> 
     Ok(changed)
 }
 
+/// How long a refresh an instance took on holds the others off: longer than
+/// Strava's token endpoint is given to answer.
+pub const REFRESH_LEASE_SECS: i64 = 60;
+
+/// What an instance that needs a new access token is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshClaim {
+    /// Use these: another caller refreshed already.
+    Use(StoredTokens),
+    /// Another live instance is refreshing; ask again shortly.
+    Wait,
+    /// Refresh from these; the others wait until the new ones are saved.
+    Refresh(StoredTokens),
+}
+
+fn claim_refresh(
+    conn: &dyn Connection,
+    cipher: &TokenCipher,
+    me: &str,
+    athlete_id: i64,
+    usable: impl FnOnce(&StoredTokens) -> bool,
+    now: i64,
+) -> DbResult<Option<RefreshClaim>> {
+    let Some(tokens) = get(conn, cipher, athlete_id)? else {
+        return Ok(None);
+    };
+    if usable(&tokens) {
+        return Ok(Some(RefreshClaim::Use(tokens)));
+    }
+    let held_elsewhere = conn
+        .prepare_cached(&format!(
+            "SELECT 1 FROM strava_tokens
+             WHERE athlete_id = ?1 AND refreshing_by <> ?2 AND refreshing_since >= ?3 - {REFRESH_LEASE_SECS}
+               AND {}",
+            instances::alive("strava_tokens.refreshing_by", 3)
+        ))?
+        .exists(params![athlete_id, me, now])?;
+    if held_elsewhere {
+        return Ok(Some(RefreshClaim::Wait));
+    }
+    conn.execute(
+        "UPDATE strava_tokens SET refreshing_by = ?2, refreshing_since = ?3 WHERE athlete_id = ?1",
+        params![athlete_id, me, now],
+    )?;
+    Ok(Some(RefreshClaim::Refresh(tokens)))
+}
+
 impl Store {
+    /// Decides, across the instances sharing the database, who refreshes
+    /// the athlete's tokens: the stored ones if `usable` takes them, else a
+    /// wait while another live instance refreshes, else the refresh, taken
+    /// on by this instance until [`Store::save_tokens`] or
+    /// [`Store::give_up_token_refresh`]. None when no tokens are stored.
+    pub async fn claim_token_refresh(
+        &self,
+        athlete_id: i64,
+        usable: impl FnOnce(&StoredTokens) -> bool + Send + 'static,
+        now: i64,
+    ) -> DbResult<Option<RefreshClaim>> {
+        let cipher = self.cipher()?;
+        let me = self.instance.clone();
+        self.write(move |tx| claim_refresh(tx, &cipher, &me, athlete_id, usable, now))
+            .await
+    }
+
+    /// Lets the others refresh after this instance's refresh failed.
+    pub async fn give_up_token_refresh(&self, athlete_id: i64) -> DbResult<()> {
+        let me = self.instance.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE strava_tokens SET refreshing_by = NULL, refreshing_since = NULL
+                 WHERE athlete_id = ?1 AND refreshing_by = ?2",
+                params![athlete_id, &*me],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     /// Stores a refreshed set of tokens (the rotated refresh token is
     /// committed before the access token is used).
     pub async fn save_tokens(

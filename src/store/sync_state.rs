@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::activities::{self, Upserted};
 use super::athletes::{self, Athlete};
-use super::{budget, jobs, DbResult, Store};
+use super::{budget, jobs, service_state, DbResult, Store};
 use crate::model::job::Task;
 use crate::model::Purpose;
 
@@ -404,21 +404,33 @@ pub struct BackfillPace {
     pub in_progress: i64,
 }
 
+/// When the last gap-fill pass was planned (epoch seconds).
+const GAP_FILL_PLANNED_KEY: &str = "gap_fill.planned_at";
+
 impl Store {
     /// Queues a gap-fill for up to `limit` connected athletes in gap-fill
-    /// order ([`gap_fill_order`]). Returns how many are now queued.
+    /// order ([`gap_fill_order`]). Returns how many are now queued. With
+    /// `once_within`, a pass planned that recently (by any instance: every
+    /// one's schedule fires) stands, and None says this one was skipped.
     pub async fn plan_gap_fill_pass(
         &self,
         limit: u32,
         attention_since: i64,
         now: i64,
-    ) -> DbResult<usize> {
+        once_within: Option<i64>,
+    ) -> DbResult<Option<usize>> {
         self.write(move |tx| {
+            let last: Option<i64> =
+                service_state::get(tx, GAP_FILL_PLANNED_KEY)?.and_then(|at| at.parse().ok());
+            if once_within.is_some_and(|within| last.is_some_and(|at| now - at < within)) {
+                return Ok(None);
+            }
+            service_state::set(tx, GAP_FILL_PLANNED_KEY, &now.to_string())?;
             let order = gap_fill_order(tx, limit, attention_since)?;
             for &athlete_id in &order {
                 jobs::enqueue(tx, athlete_id, Task::GapFill, now, now)?;
             }
-            Ok(order.len())
+            Ok(Some(order.len()))
         })
         .await
     }

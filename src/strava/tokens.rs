@@ -1,6 +1,8 @@
 //! The token lifecycle: an athlete's access token is refreshed a little
 //! before it expires, once per athlete however many callers need it at the
-//! same moment (a per-athlete lock, re-checked after waiting), and the
+//! same moment, in this instance (a per-athlete lock, re-checked after
+//! waiting) and across the instances sharing the database (a refresh one
+//! instance took on holds the others off until its tokens are saved); the
 //! rotated refresh token is committed before the new access token is used.
 //! A token Strava refuses although it looked valid (revoked, or our clock
 //! behind Strava's) is refreshed once too. A refused refresh, a refreshed
@@ -16,11 +18,14 @@ use super::error::StravaError;
 use super::oauth::{OAuthError, StravaOAuth, TokenGrant};
 use crate::model::clock::Clock;
 use crate::store::athletes::Status;
-use crate::store::strava_tokens::StoredTokens;
+use crate::store::strava_tokens::{RefreshClaim, StoredTokens};
 use crate::store::Store;
 
 /// Refresh when the access token expires within this many seconds.
 pub const REFRESH_AHEAD_SECS: i64 = 600;
+
+/// How often a caller looks again while another instance refreshes.
+const PEER_REFRESH_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl From<&TokenGrant> for StoredTokens {
     fn from(g: &TokenGrant) -> Self {
@@ -56,30 +61,51 @@ impl Tokens {
         if self.fresh(&stored) {
             return Ok(stored.access_token);
         }
-        self.one_at_a_time(athlete_id, async {
-            // Whoever held the lock before us may have refreshed already.
-            let stored = self.stored(athlete_id).await?;
-            if self.fresh(&stored) {
-                Ok(stored.access_token)
-            } else {
-                self.refresh(athlete_id, &stored).await
-            }
-        })
-        .await
+        // Whoever held the lock before us may have refreshed already.
+        self.one_at_a_time(athlete_id, self.refreshed(athlete_id, None))
+            .await
     }
 
     /// A new access token after Strava refused `rejected`, which looked
     /// valid: refreshed once, unless another caller refused at the same
     /// moment has stored a new one already.
     pub async fn renew(&self, athlete_id: i64, rejected: &str) -> Result<String, StravaError> {
-        self.one_at_a_time(athlete_id, async {
-            let stored = self.stored(athlete_id).await?;
-            if stored.access_token != rejected && self.fresh(&stored) {
-                return Ok(stored.access_token);
+        self.one_at_a_time(athlete_id, self.refreshed(athlete_id, Some(rejected)))
+            .await
+    }
+
+    /// A fresh access token that is not `rejected`: the stored one when it
+    /// is, else one this instance refreshes, unless another instance is
+    /// refreshing it, whose outcome is then awaited.
+    async fn refreshed(
+        &self,
+        athlete_id: i64,
+        rejected: Option<&str>,
+    ) -> Result<String, StravaError> {
+        loop {
+            self.stored(athlete_id).await?;
+            let fresh_after = self.clock.epoch() + REFRESH_AHEAD_SECS;
+            let rejected = rejected.map(str::to_owned);
+            let usable = move |t: &StoredTokens| {
+                t.expires_at > fresh_after && rejected.as_ref() != Some(&t.access_token)
+            };
+            let claim = self
+                .store
+                .claim_token_refresh(athlete_id, usable, self.clock.epoch())
+                .await?;
+            match claim {
+                None => return Err(StravaError::NotConnected),
+                Some(RefreshClaim::Use(tokens)) => return Ok(tokens.access_token),
+                Some(RefreshClaim::Wait) => tokio::time::sleep(PEER_REFRESH_POLL).await,
+                Some(RefreshClaim::Refresh(stored)) => {
+                    let refreshed = self.refresh(athlete_id, &stored).await;
+                    if refreshed.is_err() {
+                        self.store.give_up_token_refresh(athlete_id).await?;
+                    }
+                    return refreshed;
+                }
             }
-            self.refresh(athlete_id, &stored).await
-        })
-        .await
+        }
     }
 
     /// Strava refused even a renewed token: the athlete must connect again.

@@ -20,10 +20,11 @@ use super::attention::Attention;
 use super::outcome::{JobError, Step};
 use super::source::ActivitySource;
 use super::{dispatch, queue::JobQueue};
+use crate::model::clock::Clock;
 use crate::model::job::Counts;
 use crate::model::Purpose;
 use crate::store::jobs::{Job, Outcome};
-use crate::store::{DbError, Store};
+use crate::store::{instances, DbError, Store};
 use crate::strava::budget::Budget;
 use crate::strava::client::StravaClient;
 use crate::strava::error::StravaError;
@@ -73,11 +74,6 @@ impl<S: ActivitySource + 'static> JobRunner<S> {
     /// its step; one that does not is requeued at the next start, resuming
     /// from its last committed step.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tasks: TaskTracker) {
-        match self.store.requeue_interrupted_jobs().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "requeued jobs interrupted by a restart"),
-            Err(e) => tracing::error!(error = %e, "could not requeue interrupted jobs"),
-        }
         while !shutdown.is_cancelled() {
             match self.claim().await {
                 Ok(Some(Claimed { job, purpose, slot })) => {
@@ -195,8 +191,13 @@ impl<S: ActivitySource + 'static> JobRunner<S> {
                 Disposition::Fail => Outcome::Failed(e.to_string()),
             },
         };
-        if let Err(e) = self.store.record_job(job.id, outcome, now).await {
-            tracing::error!(job = job.id, error = %e, "could not record a job's outcome");
+        match self.store.record_job(job.id, outcome, now).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                job = job.id,
+                "another instance took this job over; its outcome here is dropped"
+            ),
+            Err(e) => tracing::error!(job = job.id, error = %e, "could not record a job's outcome"),
         }
     }
 
@@ -240,6 +241,21 @@ fn disposition(error: &JobError, attempts: i64) -> Disposition {
             Disposition::Retry(RETRY_BASE_SECS << (attempts - 1).clamp(0, 10))
         }
         _ => Disposition::Fail,
+    }
+}
+
+/// Keeps this instance's heartbeat fresh until `shutdown`, so the others
+/// leave its running jobs alone (see [`crate::store::instances`]).
+pub async fn keep_alive(store: Store, clock: Arc<dyn Clock>, shutdown: CancellationToken) {
+    let every = Duration::from_secs(instances::HEARTBEAT_SECS);
+    while !shutdown.is_cancelled() {
+        if let Err(e) = store.instance_heartbeat(clock.epoch()).await {
+            tracing::error!(error = %e, "could not refresh this instance's heartbeat");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 

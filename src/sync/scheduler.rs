@@ -32,12 +32,13 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// Queues the daily gap-fill pass and wakes the runner. Returns how many
-    /// athletes are queued.
-    pub async fn gap_fill_pass(&self) -> crate::store::DbResult<usize> {
+    /// Queues the scheduled gap-fill pass, unless another instance sharing
+    /// the database just did, and wakes the runner. Returns how many
+    /// athletes are queued (None: the other instance's pass stands).
+    pub async fn gap_fill_pass(&self) -> crate::store::DbResult<Option<usize>> {
         let since = self.attention.since();
-        let queued =
-            gap_fill::start_pass(&self.store, self.daily_limit, since, self.clock.epoch()).await;
+        let now = self.clock.epoch();
+        let queued = gap_fill::start_pass(&self.store, self.daily_limit, since, now, true).await;
         self.queue.wake();
         queued
     }
@@ -73,7 +74,8 @@ pub async fn start(
             let planner = daily.clone();
             Box::pin(async move {
                 match planner.gap_fill_pass().await {
-                    Ok(n) => tracing::info!(athletes = n, "gap-fill pass queued"),
+                    Ok(Some(n)) => tracing::info!(athletes = n, "gap-fill pass queued"),
+                    Ok(None) => tracing::info!("gap-fill pass queued by another instance"),
                     Err(e) => tracing::error!(error = %e, "queuing the gap-fill pass failed"),
                 }
             })

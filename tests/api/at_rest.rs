@@ -115,7 +115,8 @@ async fn plaintext_tokens_are_sealed_at_start_and_a_rotated_key_still_opens_them
         .write(|tx| {
             athletes::upsert(tx, &json!({"id": 7}), "read,activity:read_all", 0)?;
             tx.execute(
-                "INSERT INTO strava_tokens VALUES (7, 'plain-access-9d', 'plain-refresh-9d', 1, 0)",
+                "INSERT INTO strava_tokens (athlete_id, access_token, refresh_token, expires_at, updated_at)
+                 VALUES (7, 'plain-access-9d', 'plain-refresh-9d', 1, 0)",
                 strava_sync::params![],
             )?;
             Ok(())

@@ -2,16 +2,22 @@
 //!
 //! [`Policy`] is the pure part, with the rules as Strava counts them
 //! (`policy.rs`); [`Budget`] wraps it for the service: callers `acquire` a
-//! permit (waiting in priority order, then first come first served), the
-//! counts are persisted before the call is made, and `record` feeds each
-//! response back (usage headers, 429s), writes the ledger and logs windows
-//! running high.
+//! permit (waiting in priority order, then first come first served), and
+//! `record` feeds each response back (usage headers, 429s), writes the
+//! ledger and logs windows running high.
+//!
+//! The database holds the count every instance sharing it spends from: a
+//! permit is taken in one write transaction that first adopts what is
+//! stored ([`Policy::sync`]), so the count is persisted before the call is
+//! made and two instances never both take the last call of a window. The
+//! policy in memory is this instance's latest view of it, which decides
+//! when it is worth asking.
 
 mod policy;
 mod views;
 mod window;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,11 +34,15 @@ pub use self::window::{Limits, PerWindow, RateReport, Window, WindowKind, CLOCK_
 use self::views::to_time;
 use crate::model::clock::Clock;
 use crate::model::Purpose;
-use crate::store::budget::{CallRow, StoredWindow, WindowRow};
+use crate::store::budget::{CallRow, StoredBudget, WindowRow};
 use crate::store::{DbResult, Store};
 
 /// Budget windows are pruned once they are this old.
 const KEEP_WINDOWS_SECS: i64 = 2 * 86_400;
+
+/// How long a caller waiting with no time set (a pause) goes before it
+/// looks at the stored budget again: another instance may have resumed.
+const RESYNC: Duration = Duration::from_secs(5);
 
 /// Proof that a call was counted; hand it back with the response to
 /// [`Budget::record`].
@@ -66,8 +76,46 @@ struct State {
 pub struct Budget {
     clock: Arc<dyn Clock>,
     store: Store,
-    state: Mutex<State>,
+    /// Shared with the permit transaction, which runs off the async threads.
+    state: Arc<Mutex<State>>,
     changed: Notify,
+}
+
+/// The windows current at `now`, as the store names them.
+fn current_windows(now: i64) -> Vec<(&'static str, i64)> {
+    WindowKind::ALL
+        .map(|kind| (kind.as_str(), kind.start_of(now)))
+        .to_vec()
+}
+
+/// The stored budget as the policy holds it: each window asked for by
+/// [`current_windows`] (a fresh one, with the kind's last reported limit,
+/// where no call was counted yet), the pause switch and today's calls by
+/// purpose.
+fn adopt(now: i64, stored: StoredBudget) -> (PerWindow<Window>, bool, BTreeMap<Purpose, u32>) {
+    let mut windows = current_windows(now).into_iter().zip(stored.windows).map(
+        |((_, start), stored)| match stored.row {
+            Some(row) => Window::from(row),
+            None => Window {
+                start,
+                reported_limit: stored.latest_reported_limit,
+                ..Window::default()
+            },
+        },
+    );
+    let (Some(quarter), Some(day)) = (windows.next(), windows.next()) else {
+        unreachable!("both windows were asked for");
+    };
+    let spent = stored
+        .spent
+        .into_iter()
+        .filter_map(|(purpose, n)| Some((Purpose::parse(&purpose)?, u32::try_from(n).ok()?)))
+        .collect();
+    (PerWindow { quarter, day }, stored.paused, spent)
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Budget {
@@ -80,45 +128,33 @@ impl Budget {
         shares: Shares,
     ) -> DbResult<Arc<Self>> {
         let now = clock.epoch();
-        let spent = store
-            .calls_by_purpose(WindowKind::Day.start_of(now))
-            .await?
-            .into_iter()
-            .filter_map(|(purpose, n)| Some((Purpose::parse(&purpose)?, u32::try_from(n).ok()?)))
-            .collect();
-        let wanted = WindowKind::ALL.map(|kind| (kind.as_str(), kind.start_of(now)));
-        let (stored, paused) = store
-            .load_budget(wanted.to_vec(), now - KEEP_WINDOWS_SECS)
+        let stored = store
+            .load_budget(
+                current_windows(now),
+                WindowKind::Day.start_of(now),
+                now - KEEP_WINDOWS_SECS,
+            )
             .await?;
-        let window = |(key_start, stored): ((&str, i64), StoredWindow)| match stored.row {
-            Some(row) => Window::from(row),
-            None => Window {
-                start: key_start.1,
-                reported_limit: stored.latest_reported_limit,
-                ..Window::default()
-            },
-        };
-        let mut loaded = wanted.into_iter().zip(stored).map(window);
-        let (Some(quarter), Some(day)) = (loaded.next(), loaded.next()) else {
-            unreachable!("both windows were asked for");
-        };
-        let windows = PerWindow { quarter, day };
+        let (windows, paused, spent) = adopt(now, stored);
         let budget = Self {
             clock,
             store,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 policy: Policy::new(limits, windows, paused, shares, spent),
                 queue: BTreeSet::new(),
                 next_ticket: 0,
-            }),
+            })),
             changed: Notify::new(),
         };
-        publish(&budget.lock().policy);
+        {
+            let policy = &budget.lock().policy;
+            publish(policy.windows(), policy);
+        }
         Ok(Arc::new(budget))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -126,9 +162,10 @@ impl Budget {
     }
 
     /// Waits for a permit. Callers are served highest priority first, then in
-    /// arrival order, passing those ahead whose purpose may not call now; the
-    /// count is persisted before the permit is returned, so a crash after the
-    /// call cannot forget it.
+    /// arrival order, passing those ahead whose purpose may not call now.
+    /// The permit is taken in the database ([`Budget::take`]), so the count
+    /// is persisted before the call is made and a crash after the call
+    /// cannot forget it.
     pub async fn acquire(&self, purpose: Purpose) -> DbResult<Permit> {
         let ticket = {
             let mut state = self.lock();
@@ -146,7 +183,7 @@ impl Budget {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = self.clock.epoch();
-            let decision = {
+            let may_ask = {
                 let mut state = self.lock();
                 let State { queue, policy, .. } = &mut *state;
                 policy.roll(now);
@@ -158,15 +195,14 @@ impl Budget {
                 if ahead_may_go {
                     Err(None)
                 } else {
-                    match state.policy.decide(purpose, now) {
-                        Ok(grant) => {
-                            state.queue.remove(&ticket);
-                            let policy = &mut state.policy;
-                            Ok((grant, policy.windows().clone(), policy.take_high_usage()))
-                        }
-                        Err(wait) => Err(wait.until),
-                    }
+                    policy
+                        .blocked(purpose, now)
+                        .map_or(Ok(()), |wait| Err(wait.until))
                 }
+            };
+            let decision = match may_ask {
+                Ok(()) => self.take(purpose, ticket, now).await?,
+                Err(until) => Err(until),
             };
             match decision {
                 Ok(granted) => break granted,
@@ -174,20 +210,79 @@ impl Budget {
                     let deadline = until.and_then(to_time);
                     let sleep = async {
                         match deadline {
-                            Some(t) => self.clock.sleep_until(t).await,
-                            None => std::future::pending().await,
+                            Some(t) => {
+                                self.clock.sleep_until(t).await;
+                                false
+                            }
+                            None => {
+                                tokio::time::sleep(RESYNC).await;
+                                true
+                            }
                         }
                     };
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = sleep => {}
+                    let resync = tokio::select! {
+                        _ = notified => false,
+                        resync = sleep => resync,
+                    };
+                    if resync {
+                        self.resync().await?;
                     }
                 }
             }
         };
         warn_high(high);
-        self.persist(windows, None).await?;
+        publish(&windows, &self.lock().policy);
         Ok(Permit { purpose, grant })
+    }
+
+    /// Takes the permit in the database: adopts the stored budget, decides
+    /// again on it, and stores the counts with the permit in one write
+    /// transaction. The answer is the grant, or how long to wait when the
+    /// other instances spent what this one's view still had.
+    async fn take(
+        &self,
+        purpose: Purpose,
+        ticket: (Purpose, u64),
+        now: i64,
+    ) -> DbResult<Result<(Grant, PerWindow<Window>, Vec<HighUsage>), Option<i64>>> {
+        let state = self.state.clone();
+        self.store
+            .take_budget_permit(
+                current_windows(now),
+                WindowKind::Day.start_of(now),
+                move |stored| {
+                    let (windows, paused, spent) = adopt(now, stored);
+                    let mut state = lock(&state);
+                    let policy = &mut state.policy;
+                    policy.roll(now);
+                    policy.sync(windows, paused, spent);
+                    match policy.decide(purpose, now) {
+                        Ok(grant) => {
+                            let windows = policy.windows().clone();
+                            let high = policy.take_high_usage();
+                            state.queue.remove(&ticket);
+                            let rows = rows(&windows);
+                            (Ok((grant, windows, high)), rows)
+                        }
+                        Err(wait) => (Err(wait.until), Vec::new()),
+                    }
+                },
+            )
+            .await
+    }
+
+    /// Catches up with what the other instances counted, paused or resumed.
+    async fn resync(&self) -> DbResult<()> {
+        let now = self.clock.epoch();
+        let stored = self
+            .store
+            .read_budget(current_windows(now), WindowKind::Day.start_of(now))
+            .await?;
+        let (windows, paused, spent) = adopt(now, stored);
+        let policy = &mut self.lock().policy;
+        policy.roll(now);
+        policy.sync(windows, paused, spent);
+        Ok(())
     }
 
     /// Feeds a call's outcome back: corrects the counts, locks a window on
@@ -221,11 +316,8 @@ impl Budget {
     }
 
     async fn persist(&self, windows: PerWindow<Window>, call: Option<LedgerRow>) -> DbResult<()> {
-        publish(&self.lock().policy);
-        let rows = windows
-            .iter()
-            .map(|(kind, window)| (kind.as_str(), WindowRow::from(window)))
-            .collect();
+        publish(&windows, &self.lock().policy);
+        let rows = rows(&windows);
         let call = call.map(|row| CallRow {
             at: row.at,
             endpoint: row.call.endpoint,
@@ -300,8 +392,16 @@ fn warn_high(high: Vec<HighUsage>) {
     }
 }
 
-fn publish(policy: &Policy) {
-    for (kind, window) in policy.windows().iter() {
+/// The windows as the store keeps them.
+fn rows(windows: &PerWindow<Window>) -> Vec<(&'static str, WindowRow)> {
+    windows
+        .iter()
+        .map(|(kind, window)| (kind.as_str(), WindowRow::from(window)))
+        .collect()
+}
+
+fn publish(windows: &PerWindow<Window>, policy: &Policy) {
+    for (kind, window) in windows.iter() {
         metrics::gauge!("strava_budget_used", "window" => kind.as_str())
             .set(f64::from(window.used));
         metrics::gauge!("strava_budget_limit", "window" => kind.as_str())

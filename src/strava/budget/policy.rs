@@ -236,6 +236,29 @@ impl Policy {
         self.paused = paused;
     }
 
+    /// Adopts what every instance sharing the database counted: the
+    /// current windows' counts and 429s (never below our own), Strava's
+    /// limits, the pause switch and today's calls by purpose. Windows that
+    /// are not the current ones are left to [`roll`](Self::roll).
+    pub fn sync(&mut self, stored: PerWindow<Window>, paused: bool, spent: BTreeMap<Purpose, u32>) {
+        self.paused = paused;
+        for kind in WindowKind::ALL {
+            let theirs = &stored[kind];
+            let window = &mut self.windows[kind];
+            window.reported_limit = theirs.reported_limit.or(window.reported_limit);
+            if theirs.start != window.start {
+                continue;
+            }
+            window.used = window.used.max(theirs.used);
+            window.reported_usage = window.reported_usage.max(theirs.reported_usage);
+            window.exhausted |= theirs.exhausted;
+        }
+        for (purpose, calls) in spent {
+            let ours = self.spent.entry(purpose).or_default();
+            *ours = (*ours).max(calls);
+        }
+    }
+
     /// Starts fresh windows when time has moved past the current ones.
     pub fn roll(&mut self, now: i64) {
         for kind in WindowKind::ALL {
