@@ -76,6 +76,7 @@ pub(crate) async fn meter(
         ));
     };
     let endpoint = endpoint(req.method().as_str(), req.path());
+    let query = req.query_string().to_string();
     let subscriptions = req
         .path()
         .strip_prefix("/api/v3/push_subscriptions")
@@ -90,7 +91,7 @@ pub(crate) async fn meter(
             Some(grant) => Some(grant),
             None => {
                 let response = unauthorized();
-                sim.record(&endpoint, None, response.status());
+                sim.record(&endpoint, &query, None, response.status());
                 return Ok(req.into_response(response));
             }
         }
@@ -143,7 +144,7 @@ pub(crate) async fn meter(
     }
     // Strava's front end writes header names Camel-Case: X-Ratelimit-Usage.
     head.set_camel_case_headers(true);
-    sim.record(&endpoint, athlete, response.status());
+    sim.record(&endpoint, &query, athlete, response.status());
     Ok(response)
 }
 

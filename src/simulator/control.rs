@@ -121,6 +121,8 @@ pub struct CallRecord {
     /// Method and path with ids as `{id}`, e.g. `GET /api/v3/activities/{id}`.
     pub endpoint: String,
     pub athlete_id: Option<u64>,
+    /// The query string as sent (`page=2&per_page=200`), empty when none.
+    pub query: String,
     pub status: u16,
     /// Simulator-clock time.
     pub at: DateTime<Utc>,
@@ -451,10 +453,17 @@ impl Simulator {
         stats
     }
 
-    pub(crate) fn record(&self, endpoint: &str, athlete_id: Option<u64>, status: StatusCode) {
+    pub(crate) fn record(
+        &self,
+        endpoint: &str,
+        query: &str,
+        athlete_id: Option<u64>,
+        status: StatusCode,
+    ) {
         let at = self.clock.now();
         self.state().calls.push(CallRecord {
             endpoint: endpoint.to_string(),
+            query: query.to_string(),
             athlete_id,
             status: status.as_u16(),
             at,

@@ -136,7 +136,7 @@ struct AuthorizeQuery {
 async fn authorize(sim: web::Data<Simulator>, query: web::Query<AuthorizeQuery>) -> HttpResponse {
     let q = query.into_inner();
     let (response, athlete) = sim.authorize(q);
-    sim.record("GET /oauth/authorize", athlete, response.status());
+    sim.record("GET /oauth/authorize", "", athlete, response.status());
     response
 }
 
@@ -230,7 +230,7 @@ struct TokenForm {
 
 async fn token(sim: web::Data<Simulator>, form: web::Form<TokenForm>) -> HttpResponse {
     let (response, athlete) = sim.token(form.into_inner());
-    sim.record("POST /oauth/token", athlete, response.status());
+    sim.record("POST /oauth/token", "", athlete, response.status());
     response
 }
 
@@ -350,7 +350,7 @@ async fn deauthorize(
             "invalid",
         ),
     };
-    sim.record("POST /oauth/deauthorize", athlete, response.status());
+    sim.record("POST /oauth/deauthorize", "", athlete, response.status());
     response
 }
 

@@ -20,7 +20,7 @@ use strava_sync::sync::runner::JobRunner;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{test_settings, ApiClient, ADMIN_TOKEN};
+use crate::helpers::{test_database, test_settings, ApiClient, ADMIN_TOKEN};
 
 /// The service's clock in these tests: the simulator's time (real time plus
 /// the same offset), waking sleepers whenever the offset moves.
@@ -191,6 +191,11 @@ impl SimApp {
     /// Seconds until the current quarter hour ends.
     pub fn secs_to_next_quarter(&self) -> u64 {
         (900 - self.sim.now().timestamp().rem_euclid(900)) as u64
+    }
+
+    /// The database the service runs on.
+    pub fn database(&self) -> strava_sync::config::Database {
+        test_database(&self.dir, "test.db")
     }
 
     /// The OAuth dance as a browser does it, up to Strava's redirect back:

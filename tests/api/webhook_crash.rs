@@ -7,142 +7,23 @@
 //! simulator delivering and retrying as Strava does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use strava_sync::config::Database;
 use strava_sync::model::job::Fetch;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, Simulator};
 use strava_sync::store::{subscription, Store};
 
-use crate::helpers::{
-    database_env, eventually, open_store, test_database, ApiClient, TOKEN_KEY, WAIT,
-};
+use crate::helpers::{eventually, open_store, test_database, WAIT};
+use crate::process::{free_port, Server};
 use crate::webhook_subscription::{cli, seed_from};
 use crate::webhooks::{activity_event, seed_activities, seed_athlete};
 
 const ATHLETE: i64 = 134_815;
 const FIRST_ID: i64 = 17_179_869_185;
 const T0: i64 = 1_700_000_000;
-
-/// A Strava API address where nothing listens: nothing here may call Strava.
-const NOWHERE: &str = "http://127.0.0.1:9";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The service binary on a loopback port.
-struct Server {
-    child: Arc<Mutex<Child>>,
-    /// Its routes. The admin token is unique to this process, so an answer
-    /// proves it came from our child and not from another test's service
-    /// that took the port.
-    api: ApiClient,
-}
-
-impl Server {
-    /// Starts the binary on `port`; fails the test if it does not come up.
-    async fn start(db: &Database, port: u16, strava_api_url: &str) -> Self {
-        Self::try_start(db, port, strava_api_url)
-            .await
-            .unwrap_or_else(|| panic!("the service exited at start (port {port} taken?)"))
-    }
-
-    /// Starts the binary on a free port, trying another if the one picked
-    /// was taken between choosing it and the child binding it.
-    async fn start_on_a_free_port(db: &Database, strava_api_url: &str) -> Self {
-        for _ in 0..3 {
-            if let Some(server) = Self::try_start(db, free_port(), strava_api_url).await {
-                return server;
-            }
-        }
-        panic!("the service did not start on any of three free ports");
-    }
-
-    /// None when the child exits before it answers (it could not bind).
-    async fn try_start(db: &Database, port: u16, strava_api_url: &str) -> Option<Self> {
-        let admin_token = strava_sync::store::api_tokens::random_token();
-        let (key, database) = database_env(db);
-        let child = Command::new(env!("CARGO_BIN_EXE_strava-sync"))
-            .arg("serve")
-            .current_dir(std::env::temp_dir())
-            .env_clear()
-            .env(key, database)
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
-            .env("STRAVA_API_URL", strava_api_url)
-            .env("STRAVA_OAUTH_URL", NOWHERE)
-            .env("STRAVA_CLIENT_ID", "1234")
-            .env("STRAVA_CLIENT_SECRET", "test-client-secret")
-            .env("STRAVA_WEBHOOK_VERIFY_TOKEN", "test-verify-token")
-            .env("TOKEN_ENCRYPTION_KEY", TOKEN_KEY)
-            .env("ADMIN_TOKEN", &admin_token)
-            // Bursts from one address are the point here, not the limit.
-            .env("WEBHOOK_RATE_LIMIT", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child: Arc::new(Mutex::new(child)),
-            api: ApiClient::new(format!("http://127.0.0.1:{port}"), admin_token),
-        };
-        // Until it listens the request fails, so it is sent by hand rather
-        // than with `admin_webhooks`, which expects an answer.
-        let up = eventually("the service to start", WAIT, || async {
-            let api = &server.api;
-            let ours = api
-                .client
-                .get(api.url("/admin/webhooks"))
-                .bearer_auth(&api.admin_token)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ours {
-                return Some(true);
-            }
-            let exited = server.child.lock().unwrap().try_wait().unwrap().is_some();
-            exited.then_some(false)
-        })
-        .await;
-        up.then_some(server)
-    }
-
-    fn kill(&self) {
-        let mut child = self.child.lock().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Waits until the inbox has nothing pending.
-    async fn drained(&self) {
-        eventually("the inbox to drain", Duration::from_secs(60), || async {
-            let overview: Value = self.api.admin_webhooks().await.json().await.unwrap();
-            if overview["counts"]["pending"] == 0 {
-                assert_eq!(overview["counts"]["failed"], 0, "{overview}");
-                return Ok(());
-            }
-            Err(format!("inbox not drained: {overview}"))
-        })
-        .await;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Posts every event with bounded concurrency, calling `acked` after each
 /// 200; returns which were acknowledged.
@@ -258,7 +139,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     order.sort_by_key(|i| (i % 5, *i));
     let events: Vec<Value> = order.into_iter().map(|i| events[i].clone()).collect();
 
-    let server = Server::start_on_a_free_port(&db, NOWHERE).await;
+    let server = Server::start_on_a_free_port(&db, &[]).await;
     let url = server.api.url(&format!("/webhook/{secret}"));
     let acks = AtomicUsize::new(0);
     let first = deliver(&url, &events, || {
@@ -285,7 +166,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     );
 
     // Restart on the same database; nothing is resent yet.
-    let server = Server::start_on_a_free_port(&db, NOWHERE).await;
+    let server = Server::start_on_a_free_port(&db, &[]).await;
     server.drained().await;
     let effects = Effects::read(&store).await;
     let lost: Vec<String> = acknowledged
@@ -374,7 +255,7 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
     let (athlete, list) = seed_from(&sim, &store).await;
     store.write(paused_secret).await.unwrap();
     let port = free_port();
-    let server = Server::start(&db, port, &sim.api_url()).await;
+    let server = Server::start(&db, port, &[("STRAVA_API_URL", sim.api_url())]).await;
 
     cli("create", &db, &sim, &server.api.address).await;
     let calls_before = sim.calls().total;
@@ -415,7 +296,7 @@ async fn with_the_simulator_redelivering_every_acknowledged_event_is_applied() {
 
     // Restart on the same port, inside the simulator's retry window.
     drop(server);
-    let server = Server::start(&db, port, &sim.api_url()).await;
+    let server = Server::start(&db, port, &[("STRAVA_API_URL", sim.api_url())]).await;
     server.drained().await;
     let effects = Effects::read(&store).await;
     let lost = acknowledged.iter().filter(|e| !effects.applied(e)).count();
