@@ -10,11 +10,13 @@
 //! minute of idle, and over a soak of steady reads and webhook events
 //! (`SOAK_SECS`, 60 by default; 600 for the full soak).
 //!
-//! Run: `cargo bench --bench read_api`. The load generator shares the machine
-//! with the server, so figures are a floor for what the server alone can do.
+//! Run: `cargo bench --bench read_api`; with `BENCH_DATABASE_URL=postgres://...`
+//! the same on PostgreSQL. The load generator shares the machine with the
+//! server, so figures are a floor for what the server alone can do.
+
+mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use futures_util::StreamExt;
 use serde_json::{json, value::RawValue, Value};
-use strava_sync::store::{activities, api_tokens, athletes, subscription, Store};
+use strava_sync::config::Database;
+use strava_sync::store::{activities, api_tokens, athletes, subscription};
 
 const ACTIVITIES: i64 = 10_000;
 const PAGE: i64 = 200;
@@ -48,7 +51,8 @@ const SOAK_EVENTS: u64 = 100;
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("bench.db");
+    let db = common::database(dir.path(), "read_api");
+    println!("database: {db}");
     let started = Instant::now();
     let (token, athlete, secret) = seed(&db)?;
     println!(
@@ -57,11 +61,12 @@ fn main() -> anyhow::Result<()> {
     );
 
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let database = common::env(&db);
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_strava-sync"))
             .arg("serve")
             .env_clear()
-            .env("DATABASE_PATH", &db)
+            .env(database.0, &database.1)
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("STRAVA_CLIENT_ID", "1")
@@ -187,8 +192,8 @@ async fn memory(
 /// One athlete, an API token, and `ACTIVITIES` summaries stored a page per
 /// transaction, as the sync paths store them. Returns the token, the
 /// athlete and the webhook path secret.
-fn seed(db: &Path) -> anyhow::Result<(String, i64, String)> {
-    let store = Store::open(db)?;
+fn seed(db: &Database) -> anyhow::Result<(String, i64, String)> {
+    let store = common::open(db);
     let profile: Value = serde_json::from_str(include_str!("../fixtures/athlete.json"))?;
     let athlete = profile["id"].as_i64().context("fixture athlete id")?;
     let token = store.write_blocking(|tx| {

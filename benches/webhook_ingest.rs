@@ -6,7 +6,10 @@
 //! rate without HTTP is printed too).
 //!
 //! Run: `cargo bench --bench webhook_ingest`
-//! (optional: `EVENTS=10000 PACED_SECS=5 BACKLOG=20000`)
+//! (optional: `EVENTS=10000 PACED_SECS=5 BACKLOG=20000`; with
+//! `BENCH_DATABASE_URL=postgres://...` the same on PostgreSQL)
+
+mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use strava_sync::model::event::{AspectType, Event, ObjectType};
+use strava_sync::config::Database;
 use strava_sync::store::{activities, athletes, subscription, Store};
 use strava_sync::webhook::worker;
 
@@ -80,8 +84,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// A fresh database with one athlete, `STORED` activities and our
 /// subscription id. Returns the store and the callback path secret.
-async fn seed(db: &std::path::Path) -> (Store, String) {
-    let store = Store::open(db).unwrap();
+async fn seed(db: &Database) -> (Store, String) {
+    let store = common::open(db);
     let secret = store
         .write(|tx| {
             athletes::upsert(tx, &json!({"id": ATHLETE}), "read,activity:read_all", 0)?;
@@ -108,9 +112,10 @@ impl Drop for Server {
 
 async fn start_server(
     dir: &std::path::Path,
-    db: &std::path::Path,
+    db: &Database,
     client: &reqwest::Client,
 ) -> (Server, String) {
+    let (key, database) = common::env(db);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -121,7 +126,7 @@ async fn start_server(
             .arg("serve")
             .current_dir(dir)
             .env_clear()
-            .env("DATABASE_PATH", db)
+            .env(key, database)
             .env("PORT", port.to_string())
             .env("STRAVA_API_URL", "http://127.0.0.1:9")
             .env("STRAVA_CLIENT_ID", "1234")
@@ -172,7 +177,7 @@ async fn main() {
     let paced_secs = env_or("PACED_SECS", 5);
     let backlog = env_or("BACKLOG", 20_000);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bench.db");
+    let db = common::database(dir.path(), "ingest");
     let (store, secret) = seed(&db).await;
     drop(store);
     let client = reqwest::Client::builder()
@@ -182,7 +187,7 @@ async fn main() {
     let (server, base) = start_server(dir.path(), &db, &client).await;
     let url = format!("{base}/webhook/{secret}");
 
-    println!("webhook ingest, release binary over loopback ({n} events per burst)");
+    println!("webhook ingest, release binary over loopback ({n} events per burst) on {db}");
     println!("| scenario               | acknowledged  |  events/s | p50 ms  | p99 ms  |");
     println!("|------------------------|---------------|-----------|---------|---------|");
     let mut next = 0;
@@ -234,7 +239,7 @@ async fn main() {
     // The worker's drain rate, in-process: a backlog committed through the
     // group commit, then applied by `worker::drain`.
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = seed(&dir.path().join("drain.db")).await;
+    let (store, _) = seed(&common::database(dir.path(), "drain")).await;
     let pending: Vec<Event> = events(0, backlog).iter().map(as_event).collect();
     let started = Instant::now();
     futures_util::stream::iter(pending)

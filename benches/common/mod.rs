@@ -1,0 +1,53 @@
+//! The database a benchmark runs on: a SQLite file in its directory, or,
+//! when `BENCH_DATABASE_URL` names a PostgreSQL database, a fresh schema in
+//! it (dropped first if a run before left it), so one machine measures both
+//! backends with the same scenarios.
+
+use std::path::Path;
+
+use strava_sync::config::Database;
+use strava_sync::store::Store;
+
+/// The database named `name`: in `dir`, or a schema of that name.
+pub fn database(dir: &Path, name: &str) -> Database {
+    let Some(url) = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return Database::Sqlite(dir.join(format!("{name}.db")));
+    };
+    let schema = format!("strava_sync_bench_{name}");
+    let admin = url.clone();
+    let fresh = schema.clone();
+    // The blocking client must not run on an async thread.
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+            .expect("BENCH_DATABASE_URL accepts connections");
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {fresh} CASCADE; CREATE SCHEMA {fresh}"
+            ))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Database::Postgres(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+}
+
+/// The environment variable and value that point the service at `database`.
+pub fn env(database: &Database) -> (&'static str, String) {
+    match database {
+        Database::Sqlite(path) => ("DATABASE_PATH", path.display().to_string()),
+        Database::Postgres(url) => ("DATABASE_URL", url.clone()),
+    }
+}
+
+/// Opens (and migrates) `database` off the async threads.
+pub fn open(database: &Database) -> Store {
+    let database = database.clone();
+    std::thread::spawn(move || Store::connect(&database))
+        .join()
+        .unwrap()
+        .expect("the bench database opens")
+}
