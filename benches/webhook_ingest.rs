@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use strava_sync::model::event::{AspectType, Event, ObjectType};
 use strava_sync::config::Database;
+use strava_sync::model::event::{AspectType, Event, ObjectType};
 use strava_sync::store::{activities, athletes, subscription, Store};
 use strava_sync::webhook::worker;
 

@@ -3,6 +3,12 @@
 //! inferred for them (an `i64` into an `integer`, a flag into a `boolean`),
 //! so the SQL both backends share needs no casts for its parameters.
 //!
+//! Connections are encrypted when the server offers TLS, as libpq's
+//! default `sslmode=prefer` does (`require` insists on it, `disable` turns
+//! it off), and, as in libpq without a root certificate, the server's
+//! certificate is not checked: managed databases (Heroku's among them)
+//! present certificates no public root signs.
+//!
 //! Every write transaction first takes one advisory lock for the schema:
 //! writes are serialized across instances as SQLite serializes them in
 //! one file. Each use case therefore keeps its single-writer meaning (a
@@ -18,16 +24,20 @@ use bytes::BytesMut;
 use include_dir::{include_dir, Dir};
 use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, IsNull, ToSql as PgToSql, Type};
-use postgres::{IsolationLevel, NoTls, Transaction};
+use postgres::{IsolationLevel, Transaction};
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::{self, Connection, Dialect, Row, ValueRef};
 use super::{DbError, DbResult};
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations/postgres");
 
-type Manager = PostgresConnectionManager<NoTls>;
+type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 
 const READER_POOL_SIZE: u32 = 8;
 
@@ -73,15 +83,16 @@ impl Postgres {
             .map_err(|e| DbError::Config(format!("DATABASE_URL is not a PostgreSQL URL: {e}")))?;
         // One connection first: a server that cannot be reached is said so
         // at once, where a pool would retry until its timeout.
+        let tls = tls()?;
         let schema: Option<String> = config
-            .connect(NoTls)?
+            .connect(tls.clone())?
             .query_one("SELECT current_schema()", &[])?
             .get(0);
         let schema = schema.ok_or_else(|| {
             DbError::Config("DATABASE_URL's search_path names no schema that exists".into())
         })?;
         let write_lock = lock_key(&schema);
-        let manager = || PostgresConnectionManager::new(config.clone(), NoTls);
+        let manager = || PostgresConnectionManager::new(config.clone(), tls.clone());
         let writer = Pool::builder().max_size(1).build(manager())?;
         let readers = Pool::builder()
             .max_size(READER_POOL_SIZE)
@@ -163,6 +174,68 @@ impl Postgres {
         let out = f(&conn)?;
         conn.tx.into_inner().commit()?;
         Ok(out)
+    }
+}
+
+/// TLS as libpq does it by default: encrypted, the certificate unchecked.
+fn tls() -> DbResult<MakeRustlsConnect> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Config(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(EncryptedOnly(provider)))
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Accepts the server's certificate as libpq's `sslmode=require` does,
+/// while checking that the handshake is signed by it.
+#[derive(Debug)]
+struct EncryptedOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for EncryptedOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

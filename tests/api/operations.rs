@@ -2,7 +2,9 @@
 
 use strava_sync::startup::Application;
 
-use crate::helpers::{database_env, on_postgres, test_database, test_settings, TestApp};
+use crate::helpers::{
+    database_env, on_postgres, open_store, test_database, test_settings, TestApp,
+};
 use strava_sync::config::Database;
 
 #[tokio::test]
@@ -216,4 +218,34 @@ async fn a_full_disk_answers_503_in_the_fault_shape_and_is_not_ready() {
     fill_the_disk(&app, false).await;
     assert_eq!(app.readyz().await.status(), 200, "ready once writes commit");
     assert_eq!(app.post_webhook(&secret, event(9_999)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn postgresql_connections_are_encrypted_when_the_server_offers_tls() {
+    if !on_postgres() {
+        // SQLite has no connection to encrypt.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Database::Postgres(url) = test_database(&dir, "tls") else {
+        unreachable!("on PostgreSQL");
+    };
+    let encrypted = |url: String| async move {
+        open_store(&Database::Postgres(url))
+            .await
+            .read(|c| {
+                c.query_row(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    strava_sync::params![],
+                    |r| r.get::<bool>(0),
+                )
+            })
+            .await
+            .unwrap()
+    };
+    // The machine's server offers TLS (with a certificate no public root
+    // signs), as managed databases do.
+    assert!(encrypted(url.clone()).await, "sslmode=prefer, the default");
+    assert!(encrypted(format!("{url}&sslmode=require")).await);
+    assert!(!encrypted(format!("{url}&sslmode=disable")).await);
 }
