@@ -172,17 +172,37 @@ impl std::fmt::Debug for Database {
 }
 
 /// `scheme://user:password@host/...` as `scheme://user:***@host/...`.
+/// A `password=` query parameter is masked too; the user information ends
+/// at the last `@`, as a password may hold one unencoded.
 fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let mut shown = match rest.rsplit_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{name}:***@{host}")
         }
-        _ => url.to_string(),
+        _ => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let masked: Vec<&str> = query
+            .split('&')
+            .map(|pair| {
+                if pair.starts_with("password=") {
+                    "password=***"
+                } else {
+                    pair
+                }
+            })
+            .collect();
+        shown = format!("{shown}?{}", masked.join("&"));
     }
+    shown
 }
 
 #[derive(Debug, Clone)]
@@ -1055,6 +1075,12 @@ mod tests {
             Database::Postgres("postgres://u:secret@db/strava".into())
         );
         assert_eq!(postgres.to_string(), "postgres://u:***@db/strava");
+        let shown = |url: &str| load(url).unwrap().database.to_string();
+        assert_eq!(shown("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
+        assert_eq!(
+            shown("postgres://db/x?user=u&password=hunter2&sslmode=require"),
+            "postgres://db/x?user=u&password=***&sslmode=require"
+        );
         assert!(!format!("{postgres:?}").contains("secret"));
         assert_eq!(
             load("postgresql://db/strava").unwrap().database.to_string(),

@@ -1,5 +1,6 @@
-//! strava-sync keeps a local SQLite copy of every connected athlete's Strava
-//! activities and serves it to frontends without spending Strava API calls.
+//! strava-sync keeps a local copy (SQLite, or PostgreSQL shared by several
+//! instances) of every connected athlete's Strava activities and serves it
+//! to frontends without spending Strava API calls.
 
 pub mod config;
 pub mod demo;

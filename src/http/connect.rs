@@ -106,6 +106,12 @@ struct Disconnected {
     status: &'static str,
 }
 
+/// Printable ASCII only: what Strava sends in `state` and `scope`. Nothing
+/// else (a NUL, which PostgreSQL refuses to store) reaches the database.
+fn is_printable(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Strava's redirect back: checks the `state`, exchanges the code, stores
 /// the athlete, issues an API token and queues the first page and the
 /// backfill.
@@ -139,7 +145,7 @@ async fn callback(
     let query = query.into_inner();
     let given = query
         .state
-        .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_LEN)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_LEN && is_printable(s))
         .ok_or_else(|| ApiError::bad_parameter("OAuth", "state", "missing or malformed state"))?;
     let now = state.clock.epoch();
     let fresh = state.store.consume_oauth_state(given, now).await?;
@@ -158,6 +164,9 @@ async fn callback(
         });
     }
     let scope = query.scope.unwrap_or_default();
+    if !is_printable(&scope) {
+        return Err(ApiError::bad_parameter("OAuth", "scope", "malformed scope"));
+    }
     if let Some(wanted) = missing_activity_scope(&scope, &settings.strava_scopes) {
         return Err(forbidden(
             &format!("Missing required scope {wanted}: activities cannot be read without it"),

@@ -73,7 +73,8 @@ impl Deliverer {
     }
 
     /// Delivers until `shutdown`. A batch in flight at shutdown is not
-    /// recorded, so it is sent again next start: at least once.
+    /// recorded, so it is sent again once its claim runs out (by this
+    /// instance after a restart, or another): at least once.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut changes = self.watch.subscribe();
         loop {

@@ -1,6 +1,7 @@
 //! Activities as Strava returned them. The raw JSON text is stored untouched
-//! (unknown fields, 64-bit ids and float formatting survive); SQLite derives
-//! the typed columns used for filtering, sorting and stats.
+//! (unknown fields, 64-bit ids and float formatting survive); the database
+//! derives the typed columns used for filtering, sorting and stats
+//! (generated columns, on both backends).
 
 use super::sql::{params, Connection, OptionalExtension};
 use chrono::{Datelike, TimeZone, Utc};
@@ -202,7 +203,7 @@ pub fn list_json(
                 out.push(',');
             }
             out.push_str(&row.get::<String>(0)?);
-            Ok(())
+            Ok(true)
         },
     )?;
     out.push(']');
@@ -327,7 +328,7 @@ pub fn stats(conn: &dyn Connection, athlete_id: i64, now: i64) -> DbResult<Activ
                 _ => &mut out.all_swim_totals,
             };
             *slot = totals;
-            Ok(())
+            Ok(true)
         },
     )?;
     Ok(out)

@@ -164,31 +164,32 @@ impl Store {
         limit: usize,
     ) -> DbResult<Option<ChangePage>> {
         self.read(move |c| {
-            let snapshot = c;
-            let latest = latest(snapshot)?;
+            let latest = latest(c)?;
             // Pruning keeps each athlete's newest change, so a cursor at or
             // past it missed nothing of theirs, however old.
             let missed = since > 0
-                && since < pruned_through(snapshot)?
-                && newest_of(snapshot, athlete_id)?.is_some_and(|newest| since < newest);
+                && since < pruned_through(c)?
+                && newest_of(c, athlete_id)?.is_some_and(|newest| since < newest);
             if since > latest || missed {
                 return Ok(None);
             }
-            let mut stmt = snapshot.prepare_cached(&format!(
+            let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
+            // One row past the page says whether more follow; the rows
+            // after a full page are never read.
+            c.prepare_cached(&format!(
                 "{} WHERE c.athlete_id = ?1 AND c.id > ?2 ORDER BY c.id LIMIT ?3",
                 events(DATA)
-            ))?;
-            let mut rows = stmt.query_map(params![athlete_id, since, limit as i64], event)?;
-            let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
-            for change in rows.by_ref() {
-                let change = change?;
-                bytes += change.data.as_ref().map_or(0, |d| d.get().len());
-                changes.push(change);
+            ))?
+            .for_each(params![athlete_id, since, limit as i64 + 1], |row| {
                 if changes.len() == limit || bytes >= PAGE_BYTES {
                     more = true;
-                    break;
+                    return Ok(false);
                 }
-            }
+                let change = event(row)?;
+                bytes += change.data.as_ref().map_or(0, |d| d.get().len());
+                changes.push(change);
+                Ok(true)
+            })?;
             let next_cursor = match changes.last() {
                 Some(last) if more => last.id,
                 _ => latest.max(since),

@@ -11,22 +11,38 @@ pub const HEARTBEAT_SECS: u64 = 5;
 
 /// How long after its last heartbeat an instance counts as dead: several
 /// beats, and more than the clocks of two hosts drift apart.
-pub const LEASE_SECS: i64 = 30;
+pub const HEARTBEAT_LEASE_SECS: i64 = 30;
+
+/// The oldest heartbeat of an instance alive at `now`.
+pub fn alive_since(now: i64) -> i64 {
+    now - HEARTBEAT_LEASE_SECS
+}
 
 /// SQL over a column naming an instance (`claimed_by`, `refreshing_by`),
-/// with `?{now}` now: whether that instance is alive.
-pub fn alive(column: &str, now: u8) -> String {
+/// with parameter `?{since}` bound to [`alive_since`]: whether that
+/// instance is alive. (Times are bound whole: PostgreSQL would take a
+/// parameter in `?1 - 30` for a 32-bit integer.)
+pub fn alive(column: &str, since: u8) -> String {
     format!(
         "EXISTS (SELECT 1 FROM instances i WHERE i.id = {column}
-                 AND i.heartbeat_at >= ?{now} - {LEASE_SECS})"
+                 AND i.heartbeat_at >= ?{since})"
     )
 }
+
+/// How long the row of an instance that stopped answering is kept.
+const FORGET_SECS: i64 = 86_400;
 
 fn join(conn: &dyn Connection, me: &str, now: i64) -> DbResult<()> {
     if conn.dialect() == Dialect::Sqlite {
         // A SQLite file serves one instance: whatever ran before was left
         // by a process that is gone, and is taken over at once.
         conn.execute("DELETE FROM instances", params![])?;
+    } else {
+        // Every start is a new instance; the long dead are forgotten.
+        conn.execute(
+            "DELETE FROM instances WHERE heartbeat_at < ?1",
+            params![now - FORGET_SECS],
+        )?;
     }
     conn.execute(
         "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)",
@@ -42,11 +58,11 @@ impl Store {
         self.write(move |tx| join(tx, &me, now)).await
     }
 
-    /// Keeps this instance alive (registering it again if a peer gave it up
-    /// for dead during a long pause).
+    /// Keeps this instance alive (registering it again should its row have
+    /// been forgotten during a pause longer than a day).
     pub async fn instance_heartbeat(&self, now: i64) -> DbResult<()> {
         let me = self.instance.clone();
-        self.write(move |tx| {
+        self.write_apart(move |tx| {
             let beat = tx.execute(
                 "UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1",
                 params![&*me, now],

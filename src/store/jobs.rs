@@ -197,11 +197,11 @@ fn requeue_abandoned(conn: &dyn Connection, me: &str, now: i64) -> DbResult<usiz
         &format!(
             "UPDATE jobs SET status = 'queued', claimed_by = NULL
              WHERE status = 'running'
-               AND (started_at < ?1 - {LEASE_SECS}
+               AND (started_at < ?1
                     OR ((claimed_by IS NULL OR claimed_by <> ?2) AND NOT {}))",
-            instances::alive("jobs.claimed_by", 1)
+            instances::alive("jobs.claimed_by", 3)
         ),
-        params![now, me],
+        params![now - LEASE_SECS, me, instances::alive_since(now)],
     )
 }
 

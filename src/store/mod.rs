@@ -239,6 +239,23 @@ impl Store {
         tokio::task::spawn_blocking(move || store.write_blocking(f)).await?
     }
 
+    /// [`Store::write`] for a row only this instance writes (its
+    /// heartbeat): on PostgreSQL it does not queue behind the other
+    /// instances' writes, so a busy database does not make a live instance
+    /// look dead. SQLite has one instance and one writer.
+    pub async fn write_apart<T, F>(&self, f: F) -> DbResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn sql::Connection) -> DbResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || match &store.backend {
+            Backend::Sqlite(lite) => lite.write(f),
+            Backend::Postgres(pg) => pg.write_apart(f),
+        })
+        .await?
+    }
+
     /// [`Store::write`] for callers already on a blocking thread.
     pub fn write_blocking<T>(
         &self,

@@ -94,7 +94,7 @@ fn walk(conn: &dyn Connection, athlete_id: i64) -> DbResult<Vec<Key>> {
         if n % STRIDE == 0 {
             keys.push((row.get(0)?, row.get(1)?));
         }
-        Ok(())
+        Ok(true)
     })?;
     Ok(keys)
 }

@@ -9,6 +9,10 @@
 //! certificate is not checked: managed databases (Heroku's among them)
 //! present certificates no public root signs.
 //!
+//! Each pooled connection keeps the statements it prepared, by their SQL,
+//! and a transaction begins (and, for writes, takes its lock) in one round
+//! trip: on the webhook path, round trips are what a commit costs.
+//!
 //! Every write transaction first takes one advisory lock for the schema:
 //! writes are serialized across instances as SQLite serializes them in
 //! one file. Each use case therefore keeps its single-writer meaning (a
@@ -17,16 +21,17 @@
 //! cursor relies on. Reads run in read-only snapshots and never wait.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::error::Error;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use include_dir::{include_dir, Dir};
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, IsNull, ToSql as PgToSql, Type};
-use postgres::{IsolationLevel, Transaction};
-use r2d2::Pool;
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::{Client, Statement};
+use r2d2::{ManageConnection, Pool};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -37,9 +42,42 @@ use super::{DbError, DbResult};
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations/postgres");
 
-type Manager = PostgresConnectionManager<MakeRustlsConnect>;
-
 const READER_POOL_SIZE: u32 = 8;
+
+/// Prepared statements kept per connection; past this the cache starts
+/// over (statement texts are few, but `IN` lists vary in length).
+const STATEMENT_CACHE: usize = 256;
+
+/// A pooled client and the statements it prepared, by their SQL.
+struct Cached {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+struct Manager {
+    config: postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Cached;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Cached, postgres::Error> {
+        Ok(Cached {
+            client: self.config.connect(self.tls.clone())?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Cached) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(drop)
+    }
+
+    fn has_broken(&self, conn: &mut Cached) -> bool {
+        conn.client.is_closed()
+    }
+}
 
 /// The pools of one PostgreSQL database (and schema, when the URL's
 /// `options` set a `search_path`).
@@ -92,11 +130,21 @@ impl Postgres {
             DbError::Config("DATABASE_URL's search_path names no schema that exists".into())
         })?;
         let write_lock = lock_key(&schema);
-        let manager = || PostgresConnectionManager::new(config.clone(), tls.clone());
-        let writer = Pool::builder().max_size(1).build(manager())?;
+        let manager = || Manager {
+            config: config.clone(),
+            tls: tls.clone(),
+        };
+        // A broken connection is noticed when a statement fails on it (and
+        // it is dropped then): a test query at every checkout would cost
+        // each transaction a round trip.
+        let writer = Pool::builder()
+            .max_size(1)
+            .test_on_check_out(false)
+            .build(manager())?;
         let readers = Pool::builder()
             .max_size(READER_POOL_SIZE)
             .min_idle(Some(1))
+            .test_on_check_out(false)
             .build(manager())?;
         let pg = Self {
             pools: Arc::new(Pools {
@@ -147,33 +195,35 @@ impl Postgres {
 
     /// Runs `f` in a read-only snapshot.
     pub fn read<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
-        let mut client = self.pools.readers().get()?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let conn = PgConnection::new(tx);
-        let out = f(&conn)?;
-        conn.tx.into_inner().commit()?;
-        Ok(out)
+        let mut pooled = self.pools.readers().get()?;
+        let snapshot = PgConnection::begin(
+            &mut pooled,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        )?;
+        snapshot.run(f)
+    }
+
+    /// Runs `f` in a transaction of its own that does not take the write
+    /// lock, for a row only this instance writes (its heartbeat), which
+    /// must not wait behind the other instances' writes.
+    pub fn write_apart<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
+        let mut pooled = self.pools.readers().get()?;
+        let tx = PgConnection::begin(&mut pooled, "BEGIN ISOLATION LEVEL READ COMMITTED")?;
+        tx.run(f)
     }
 
     /// Runs `f` in a transaction holding the schema's write lock; commits
     /// when it returns `Ok`.
     pub fn write<T>(&self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
-        let mut client = self.pools.writer().get()?;
+        let mut pooled = self.pools.writer().get()?;
         // Read committed whatever the server's default: each statement after
         // the lock must see what the instance before committed.
-        let mut tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.write_lock])?;
-        let conn = PgConnection::new(tx);
-        let out = f(&conn)?;
-        conn.tx.into_inner().commit()?;
-        Ok(out)
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({})",
+            self.write_lock
+        );
+        let tx = PgConnection::begin(&mut pooled, &begin)?;
+        tx.run(f)
     }
 }
 
@@ -251,14 +301,55 @@ fn lock_key(schema: &str) -> i64 {
     hash as i64
 }
 
+/// A pooled connection inside a transaction; dropped unfinished (an
+/// error, a panic), the transaction is rolled back before the connection
+/// returns to the pool.
 struct PgConnection<'a> {
-    tx: RefCell<Transaction<'a>>,
+    conn: RefCell<&'a mut Cached>,
+    open: bool,
 }
 
 impl<'a> PgConnection<'a> {
-    fn new(tx: Transaction<'a>) -> Self {
-        Self {
-            tx: RefCell::new(tx),
+    /// Begins a transaction with `begin` (one round trip, whatever it holds).
+    fn begin(conn: &'a mut Cached, begin: &str) -> DbResult<Self> {
+        let mut this = Self {
+            conn: RefCell::new(conn),
+            open: true,
+        };
+        // Should a part after BEGIN fail, dropping `this` rolls it back.
+        this.conn.get_mut().client.batch_execute(begin)?;
+        Ok(this)
+    }
+
+    /// Runs `f`, then commits if it succeeded (else rolls back).
+    fn run<T>(mut self, f: impl FnOnce(&dyn Connection) -> DbResult<T>) -> DbResult<T> {
+        let out = f(&self)?;
+        self.open = false;
+        self.conn.get_mut().client.batch_execute("COMMIT")?;
+        Ok(out)
+    }
+
+    /// The statement for `sql`, prepared on this connection once.
+    fn statement(&self, sql: &str) -> DbResult<Statement> {
+        let mut conn = self.conn.borrow_mut();
+        if let Some(statement) = conn.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = conn.client.prepare(&numbered(sql))?;
+        if conn.statements.len() >= STATEMENT_CACHE {
+            conn.statements.clear();
+        }
+        conn.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl Drop for PgConnection<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failed rollback leaves a connection that is closed or
+            // broken, which the pool drops.
+            let _ = self.conn.get_mut().client.batch_execute("ROLLBACK");
         }
     }
 }
@@ -269,30 +360,36 @@ impl Connection for PgConnection<'_> {
     }
 
     fn run(&self, sql: &str, params: &[&dyn sql::ToSql]) -> DbResult<usize> {
-        let sql = numbered(sql);
+        let statement = self.statement(sql)?;
         let params: Vec<Param> = params.iter().map(|p| Param(p.to_sql())).collect();
         let refs: Vec<&(dyn PgToSql + Sync)> =
             params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
-        Ok(self.tx.borrow_mut().execute(sql.as_str(), &refs)? as usize)
+        let changed = self.conn.borrow_mut().client.execute(&statement, &refs)?;
+        Ok(changed as usize)
     }
 
     fn run_batch(&self, sql: &str) -> DbResult<()> {
-        Ok(self.tx.borrow_mut().batch_execute(sql)?)
+        Ok(self.conn.borrow_mut().client.batch_execute(sql)?)
     }
 
     fn each_row(
         &self,
         sql: &str,
         params: &[&dyn sql::ToSql],
-        f: &mut dyn FnMut(&dyn Row) -> DbResult<()>,
+        f: &mut dyn FnMut(&dyn Row) -> DbResult<bool>,
     ) -> DbResult<()> {
-        let sql = numbered(sql);
+        let statement = self.statement(sql)?;
         let params: Vec<Param> = params.iter().map(|p| Param(p.to_sql())).collect();
         let refs: Vec<&(dyn PgToSql + Sync)> =
             params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
-        let rows = self.tx.borrow_mut().query(sql.as_str(), &refs)?;
-        for row in &rows {
-            f(&PgRow(row))?;
+        // Rows stream in as they are read, so a caller that stops early
+        // does not hold the rest in memory.
+        let mut conn = self.conn.borrow_mut();
+        let mut rows = conn.client.query_raw(&statement, refs)?;
+        while let Some(row) = rows.next()? {
+            if !f(&PgRow(&row))? {
+                break;
+            }
         }
         Ok(())
     }

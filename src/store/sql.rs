@@ -86,12 +86,13 @@ pub trait Connection {
     /// Runs statements without parameters, one after another.
     fn run_batch(&self, sql: &str) -> DbResult<()>;
 
-    /// Runs a query, handing each row to `f` in turn.
+    /// Runs a query, handing each row to `f` in turn until it answers
+    /// false (the rest are not read). `f` may not use the connection.
     fn each_row(
         &self,
         sql: &str,
         params: &[&dyn ToSql],
-        f: &mut dyn FnMut(&dyn Row) -> DbResult<()>,
+        f: &mut dyn FnMut(&dyn Row) -> DbResult<bool>,
     ) -> DbResult<()>;
 }
 
@@ -114,7 +115,7 @@ impl dyn Connection + '_ {
                 if let Some(f) = f.take() {
                     out = Some(f(row)?);
                 }
-                Ok(())
+                Ok(false)
             })
         })?;
         out.ok_or(DbError::NoRows)
@@ -131,7 +132,7 @@ impl dyn Connection + '_ {
         params.with(|p| {
             self.each_row(sql, p, &mut |row| {
                 out.push(f(row)?);
-                Ok(())
+                Ok(true)
             })
         })?;
         Ok(out)
@@ -142,8 +143,8 @@ impl dyn Connection + '_ {
         self.run_batch(sql)
     }
 
-    /// A statement to run, in rusqlite's shape (backends cache statements
-    /// by their text themselves).
+    /// A statement to run, in rusqlite's shape (both backends keep each
+    /// connection's prepared statements by their text).
     pub fn prepare_cached(&self, sql: &str) -> DbResult<Statement<'_>> {
         Ok(Statement {
             conn: self,
@@ -193,10 +194,11 @@ impl Statement<'_> {
         Ok(rows.into_iter().map(Ok).collect::<Vec<_>>().into_iter())
     }
 
+    /// Hands each row to `f` until it answers false.
     pub fn for_each(
         &mut self,
         params: impl Params,
-        mut f: impl FnMut(&dyn Row) -> DbResult<()>,
+        mut f: impl FnMut(&dyn Row) -> DbResult<bool>,
     ) -> DbResult<()> {
         params.with(|p| self.conn.each_row(&self.sql, p, &mut f))
     }

@@ -168,12 +168,14 @@ impl Connection for rusqlite::Connection {
         &self,
         sql: &str,
         params: &[&dyn ToSql],
-        f: &mut dyn FnMut(&dyn Row) -> DbResult<()>,
+        f: &mut dyn FnMut(&dyn Row) -> DbResult<bool>,
     ) -> DbResult<()> {
         let mut stmt = self.prepare_cached(sql)?;
         let mut rows = stmt.query(bind(params))?;
         while let Some(row) = rows.next()? {
-            f(row)?;
+            if !f(row)? {
+                break;
+            }
         }
         Ok(())
     }

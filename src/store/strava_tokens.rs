@@ -188,11 +188,16 @@ fn claim_refresh(
     let held_elsewhere = conn
         .prepare_cached(&format!(
             "SELECT 1 FROM strava_tokens
-             WHERE athlete_id = ?1 AND refreshing_by <> ?2 AND refreshing_since >= ?3 - {REFRESH_LEASE_SECS}
+             WHERE athlete_id = ?1 AND refreshing_by <> ?2 AND refreshing_since >= ?3
                AND {}",
-            instances::alive("strava_tokens.refreshing_by", 3)
+            instances::alive("strava_tokens.refreshing_by", 4)
         ))?
-        .exists(params![athlete_id, me, now])?;
+        .exists(params![
+            athlete_id,
+            me,
+            now - REFRESH_LEASE_SECS,
+            instances::alive_since(now)
+        ])?;
     if held_elsewhere {
         return Ok(Some(RefreshClaim::Wait));
     }

@@ -404,28 +404,30 @@ pub struct BackfillPace {
     pub in_progress: i64,
 }
 
-/// When the last gap-fill pass was planned (epoch seconds).
-const GAP_FILL_PLANNED_KEY: &str = "gap_fill.planned_at";
+/// The schedule's firing whose gap-fill pass was planned last.
+const GAP_FILL_TICK_KEY: &str = "gap_fill.planned_tick";
 
 impl Store {
     /// Queues a gap-fill for up to `limit` connected athletes in gap-fill
-    /// order ([`gap_fill_order`]). Returns how many are now queued. With
-    /// `once_within`, a pass planned that recently (by any instance: every
-    /// one's schedule fires) stands, and None says this one was skipped.
+    /// order ([`gap_fill_order`]). Returns how many are now queued. For a
+    /// scheduled pass, `tick` names the schedule's firing: every instance's
+    /// schedule fires, and the first to plan a tick's pass plans it (None
+    /// says another instance did).
     pub async fn plan_gap_fill_pass(
         &self,
         limit: u32,
         attention_since: i64,
         now: i64,
-        once_within: Option<i64>,
+        tick: Option<i64>,
     ) -> DbResult<Option<usize>> {
         self.write(move |tx| {
-            let last: Option<i64> =
-                service_state::get(tx, GAP_FILL_PLANNED_KEY)?.and_then(|at| at.parse().ok());
-            if once_within.is_some_and(|within| last.is_some_and(|at| now - at < within)) {
-                return Ok(None);
+            if let Some(tick) = tick {
+                let planned = service_state::get(tx, GAP_FILL_TICK_KEY)?;
+                if planned.is_some_and(|t| t == tick.to_string()) {
+                    return Ok(None);
+                }
+                service_state::set(tx, GAP_FILL_TICK_KEY, &tick.to_string())?;
             }
-            service_state::set(tx, GAP_FILL_PLANNED_KEY, &now.to_string())?;
             let order = gap_fill_order(tx, limit, attention_since)?;
             for &athlete_id in &order {
                 jobs::enqueue(tx, athlete_id, Task::GapFill, now, now)?;
@@ -657,6 +659,27 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_pass_is_planned_once_per_firing_and_a_manual_one_always() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                connect(tx, 1);
+                Ok(())
+            })
+            .unwrap();
+        let plan = |tick| store.plan_gap_fill_pass(10, 0, 100, tick);
+        assert_eq!(plan(Some(60)).await.unwrap(), Some(1));
+        assert_eq!(plan(Some(60)).await.unwrap(), None, "another instance's");
+        assert_eq!(plan(None).await.unwrap(), Some(1), "by hand");
+        assert_eq!(
+            plan(Some(60)).await.unwrap(),
+            None,
+            "by hand left the firing's mark"
+        );
+        assert_eq!(plan(Some(120)).await.unwrap(), Some(1), "the next firing");
     }
 
     #[test]

@@ -24,16 +24,12 @@ use super::source::{self, activity_id, is_last_page, store_page, ActivitySource}
 /// recorded days ago can be uploaded (or synced from a watch) today.
 pub const LOOKBACK_SECS: i64 = 3 * 86_400;
 
-/// How recently planned a scheduled pass must be to stand for this one:
-/// every instance's schedule fires at the same time (give or take their
-/// clocks), and one pass serves them all.
-pub const ONE_PASS_WITHIN_SECS: i64 = 600;
-
 /// Queues a gap-fill for up to `daily_limit` connected athletes (one call
 /// each, usually), the ones who are looking since `attention_since` and
 /// higher tiers first, then the one checked longest ago. Athletes needing
 /// re-authorization are skipped. Returns how many athletes are now queued,
-/// or None when `scheduled` and another instance planned the pass already.
+/// or None when `scheduled` and another instance planned this firing's
+/// pass already.
 pub async fn start_pass(
     store: &Store,
     daily_limit: u32,
@@ -41,10 +37,17 @@ pub async fn start_pass(
     now: i64,
     scheduled: bool,
 ) -> DbResult<Option<usize>> {
-    let once_within = scheduled.then_some(ONE_PASS_WITHIN_SECS);
+    let tick = scheduled.then(|| firing(now));
     store
-        .plan_gap_fill_pass(daily_limit.max(1), attention_since, now, once_within)
+        .plan_gap_fill_pass(daily_limit.max(1), attention_since, now, tick)
         .await
+}
+
+/// The schedule's firing a pass started at `now` belongs to: the nearest
+/// whole minute, which every instance's schedule agrees on while their
+/// clocks are less than half a minute apart.
+fn firing(now: i64) -> i64 {
+    (now + 30).div_euclid(60) * 60
 }
 
 /// Lists everything the athlete started after their newest stored activity

@@ -62,6 +62,7 @@ async fn a_forged_missing_or_malformed_state_is_refused() {
         "code=abc&scope=read,activity:read_all".to_string(),
         "state=&code=abc".to_string(),
         format!("state={}&code=abc", "a".repeat(5000)),
+        "state=ab%00cd&code=abc".to_string(),
     ] {
         let (status, body) = fault(app.connect_callback(&query).await).await;
         assert_eq!(status, 400, "{query}");
@@ -94,6 +95,21 @@ async fn an_unexpected_error_from_strava_is_a_bad_request_that_echoes_nothing() 
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["field"], "error");
     assert!(!body.to_string().contains("script"), "{body}");
+}
+
+#[tokio::test]
+async fn a_scope_with_control_characters_is_a_bad_request() {
+    let app = TestApp::spawn().await;
+    let state = &start_connect(&app).await["state"];
+    let (status, body) = fault(
+        app.connect_callback(&format!(
+            "state={state}&code=abc&scope=read,activity:read_all%00"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "scope");
 }
 
 #[tokio::test]

@@ -5,11 +5,12 @@
 -- numbers); text that is sorted or compared uses the "C" collation, as
 -- SQLite compares bytes.
 
--- Epoch seconds of an ISO 8601 time with an offset (Strava's `start_date`
--- ends in Z): immutable, so it can feed a generated column.
+-- Epoch seconds of Strava's `start_date` (UTC, ending in Z), read as UTC
+-- whatever the session's time zone, so it is immutable and can feed a
+-- generated column.
 CREATE FUNCTION strava_sync_epoch(t text) RETURNS bigint
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    AS $$ SELECT CAST(EXTRACT(EPOCH FROM CAST(t AS timestamptz)) AS bigint) $$;
+    AS $$ SELECT CAST(EXTRACT(EPOCH FROM CAST(t AS timestamp) AT TIME ZONE 'UTC') AS bigint) $$;
 
 -- A JSON text as json, for reading fields: PostgreSQL cannot turn an
 -- escaped NUL (\u0000) into text, and would fail on any field of a
