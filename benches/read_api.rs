@@ -223,6 +223,7 @@ fn seed(db: &Database) -> anyhow::Result<(String, i64, String)> {
         store.write_blocking(|tx| activities::upsert_summaries(tx, athlete, &page, 0))?;
     }
     let secret = store.write_blocking(|tx| subscription::path_secret(tx))?;
+    common::analyze(&store, db);
     Ok((token, athlete, secret))
 }
 

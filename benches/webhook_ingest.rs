@@ -98,6 +98,7 @@ async fn seed(db: &Database) -> (Store, String) {
         })
         .await
         .unwrap();
+    common::analyze(&store, db);
     (store, secret)
 }
 
