@@ -96,9 +96,10 @@ impl Store {
     /// its own outcome or error.
     fn commit(&self, batch: &mut Vec<Queued>) {
         let together = self.write_blocking(|tx| {
+            let mut receiving = inbox::Receiving::new(tx)?;
             batch
                 .iter()
-                .map(|q| inbox::receive(tx, &q.event, q.claimed_subscription, q.now))
+                .map(|q| receiving.receive(&q.event, q.claimed_subscription, q.now))
                 .collect::<DbResult<Vec<_>>>()
         });
         match together {
@@ -112,7 +113,7 @@ impl Store {
             Err(_) => {
                 for q in batch.drain(..) {
                     let alone = self.write_blocking(|tx| {
-                        inbox::receive(tx, &q.event, q.claimed_subscription, q.now)
+                        inbox::Receiving::new(tx)?.receive(&q.event, q.claimed_subscription, q.now)
                     });
                     let _ = q.reply.send(alone);
                 }

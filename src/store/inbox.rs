@@ -3,7 +3,7 @@
 //! dedup key makes Strava's retries and duplicate deliveries collapse into
 //! one row, so an event is applied once however often it arrives.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::sql::{params, Connection, Row};
 use serde::Serialize;
@@ -75,27 +75,53 @@ pub fn insert(conn: &dyn Connection, event: &Event, now: i64) -> DbResult<bool> 
     Ok(inserted == 1)
 }
 
-/// What the callback does with one event, inside the caller's transaction:
+/// What the callback does with events, inside the caller's transaction:
 /// refuse another subscription's (any is taken while none is stored),
 /// acknowledge without keeping an unconnected athlete's, and otherwise
-/// insert unless an identical one is already in the inbox.
-pub(super) fn receive(
-    conn: &dyn Connection,
-    event: &Event,
-    claimed_subscription: i64,
-    now: i64,
-) -> DbResult<Received> {
-    if subscription::id(conn)?.is_some_and(|ours| ours != claimed_subscription) {
-        return Ok(Received::Foreign);
+/// insert unless an identical one is already in the inbox. The
+/// subscription and each athlete are looked up once for all the events:
+/// on PostgreSQL each lookup is a round trip.
+pub(super) struct Receiving<'c> {
+    conn: &'c dyn Connection,
+    ours: Option<i64>,
+    connected: HashMap<i64, bool>,
+}
+
+impl<'c> Receiving<'c> {
+    pub(super) fn new(conn: &'c dyn Connection) -> DbResult<Self> {
+        Ok(Self {
+            conn,
+            ours: subscription::id(conn)?,
+            connected: HashMap::new(),
+        })
     }
-    if athletes::get(conn, event.owner_id)?.is_none() {
-        return Ok(Received::Ignored);
+
+    pub(super) fn receive(
+        &mut self,
+        event: &Event,
+        claimed_subscription: i64,
+        now: i64,
+    ) -> DbResult<Received> {
+        if self.ours.is_some_and(|ours| ours != claimed_subscription) {
+            return Ok(Received::Foreign);
+        }
+        let connected = match self.connected.get(&event.owner_id) {
+            Some(known) => *known,
+            None => {
+                let known = athletes::get(self.conn, event.owner_id)?.is_some();
+                self.connected.insert(event.owner_id, known);
+                known
+            }
+        };
+        if !connected {
+            return Ok(Received::Ignored);
+        }
+        Ok(if insert(self.conn, event, now)? {
+            Received::Accepted
+        } else {
+            Received::Duplicate
+        })
     }
-    Ok(if insert(conn, event, now)? {
-        Received::Accepted
-    } else {
-        Received::Duplicate
-    })
 }
 
 const COLUMNS: &str =
