@@ -249,9 +249,11 @@ impl Store {
         F: FnOnce(&dyn sql::Connection) -> DbResult<T> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || match &store.backend {
-            Backend::Sqlite(lite) => lite.write(f),
-            Backend::Postgres(pg) => pg.write_apart(f),
+        tokio::task::spawn_blocking(move || {
+            store.noted(match &store.backend {
+                Backend::Sqlite(lite) => lite.write(f),
+                Backend::Postgres(pg) => pg.write_apart(f),
+            })
         })
         .await?
     }
@@ -261,14 +263,10 @@ impl Store {
         &self,
         f: impl FnOnce(&dyn sql::Connection) -> DbResult<T>,
     ) -> DbResult<T> {
-        let result = match &self.backend {
+        self.noted(match &self.backend {
             Backend::Sqlite(lite) => lite.write(f),
             Backend::Postgres(pg) => pg.write(f),
-        };
-        if let Err(e) = &result {
-            self.note_fault(e);
-        }
-        result
+        })
     }
 
     /// [`Store::read`] for callers already on a blocking thread.
@@ -276,21 +274,21 @@ impl Store {
         &self,
         f: impl FnOnce(&dyn sql::Connection) -> DbResult<T>,
     ) -> DbResult<T> {
-        let result = match &self.backend {
+        self.noted(match &self.backend {
             Backend::Sqlite(lite) => lite.read(f),
             Backend::Postgres(pg) => pg.read(f),
-        };
-        if let Err(e) = &result {
-            self.note_fault(e);
-        }
-        result
+        })
     }
 
-    /// Marks the store failing on a storage fault (logged once per spell).
-    fn note_fault(&self, error: &DbError) {
-        if error.is_storage_fault() && !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::error!(%error, "storage failed; not ready until it takes writes again");
+    /// Passes `result` on, marking the store failing on a storage fault
+    /// (logged once per spell).
+    fn noted<T>(&self, result: DbResult<T>) -> DbResult<T> {
+        if let Err(error) = &result {
+            if error.is_storage_fault() && !self.failing.swap(true, Ordering::Relaxed) {
+                tracing::error!(%error, "storage failed; not ready until it takes writes again");
+            }
         }
+        result
     }
 
     /// Whether the database answers and, after a storage fault, takes a

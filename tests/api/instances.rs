@@ -27,7 +27,7 @@ use strava_sync::strava::tokens::Tokens;
 use crate::helpers::{eventually, on_postgres, open_store, test_database, test_settings, WAIT};
 use crate::process::Server;
 use crate::sim_app::SimApp;
-use crate::webhooks::{activity_event, seed_activities, seed_athlete};
+use crate::webhooks::{activity_event, scalar, seed_activities, seed_athlete};
 
 /// Starts `n` instances on `db` at once (they migrate together).
 async fn start(n: usize, db: &Database, env: &[(&str, String)]) -> Vec<Server> {
@@ -156,16 +156,11 @@ async fn instances_spend_one_budget_and_run_each_step_once() {
             assert!(asked.insert(step.clone()), "asked twice: {step:?}");
         }
     }
-    let queued: i64 = store
-        .read(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')",
-                strava_sync::params![],
-                |r| r.get(0),
-            )
-        })
-        .await
-        .unwrap();
+    let queued: i64 = scalar(
+        &store,
+        "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')",
+    )
+    .await;
     assert!(queued > 0, "work is left for the next window");
 }
 
@@ -430,16 +425,11 @@ async fn an_instance_killed_mid_burst_and_mid_backfill_loses_nothing_acknowledge
         "the survivor to finish every backfill",
         Duration::from_secs(120),
         || async {
-            let complete: i64 = store
-                .read(|c| {
-                    c.query_row(
-                        "SELECT COUNT(*) FROM sync_state WHERE backfill_complete = 1",
-                        strava_sync::params![],
-                        |r| r.get(0),
-                    )
-                })
-                .await
-                .unwrap();
+            let complete: i64 = scalar(
+                &store,
+                "SELECT COUNT(*) FROM sync_state WHERE backfill_complete = 1",
+            )
+            .await;
             if complete == ATHLETES as i64 {
                 return Ok(());
             }
@@ -466,30 +456,18 @@ async fn an_instance_killed_mid_burst_and_mid_backfill_loses_nothing_acknowledge
         orphans.iter().all(|s| s == "done"),
         "the dead instance's jobs were taken over: {orphans:?}"
     );
-    let names: BTreeMap<i64, String> = store
-        .read(move |c| {
-            c.query_map(
-                "SELECT id, summary_json FROM activities WHERE athlete_id = ?1",
-                [athlete as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let applied: BTreeMap<i64, String> = store
-        .read(move |c| {
-            c.query_map(
-                "SELECT object_id, status FROM webhook_events WHERE owner_id = ?1",
-                [athlete as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let names = by_id(
+        &store,
+        "SELECT id, summary_json FROM activities WHERE athlete_id = ?1",
+        athlete,
+    )
+    .await;
+    let applied = by_id(
+        &store,
+        "SELECT object_id, status FROM webhook_events WHERE owner_id = ?1",
+        athlete,
+    )
+    .await;
     for i in acknowledged {
         let id = stored[i];
         assert_eq!(
@@ -504,15 +482,17 @@ async fn an_instance_killed_mid_burst_and_mid_backfill_loses_nothing_acknowledge
             "acknowledged event {i}"
         );
     }
-    let activities: i64 = store
-        .read(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM activities",
-                strava_sync::params![],
-                |r| r.get(0),
-            )
-        })
-        .await
-        .unwrap();
+    let activities: i64 = scalar(&store, "SELECT COUNT(*) FROM activities").await;
     assert_eq!(activities, (ATHLETES * 700) as i64, "every history stored");
+}
+
+/// `(id, text)` rows of one athlete, by id: `sql` selects them with the
+/// athlete as `?1`.
+async fn by_id(store: &Store, sql: &'static str, athlete: u64) -> BTreeMap<i64, String> {
+    store
+        .read(move |c| c.query_map(sql, [athlete as i64], |r| Ok((r.get(0)?, r.get(1)?))))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }
