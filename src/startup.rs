@@ -260,6 +260,7 @@ impl Application {
             jobs: services.jobs.clone(),
         };
         tasks.spawn(worker::run(worker, shutdown.clone()));
+        tasks.spawn(shrink_caches(services.store.clone(), shutdown.clone()));
         tasks.spawn(runner::keep_alive(
             services.store.clone(),
             services.clock.clone(),
@@ -297,6 +298,24 @@ impl Application {
         server_task.await??;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often the database's caches are handed back (see
+/// [`Store::shrink_memory`]); a busy service refills them in a few reads.
+const SHRINK_CACHES_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Shrinks the database's caches every [`SHRINK_CACHES_EVERY`] until
+/// `shutdown`; `main` returns freed memory to the system as often.
+async fn shrink_caches(store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SHRINK_CACHES_EVERY) => {}
+        }
+        if let Err(e) = store.shrink_memory().await {
+            tracing::warn!(error = %e, "could not shrink the database's caches");
+        }
     }
 }
 

@@ -184,6 +184,19 @@ impl Store {
         }
     }
 
+    /// Hands back what the database's connections cache in this process
+    /// (SQLite's page caches; PostgreSQL caches in its server), so memory a
+    /// burst filled is not kept through the idle after it.
+    pub async fn shrink_memory(&self) -> DbResult<()> {
+        match &self.backend {
+            Backend::Sqlite(lite) => {
+                let lite = lite.clone();
+                tokio::task::spawn_blocking(move || lite.shrink_memory()).await?
+            }
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Applies migrations and returns.
     pub fn migrate(database: &Database) -> DbResult<()> {
         Self::connect(database).map(|_| ())
