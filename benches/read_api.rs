@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let database = common::env(&db);
+    let database = db.env();
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_strava-sync"))
             .arg("serve")

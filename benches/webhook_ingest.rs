@@ -116,7 +116,7 @@ async fn start_server(
     db: &Database,
     client: &reqwest::Client,
 ) -> (Server, String) {
-    let (key, database) = common::env(db);
+    let (key, database) = db.env();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -153,6 +153,16 @@ impl Database {
             Database::Postgres(_) => "DATABASE_URL",
         }
     }
+
+    /// The setting and the value that choose it (password included), for
+    /// starting a `strava-sync` process on it.
+    pub fn env(&self) -> (&'static str, String) {
+        let value = match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => url.clone(),
+        };
+        (self.setting(), value)
+    }
 }
 
 /// The file, or the URL without its password.

@@ -35,14 +35,6 @@ pub fn database(dir: &Path, name: &str) -> Database {
     Database::Postgres(format!("{url}{separator}options=-csearch_path%3D{schema}"))
 }
 
-/// The environment variable and value that point the service at `database`.
-pub fn env(database: &Database) -> (&'static str, String) {
-    match database {
-        Database::Sqlite(path) => ("DATABASE_PATH", path.display().to_string()),
-        Database::Postgres(url) => ("DATABASE_URL", url.clone()),
-    }
-}
-
 /// Opens (and migrates) `database` off the async threads.
 pub fn open(database: &Database) -> Store {
     let database = database.clone();

@@ -419,13 +419,19 @@ pub fn test_database(dir: &tempfile::TempDir, name: &str) -> Database {
         return Database::Sqlite(dir.path().join(name));
     };
     static CLEARED: std::sync::Once = std::sync::Once::new();
-    let tag = format!("{}/{name}", dir.path().display());
-    let schema = format!(
-        "{SCHEMA_PREFIX}{:016x}",
-        tag.bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b))
-                .wrapping_mul(0x0100_0000_01b3))
+    // The directory's random name makes the schema's unique.
+    let tag = format!(
+        "{}_{name}",
+        dir.path().file_name().unwrap().to_string_lossy()
     );
+    let schema: String = format!("{SCHEMA_PREFIX}{tag}")
+        .chars()
+        .filter_map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => Some(c),
+            'A'..='Z' => Some(c.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
     let admin = url.clone();
     let create = schema.clone();
     // The blocking client must not run on the test's async threads.
@@ -460,14 +466,6 @@ pub fn test_database(dir: &tempfile::TempDir, name: &str) -> Database {
 
 const SCHEMA_PREFIX: &str = "strava_sync_test_";
 
-/// The environment variable and value that point an app at `database`.
-pub fn database_env(database: &Database) -> (&'static str, String) {
-    match database {
-        Database::Sqlite(path) => ("DATABASE_PATH", path.display().to_string()),
-        Database::Postgres(url) => ("DATABASE_URL", url.clone()),
-    }
-}
-
 /// Opens `database` as its app does (off the async threads: PostgreSQL's
 /// client blocks).
 pub async fn open_store(database: &Database) -> Store {
@@ -480,7 +478,7 @@ pub async fn open_store(database: &Database) -> Store {
 
 /// Settings for a test app; `overrides` win over the test defaults.
 pub fn test_settings(dir: &tempfile::TempDir, overrides: &[(&str, &str)]) -> Settings {
-    let (key, database) = database_env(&test_database(dir, "test.db"));
+    let (key, database) = test_database(dir, "test.db").env();
     let mut env: BTreeMap<String, String> = [
         (key, database.as_str()),
         ("PORT", "0"),

@@ -2,9 +2,7 @@
 
 use strava_sync::startup::Application;
 
-use crate::helpers::{
-    database_env, on_postgres, open_store, test_database, test_settings, TestApp,
-};
+use crate::helpers::{on_postgres, open_store, test_database, test_settings, TestApp};
 use strava_sync::config::Database;
 
 #[tokio::test]
@@ -128,7 +126,7 @@ async fn start_problems_name_their_setting_together_before_anything_is_created()
 fn migrate_applies_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let database = test_database(&dir, "m.db");
-    let (key, value) = database_env(&database);
+    let (key, value) = database.env();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
         .arg("migrate")
         .current_dir(dir.path())

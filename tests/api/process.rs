@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use strava_sync::config::Database;
 
-use crate::helpers::{database_env, eventually, ApiClient, TOKEN_KEY, WAIT};
+use crate::helpers::{eventually, ApiClient, TOKEN_KEY, WAIT};
 
 /// A Strava API address where nothing listens: nothing here may call Strava.
 const NOWHERE: &str = "http://127.0.0.1:9";
@@ -53,7 +53,7 @@ impl Server {
     /// None when the child exits before it answers (it could not bind).
     async fn try_start(db: &Database, port: u16, env: &[(&str, String)]) -> Option<Self> {
         let admin_token = strava_sync::store::api_tokens::random_token();
-        let (key, database) = database_env(db);
+        let (key, database) = db.env();
         let mut command = Command::new(env!("CARGO_BIN_EXE_strava-sync"));
         command
             .arg("serve")

@@ -8,13 +8,13 @@ use strava_sync::config::Database;
 use strava_sync::simulator::{ActivityUpdate, NewActivity, Push, SimConfig, SimHandle, Simulator};
 use strava_sync::store::{activities, athletes, Store};
 
-use crate::helpers::{database_env, eventually, test_database, TestApp, WAIT};
+use crate::helpers::{eventually, test_database, TestApp, WAIT};
 use crate::webhooks::{pause_background_work, scalar};
 
 /// Runs `strava-sync subscription <action>` against the simulator, for the
 /// service at `public_url`.
 pub async fn cli(action: &str, db: &Database, sim: &SimHandle, public_url: &str) -> String {
-    let (key, database) = database_env(db);
+    let (key, database) = db.env();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
         .args(["subscription", action])
         .current_dir(std::env::temp_dir())
@@ -89,7 +89,7 @@ async fn subscription_commands_and_live_events_from_the_simulator() {
     });
     let dir = tempfile::tempdir().unwrap();
     let db = test_database(&dir, "sub.db");
-    let (key, database) = database_env(&db);
+    let (key, database) = db.env();
     let app =
         TestApp::spawn_with(&[(key, database.as_str()), ("STRAVA_API_URL", &sim.api_url())]).await;
     let secret = app.store.path_secret().await.unwrap();
