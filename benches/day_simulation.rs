@@ -649,7 +649,7 @@ impl Service {
     async fn calls(&self, from: i64, to: i64) -> BTreeMap<String, i64> {
         self.store
             .read(move |c| {
-                let mut stmt = c.prepare(
+                let mut stmt = c.prepare_cached(
                     "SELECT purpose, COUNT(*) FROM strava_calls WHERE at >= ?1 AND at < ?2
                      GROUP BY purpose",
                 )?;

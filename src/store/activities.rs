@@ -579,7 +579,7 @@ mod tests {
         ] {
             let plan: Vec<String> = store
                 .read_blocking(|c| {
-                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let mut stmt = c.prepare_cached(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                     let rows = stmt.query_map(params![1, 2, 0, 30, 470], |r| r.get(3))?;
                     rows.collect::<Result<_, _>>()
                 })

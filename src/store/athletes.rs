@@ -218,7 +218,7 @@ impl Store {
     pub async fn set_tiers(&self, tiers: Vec<(String, u32)>, default: String) -> DbResult<()> {
         self.write(move |tx| {
             tx.execute("DELETE FROM tier_weights", params![])?;
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "INSERT INTO tier_weights (name, weight, is_default) VALUES (?1, ?2, ?3)",
             )?;
             for (name, weight) in &tiers {
@@ -243,7 +243,7 @@ impl Store {
     /// Athletes by tier and status, for the metrics.
     pub async fn athletes_by_tier(&self) -> DbResult<Vec<(String, String, i64)>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT COALESCE(a.tier, (SELECT name FROM tier_weights WHERE is_default = 1), ''),
                         a.status, COUNT(*)
                  FROM athletes a GROUP BY 1, 2",

@@ -236,7 +236,8 @@ pub fn oldest_create_event(
 pub fn counts(conn: &dyn Connection) -> DbResult<BTreeMap<&'static str, i64>> {
     let mut out: BTreeMap<&'static str, i64> =
         Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM webhook_events GROUP BY status")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT status, COUNT(*) FROM webhook_events GROUP BY status")?;
     let rows = stmt.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)))?;
     for row in rows {
         let (status, n) = row?;
@@ -258,7 +259,7 @@ pub fn depth(conn: &dyn Connection) -> DbResult<i64> {
 
 /// The most recent failed events, newest first.
 pub fn failed(conn: &dyn Connection, limit: usize) -> DbResult<Vec<Stored>> {
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM webhook_events WHERE status = 'failed'
          ORDER BY received_at DESC, id DESC LIMIT ?1"
     ))?;

@@ -602,7 +602,7 @@ impl Store {
 pub fn queued_and_failed_by_athlete(
     conn: &dyn Connection,
 ) -> DbResult<std::collections::HashMap<i64, (i64, i64)>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT athlete_id, COUNT(*) FILTER (WHERE status = 'queued'),
                 COUNT(*) FILTER (WHERE status = 'failed') FROM jobs
          GROUP BY athlete_id",

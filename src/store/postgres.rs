@@ -368,7 +368,7 @@ impl Connection for PgConnection<'_> {
         Ok(changed as usize)
     }
 
-    fn run_batch(&self, sql: &str) -> DbResult<()> {
+    fn execute_batch(&self, sql: &str) -> DbResult<()> {
         Ok(self.conn.borrow_mut().client.batch_execute(sql)?)
     }
 

@@ -83,8 +83,9 @@ pub trait Connection {
     /// Runs a statement; returns the number of rows it changed.
     fn run(&self, sql: &str, params: &[&dyn ToSql]) -> DbResult<usize>;
 
-    /// Runs statements without parameters, one after another.
-    fn run_batch(&self, sql: &str) -> DbResult<()>;
+    /// Runs statements without parameters, one after another (savepoints,
+    /// migrations).
+    fn execute_batch(&self, sql: &str) -> DbResult<()>;
 
     /// Runs a query, handing each row to `f` in turn until it answers
     /// false (the rest are not read). `f` may not use the connection.
@@ -138,11 +139,6 @@ impl dyn Connection + '_ {
         Ok(out)
     }
 
-    /// Runs statements without parameters (savepoints and the like).
-    pub fn execute_batch(&self, sql: &str) -> DbResult<()> {
-        self.run_batch(sql)
-    }
-
     /// A statement to run, in rusqlite's shape (both backends keep each
     /// connection's prepared statements by their text).
     pub fn prepare_cached(&self, sql: &str) -> DbResult<Statement<'_>> {
@@ -150,10 +146,6 @@ impl dyn Connection + '_ {
             conn: self,
             sql: sql.to_owned(),
         })
-    }
-
-    pub fn prepare(&self, sql: &str) -> DbResult<Statement<'_>> {
-        self.prepare_cached(sql)
     }
 }
 
@@ -188,10 +180,16 @@ impl Statement<'_> {
     pub fn query_map<T>(
         &mut self,
         params: impl Params,
-        f: impl FnMut(&dyn Row) -> DbResult<T>,
+        mut f: impl FnMut(&dyn Row) -> DbResult<T>,
     ) -> DbResult<std::vec::IntoIter<DbResult<T>>> {
-        let rows = self.conn.query_map(&self.sql, params, f)?;
-        Ok(rows.into_iter().map(Ok).collect::<Vec<_>>().into_iter())
+        let mut rows = Vec::new();
+        params.with(|p| {
+            self.conn.each_row(&self.sql, p, &mut |row| {
+                rows.push(Ok(f(row)?));
+                Ok(true)
+            })
+        })?;
+        Ok(rows.into_iter())
     }
 
     /// Hands each row to `f` until it answers false.

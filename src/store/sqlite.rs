@@ -170,8 +170,8 @@ impl Connection for rusqlite::Connection {
         Ok(self.prepare_cached(sql)?.execute(bind(params))?)
     }
 
-    fn run_batch(&self, sql: &str) -> DbResult<()> {
-        Ok(self.execute_batch(sql)?)
+    fn execute_batch(&self, sql: &str) -> DbResult<()> {
+        Ok(rusqlite::Connection::execute_batch(self, sql)?)
     }
 
     fn each_row(

@@ -133,7 +133,7 @@ pub fn put(
 /// no configured key opens.
 pub fn seal_all(conn: &dyn Connection, cipher: &TokenCipher) -> DbResult<usize> {
     let rows: Vec<Row> = conn
-        .prepare(SELECT)?
+        .prepare_cached(SELECT)?
         .query_map(params![], row)?
         .collect::<Result<_, _>>()?;
     let mut changed = 0;

@@ -85,7 +85,7 @@ pub struct AthleteOverview {
 
 /// Every athlete with their sync state, oldest connection first.
 fn overview(conn: &dyn Connection) -> DbResult<Vec<AthleteOverview>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT a.id, a.status, a.scope, a.connected_at,
                 (SELECT COUNT(*) FROM activities x WHERE x.athlete_id = a.id),
                 COALESCE(s.backfill_pages, 0), COALESCE(s.backfill_complete, 0),

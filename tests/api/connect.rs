@@ -195,7 +195,7 @@ async fn connecting_stores_the_athlete_issues_a_token_and_syncs_the_history() {
         .state()
         .store
         .read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT endpoint, athlete_id, purpose, status, usage_15min, usage_daily
                  FROM strava_calls ORDER BY id",
             )?;

@@ -85,7 +85,7 @@ impl Hook {
         self.app
             .store
             .read(|c| {
-                let mut stmt = c.prepare("SELECT status FROM webhook_events ORDER BY id")?;
+                let mut stmt = c.prepare_cached("SELECT status FROM webhook_events ORDER BY id")?;
                 let rows = stmt.query_map(strava_sync::params![], |r| r.get(0))?;
                 rows.collect::<Result<_, _>>()
             })
@@ -113,7 +113,7 @@ impl Hook {
         self.app
             .store
             .read(|c| {
-                let mut stmt = c.prepare(
+                let mut stmt = c.prepare_cached(
                     "SELECT athlete_id, payload_json FROM jobs WHERE kind = 'webhook_fetch'
                      ORDER BY id",
                 )?;
