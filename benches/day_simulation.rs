@@ -621,7 +621,7 @@ impl Service {
                      VALUES (?1, 'activity', ?2, 'create', ?3, ?4, '{}', ?4, 'done', ?4)",
                     strava_sync::params![format!("create:{id}"), id, athlete_id, at],
                 )?;
-                jobs::enqueue(tx, athlete_id, Task::fetch(id), at, at).map(|_| ())
+                jobs::enqueue(tx, athlete_id, Task::fetch(vec![id]), at, at).map(|_| ())
             })
             .await
             .unwrap();

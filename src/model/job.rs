@@ -55,12 +55,12 @@ pub struct Enrich {
 }
 
 impl Task {
-    /// A fetch of one announced activity.
-    pub fn fetch(activity_id: i64) -> Self {
-        Task::WebhookFetch(Fetch {
-            activity_ids: vec![activity_id],
-            retries: 0,
-        })
+    /// A fetch of announced activities (repeats dropped, at most
+    /// [`TRACKED_IDS`] kept).
+    pub fn fetch(activity_ids: Vec<i64>) -> Self {
+        let mut fetch = Fetch::default();
+        union(&mut fetch.activity_ids, activity_ids);
+        Task::WebhookFetch(fetch)
     }
 
     /// The kind as stored in `jobs.kind` and shown by `GET /api/sync`.
@@ -139,7 +139,6 @@ impl Task {
     }
 }
 
-/// Appends the ids not already present, keeping the first-seen order.
 /// The most activity ids one queued job keeps. A flood of announcements for
 /// one athlete (forged creates) then costs bounded work per merge and bounded
 /// storage; what a fetch no longer names, its listing (which reaches back to
@@ -172,7 +171,7 @@ mod tests {
             activity_ids: vec![17_179_869_185, 3],
             retries: 2,
         });
-        for task in [fetch, Task::Backfill, Task::fetch(9)] {
+        for task in [fetch, Task::Backfill, Task::fetch(vec![9])] {
             let payload = task.payload_json().unwrap();
             assert_eq!(
                 Task::from_stored(task.kind(), payload.as_deref()).unwrap(),
@@ -218,10 +217,12 @@ mod tests {
 
     #[test]
     fn a_flood_of_announcements_keeps_the_oldest_thousand() {
-        let mut queued = Task::fetch(0);
+        let mut queued = Task::fetch(vec![0]);
         for id in 1..5000 {
-            queued.merge(Task::fetch(id));
+            queued.merge(Task::fetch(vec![id]));
         }
+        // A batch's creates made into one task keep the same.
+        assert_eq!(Task::fetch((0..5000).chain(0..5).collect()), queued);
         let Task::WebhookFetch(fetch) = queued else {
             panic!("a fetch")
         };

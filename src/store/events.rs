@@ -4,6 +4,8 @@
 //! athlete. The lifecycle rule ([`lifecycle::may_store`]) decides what a
 //! create or delete may do.
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::sql::Connection;
 
 use super::activity_edits::{self, FieldUpdates, UpdateResult};
@@ -48,10 +50,11 @@ impl Store {
     ) -> DbResult<Vec<Settled>> {
         self.write(move |tx| {
             let due = inbox::next_due(tx, now, limit)?;
+            let mut batch = Batch::new(tx, now);
             let mut out = Vec::with_capacity(due.len());
             for stored in due {
                 tx.execute_batch("SAVEPOINT event")?;
-                let outcome = match apply(tx, &stored.event, stored.received_at, now) {
+                let outcome = match batch.apply(&stored.event, stored.received_at) {
                     Ok((status, why)) => {
                         inbox::settle(tx, stored.id, status, now)?;
                         Outcome::Settled(why)
@@ -66,71 +69,121 @@ impl Store {
                 tx.execute_batch("RELEASE event")?;
                 out.push(Settled { stored, outcome });
             }
+            batch.finish()?;
             Ok(out)
         })
         .await
     }
 }
 
-/// Applies one event and says how it settled and why.
-fn apply(
-    tx: &dyn Connection,
-    event: &Event,
-    received_at: i64,
+/// What the events of one batch share. Each athlete is looked up once, and
+/// what every event of an athlete would otherwise rewrite (when we last
+/// heard of the athlete, the queued fetch a create joins, whose payload
+/// holds up to a thousand ids) is written once, when the batch ends.
+struct Batch<'c> {
+    tx: &'c dyn Connection,
     now: i64,
-) -> DbResult<(Status, &'static str)> {
-    if athletes::get(tx, event.owner_id)?.is_none() {
-        return Ok((Status::Ignored, "unknown_athlete"));
+    connected: HashMap<i64, bool>,
+    /// Athlete → the newest `received_at` among its events.
+    heard_at: BTreeMap<i64, i64>,
+    /// Athlete → activities announced by its creates, to fetch.
+    fetches: BTreeMap<i64, Vec<i64>>,
+}
+
+impl<'c> Batch<'c> {
+    fn new(tx: &'c dyn Connection, now: i64) -> Self {
+        Self {
+            tx,
+            now,
+            connected: HashMap::new(),
+            heard_at: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+        }
     }
-    sync_state::record_webhook_at(tx, event.owner_id, received_at)?;
-    let (owner, id, at) = (event.owner_id, event.object_id, event.event_time);
-    if event.object_type == ObjectType::Activity
-        && activities::owner(tx, id)?.is_some_and(|stored| stored != owner)
-    {
-        // Another athlete's activity: an event only touches its owner's.
-        return Ok((Status::Ignored, "not_owner"));
+
+    fn connected(&mut self, athlete_id: i64) -> DbResult<bool> {
+        if let Some(known) = self.connected.get(&athlete_id) {
+            return Ok(*known);
+        }
+        let known = athletes::get(self.tx, athlete_id)?.is_some();
+        self.connected.insert(athlete_id, known);
+        Ok(known)
     }
-    Ok(match (event.object_type, event.aspect_type) {
-        (ObjectType::Athlete, AspectType::Update)
-            if event.updates.get("authorized").map(String::as_str) == Some("false") =>
+
+    /// Applies one event and says how it settled and why. What it leaves
+    /// for [`Batch::finish`] is noted only once nothing of it can fail, so
+    /// an event rolled back to its savepoint leaves nothing behind.
+    fn apply(&mut self, event: &Event, received_at: i64) -> DbResult<(Status, &'static str)> {
+        let (tx, now) = (self.tx, self.now);
+        let (owner, id, at) = (event.owner_id, event.object_id, event.event_time);
+        if !self.connected(owner)? {
+            return Ok((Status::Ignored, "unknown_athlete"));
+        }
+        let heard = self.heard_at.entry(owner).or_insert(received_at);
+        *heard = (*heard).max(received_at);
+        if event.object_type == ObjectType::Activity
+            && activities::owner(tx, id)?.is_some_and(|stored| stored != owner)
         {
-            athletes::purge(tx, owner, now)?;
-            (Status::Done, "purged")
+            // Another athlete's activity: an event only touches its owner's.
+            return Ok((Status::Ignored, "not_owner"));
         }
-        (ObjectType::Athlete, _) => (Status::Ignored, "nothing_to_apply"),
-        (ObjectType::Activity, AspectType::Create) => {
-            if !lifecycle::may_store(tx, owner, id, Applying::Create(at))? {
-                return Ok((Status::Ignored, "deleted"));
+        Ok(match (event.object_type, event.aspect_type) {
+            (ObjectType::Athlete, AspectType::Update)
+                if event.updates.get("authorized").map(String::as_str) == Some("false") =>
+            {
+                athletes::purge(tx, owner, now)?;
+                self.connected.insert(owner, false);
+                self.heard_at.remove(&owner);
+                self.fetches.remove(&owner);
+                (Status::Done, "purged")
             }
-            lifecycle::unbury(tx, owner, id)?;
-            if activities::stored_ids(tx, owner, &[id])?.is_empty() {
-                jobs::enqueue(tx, owner, Task::fetch(id), now, now)?;
-                (Status::Done, "fetch_queued")
-            } else {
-                (Status::Done, "already_stored")
+            (ObjectType::Athlete, _) => (Status::Ignored, "nothing_to_apply"),
+            (ObjectType::Activity, AspectType::Create) => {
+                if !lifecycle::may_store(tx, owner, id, Applying::Create(at))? {
+                    return Ok((Status::Ignored, "deleted"));
+                }
+                lifecycle::unbury(tx, owner, id)?;
+                if activities::stored_ids(tx, owner, &[id])?.is_empty() {
+                    self.fetches.entry(owner).or_default().push(id);
+                    (Status::Done, "fetch_queued")
+                } else {
+                    (Status::Done, "already_stored")
+                }
             }
+            (ObjectType::Activity, AspectType::Update) => {
+                if !lifecycle::may_store(tx, owner, id, Applying::Nothing)? {
+                    return Ok((Status::Ignored, "deleted"));
+                }
+                match activity_edits::apply_update(tx, owner, id, at, &field_updates(event), now)? {
+                    UpdateResult::Applied => (Status::Done, "applied"),
+                    UpdateResult::Stale => (Status::Ignored, "stale"),
+                    // The fetch that stores it returns the current state.
+                    UpdateResult::NotStored => (Status::Ignored, "not_stored"),
+                }
+            }
+            (ObjectType::Activity, AspectType::Delete) => {
+                // A create newer than this delete already brought it back.
+                if lifecycle::may_store(tx, owner, id, Applying::Delete(at))? {
+                    return Ok((Status::Ignored, "stale"));
+                }
+                activity_edits::delete(tx, owner, id, at, now)?;
+                jobs::forget_activity(tx, owner, id)?;
+                (Status::Done, "deleted")
+            }
+        })
+    }
+
+    /// Writes what the batch's events left: each athlete's last webhook
+    /// time, and one merge into its queued fetch for all its creates.
+    fn finish(self) -> DbResult<()> {
+        for (athlete_id, at) in self.heard_at {
+            sync_state::record_webhook_at(self.tx, athlete_id, at)?;
         }
-        (ObjectType::Activity, AspectType::Update) => {
-            if !lifecycle::may_store(tx, owner, id, Applying::Nothing)? {
-                return Ok((Status::Ignored, "deleted"));
-            }
-            match activity_edits::apply_update(tx, owner, id, at, &field_updates(event), now)? {
-                UpdateResult::Applied => (Status::Done, "applied"),
-                UpdateResult::Stale => (Status::Ignored, "stale"),
-                // The fetch that stores it returns the current state.
-                UpdateResult::NotStored => (Status::Ignored, "not_stored"),
-            }
+        for (athlete_id, ids) in self.fetches {
+            jobs::enqueue(self.tx, athlete_id, Task::fetch(ids), self.now, self.now)?;
         }
-        (ObjectType::Activity, AspectType::Delete) => {
-            // A create newer than this delete already brought it back.
-            if lifecycle::may_store(tx, owner, id, Applying::Delete(at))? {
-                return Ok((Status::Ignored, "stale"));
-            }
-            activity_edits::delete(tx, owner, id, at, now)?;
-            jobs::forget_activity(tx, owner, id)?;
-            (Status::Done, "deleted")
-        }
-    })
+        Ok(())
+    }
 }
 
 /// Translates an update event's `updates` to activity fields; keys and

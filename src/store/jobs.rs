@@ -646,17 +646,20 @@ mod tests {
         store
             .write_blocking(|tx| {
                 athletes::upsert(tx, &serde_json::json!({"id": 7}), "activity:read", 0)?;
-                let first = enqueue(tx, 7, Task::fetch(1), 100, 0)?;
-                assert_eq!(enqueue(tx, 7, Task::fetch(2), 50, 0)?, first);
+                let first = enqueue(tx, 7, Task::fetch(vec![1]), 100, 0)?;
+                assert_eq!(enqueue(tx, 7, Task::fetch(vec![2]), 50, 0)?, first);
                 let job = get(tx, 7, first)?.unwrap();
-                assert_eq!(job.task.clone().without_activity(2), Some(Task::fetch(1)));
+                assert_eq!(
+                    job.task.clone().without_activity(2),
+                    Some(Task::fetch(vec![1]))
+                );
                 let due: i64 =
                     tx.query_row("SELECT not_before FROM jobs WHERE id = ?1", [first], |r| {
                         r.get(0)
                     })?;
                 assert_eq!(due, 50, "the earliest wish wins");
                 forget_activity(tx, 7, 1)?;
-                assert_eq!(get(tx, 7, first)?.unwrap().task, Task::fetch(2));
+                assert_eq!(get(tx, 7, first)?.unwrap().task, Task::fetch(vec![2]));
                 forget_activity(tx, 7, 2)?;
                 assert_eq!(get(tx, 7, first)?, None, "nothing left to fetch");
                 Ok(())
@@ -675,7 +678,7 @@ mod tests {
         let tasks = [
             Task::Backfill,
             Task::Refresh,
-            Task::fetch(5),
+            Task::fetch(vec![5]),
             Task::GapFill,
             Task::Reconcile,
             Task::Enrich(Default::default()),
@@ -719,7 +722,7 @@ mod tests {
                 enqueue(tx, 1, Task::Backfill, 0, 0)?;
                 enqueue(tx, 2, Task::Backfill, 500, 0)?;
                 enqueue(tx, 3, Task::Backfill, 0, 0)?;
-                enqueue(tx, 1, Task::fetch(9), 0, 0)?;
+                enqueue(tx, 1, Task::fetch(vec![9]), 0, 0)?;
                 athletes::set_status(tx, 3, athletes::Status::NeedsReauth, 0)?;
                 claim(tx, "me", 10, Purpose::Webhook, 0)?.unwrap();
                 jobs_by_purpose(tx, 10)
@@ -753,11 +756,11 @@ mod tests {
         store
             .write_blocking(|tx| {
                 athletes::upsert(tx, &serde_json::json!({"id": 7}), "read", 0)?;
-                let running = enqueue(tx, 7, Task::fetch(1), 0, 0)?;
+                let running = enqueue(tx, 7, Task::fetch(vec![1]), 0, 0)?;
                 let job = claim(tx, "me", 10, Purpose::Webhook, 0)?.unwrap();
                 assert_eq!(job.id, running);
                 // A create announced while the fetch ran queues a second one.
-                let queued = enqueue(tx, 7, Task::fetch(2), 10, 10)?;
+                let queued = enqueue(tx, 7, Task::fetch(vec![2]), 10, 10)?;
                 assert_ne!(queued, running);
                 let retry = Outcome::Requeue {
                     counts: Counts::default(),
@@ -767,7 +770,7 @@ mod tests {
                 record(tx, "me", running, &retry, 10)?;
                 assert_eq!(get(tx, 7, running)?, None);
                 let merged = get(tx, 7, queued)?.unwrap().task;
-                assert_eq!(merged.without_activity(1), Some(Task::fetch(2)));
+                assert_eq!(merged.without_activity(1), Some(Task::fetch(vec![2])));
                 Ok(())
             })
             .unwrap();

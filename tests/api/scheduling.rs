@@ -55,7 +55,7 @@ async fn upload_and_announce(app: &SimApp, athlete: u64) -> u64 {
     let now = state.clock.epoch();
     state
         .store
-        .enqueue(athlete as i64, Task::fetch(id as i64), now, now)
+        .enqueue(athlete as i64, Task::fetch(vec![id as i64]), now, now)
         .await
         .unwrap();
     id

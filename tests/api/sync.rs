@@ -246,7 +246,7 @@ async fn announce(app: &SimApp, athlete: u64, ids: &[u64]) {
     for id in ids {
         state
             .store
-            .enqueue(athlete as i64, Task::fetch(id as i64), now, now)
+            .enqueue(athlete as i64, Task::fetch(vec![id as i64]), now, now)
             .await
             .unwrap();
     }

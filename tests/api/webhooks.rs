@@ -479,7 +479,7 @@ async fn creates_share_one_fetch_job_and_duplicates_apply_once() {
         )]
     );
     let job_purpose: i64 = hook.scalar("SELECT priority FROM jobs").await;
-    assert_eq!(job_purpose, Task::fetch(ACTIVITY).purpose().rank());
+    assert_eq!(job_purpose, Task::fetch(vec![ACTIVITY]).purpose().rank());
     assert_eq!(hook.count("webhook_events").await, 4);
     assert_eq!(hook.inbox().await, ["done"; 4]);
     // A second delivery of a create whose fetch is still queued adds nothing.
