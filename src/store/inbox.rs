@@ -60,7 +60,7 @@ pub fn insert(conn: &dyn Connection, event: &Event, now: i64) -> DbResult<bool> 
             "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                  owner_id, event_time, updates_json, received_at, next_attempt_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-             ON CONFLICT(dedup_key) DO NOTHING",
+             ON CONFLICT(event_time, dedup_key) DO NOTHING",
         )?
         .execute(params![
             event.dedup_key(),

@@ -250,6 +250,46 @@ mod tests {
         super::migrations().validate().unwrap();
     }
 
+    /// The inbox rebuilt by migration 8 keeps its events, and a repeat of
+    /// one still collapses into it.
+    #[test]
+    fn the_inbox_keeps_its_events_and_their_dedup_across_its_rebuild() {
+        use crate::model::event::{AspectType, Event, ObjectType};
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrations().to_version(&mut conn, 7).unwrap();
+        let event = Event {
+            object_type: ObjectType::Activity,
+            object_id: 12,
+            aspect_type: AspectType::Update,
+            owner_id: 3,
+            event_time: 1_700_000_000,
+            updates: [("title".to_string(), "Lunch".to_string())].into(),
+        };
+        conn.execute(
+            "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
+                 owner_id, event_time, updates_json, received_at, next_attempt_at, status)
+             VALUES (?1, 'activity', 12, 'update', 3, 1700000000, '{\"title\":\"Lunch\"}',
+                 1700000005, 1700000005, 'done')",
+            [event.dedup_key()],
+        )
+        .unwrap();
+        super::migrations().to_latest(&mut conn).unwrap();
+        let kept: (i64, String, i64) = conn
+            .query_row(
+                "SELECT id, status, received_at FROM webhook_events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (1, "done".to_string(), 1_700_000_005));
+        assert!(!super::super::inbox::insert(&conn, &event, 1_700_000_009).unwrap());
+        let later = Event {
+            event_time: event.event_time + 1,
+            ..event
+        };
+        assert!(super::super::inbox::insert(&conn, &later, 1_700_000_009).unwrap());
+    }
+
     #[tokio::test]
     async fn opens_in_wal_with_foreign_keys() {
         let dir = tempfile::tempdir().unwrap();
