@@ -413,7 +413,9 @@ impl Policy {
         for kind in WindowKind::ALL {
             let Window { used, start, .. } = self.windows[kind];
             let limit = self.limit(kind);
-            if used * 100 >= limit * WARN_PERCENT && self.warned[kind] != Some(start) {
+            // In u64: Strava's headers and the settings may say any u32.
+            let past = u64::from(used) * 100 >= u64::from(limit) * u64::from(WARN_PERCENT);
+            if past && self.warned[kind] != Some(start) {
                 self.warned[kind] = Some(start);
                 high.push(HighUsage {
                     window: kind,
@@ -788,6 +790,36 @@ mod tests {
         // Spent: now.
         take(&mut p, Purpose::Interactive, six, 1000);
         assert_eq!(p.forecast(six).exhausted_at, to_time(six));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever Strava's headers report (any counts the header parser
+        /// accepts) and whatever limits are set, the policy keeps deciding,
+        /// warning, forecasting and reporting without a panic.
+        #[test]
+        fn any_reported_usage_and_limit_is_taken_without_a_panic(
+            limits in (1u32.., 1u32..),
+            usage in proptest::option::of((proptest::num::u32::ANY, proptest::num::u32::ANY)),
+            reported in proptest::option::of((proptest::num::u32::ANY, proptest::num::u32::ANY)),
+            rate_limited in proptest::bool::ANY,
+            later in 0i64..200_000,
+        ) {
+            let mut p = policy(limits.0, limits.1);
+            let grant = p.decide(Purpose::Interactive, NOON).unwrap();
+            let report = RateReport {
+                usage: usage.and_then(|(q, d)| pair(q, d)),
+                limit: reported.and_then(|(q, d)| pair(q, d)),
+            };
+            p.observe(grant, &report, rate_limited, NOON);
+            p.take_high_usage();
+            let _ = p.decide(Purpose::Backfill, NOON + later);
+            p.servable(NOON + later);
+            p.forecast(NOON + later);
+            p.snapshot(NOON + later);
+            p.take_high_usage();
+        }
     }
 
     #[test]
