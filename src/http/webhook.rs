@@ -33,7 +33,10 @@ use crate::webhook::Webhooks;
 /// How far ahead of our clock an event may be. An activity ignores events
 /// older than the newest one applied to it, so a forged event from the
 /// future would hide every genuine change until then; Strava stamps events
-/// when they happen, so only clock skew puts a real one ahead of us.
+/// when they happen, so only clock skew puts a real one ahead of us. There is
+/// no lower bound: an old event loses to every newer one and so hides
+/// nothing, and Strava's retries (or its backlog after an outage of ours)
+/// arrive hours late.
 const MAX_EVENT_AHEAD_SECS: i64 = 600;
 
 #[derive(Deserialize, IntoParams)]

@@ -37,14 +37,6 @@ pub enum Task {
 pub struct Fetch {
     /// Activities announced by create events, oldest first, no repeats.
     pub activity_ids: Vec<i64>,
-    /// Listings so far that did not show some of them ("not readable yet",
-    /// or never to be: forged ids), counted per athlete.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub retries: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// The payload of [`Task::Enrich`].
@@ -95,8 +87,7 @@ impl Task {
     pub fn merge(&mut self, newer: Task) {
         match (self, newer) {
             (Task::WebhookFetch(queued), Task::WebhookFetch(newer)) => {
-                union(&mut queued.activity_ids, newer.activity_ids);
-                queued.retries = queued.retries.max(newer.retries);
+                union(&mut queued.activity_ids, newer.activity_ids)
             }
             (Task::Enrich(queued), Task::Enrich(newer)) => {
                 union(&mut queued.activity_ids, newer.activity_ids)
@@ -167,17 +158,23 @@ mod tests {
 
     #[test]
     fn a_task_round_trips_through_its_stored_form() {
-        let fetch = Task::WebhookFetch(Fetch {
-            activity_ids: vec![17_179_869_185, 3],
-            retries: 2,
-        });
-        for task in [fetch, Task::Backfill, Task::fetch(vec![9])] {
+        for task in [
+            Task::fetch(vec![17_179_869_185, 3]),
+            Task::Backfill,
+            Task::fetch(vec![9]),
+        ] {
             let payload = task.payload_json().unwrap();
             assert_eq!(
                 Task::from_stored(task.kind(), payload.as_deref()).unwrap(),
                 task
             );
         }
+        // Payloads stored before misses were counted per athlete.
+        assert_eq!(
+            Task::from_stored("webhook_fetch", Some(r#"{"activity_ids":[4],"retries":2}"#))
+                .unwrap(),
+            Task::fetch(vec![4])
+        );
         assert_eq!(Task::GapFill.payload_json().unwrap(), None);
         let err = Task::from_stored("bogus", None).unwrap_err().to_string();
         assert!(err.contains("unknown variant `bogus`"), "{err}");
@@ -185,22 +182,10 @@ mod tests {
     }
 
     #[test]
-    fn merging_takes_the_union_and_the_highest_retries() {
-        let mut queued = Task::WebhookFetch(Fetch {
-            activity_ids: vec![1, 2],
-            retries: 3,
-        });
-        queued.merge(Task::WebhookFetch(Fetch {
-            activity_ids: vec![2, 3],
-            retries: 1,
-        }));
-        assert_eq!(
-            queued,
-            Task::WebhookFetch(Fetch {
-                activity_ids: vec![1, 2, 3],
-                retries: 3,
-            })
-        );
+    fn merging_takes_the_union() {
+        let mut queued = Task::fetch(vec![1, 2]);
+        queued.merge(Task::fetch(vec![2, 3]));
+        assert_eq!(queued, Task::fetch(vec![1, 2, 3]));
         let mut enrich = Task::Enrich(Enrich {
             activity_ids: vec![5],
         });
@@ -234,15 +219,8 @@ mod tests {
 
     #[test]
     fn removing_the_last_activity_drops_the_task() {
-        let task = Task::WebhookFetch(Fetch {
-            activity_ids: vec![1, 2],
-            retries: 1,
-        });
-        let left = task.without_activity(1).unwrap();
-        let two = Task::WebhookFetch(Fetch {
-            activity_ids: vec![2],
-            retries: 1,
-        });
+        let left = Task::fetch(vec![1, 2]).without_activity(1).unwrap();
+        let two = Task::fetch(vec![2]);
         assert_eq!(left, two);
         assert_eq!(left.without_activity(2), None);
         assert_eq!(Task::GapFill.without_activity(2), Some(Task::GapFill));

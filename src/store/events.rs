@@ -174,13 +174,17 @@ impl<'c> Batch<'c> {
     }
 
     /// Writes what the batch's events left: each athlete's last webhook
-    /// time, and one merge into its queued fetch for all its creates.
+    /// time, and one merge into its queued fetch for all its creates, due
+    /// now unless announcements Strava did not list hold the athlete's
+    /// listings back ([`sync_state::announcement_hold`]).
     fn finish(self) -> DbResult<()> {
+        let (tx, now) = (self.tx, self.now);
         for (athlete_id, at) in self.heard_at {
-            sync_state::record_webhook_at(self.tx, athlete_id, at)?;
+            sync_state::record_webhook_at(tx, athlete_id, at)?;
         }
         for (athlete_id, ids) in self.fetches {
-            jobs::enqueue(self.tx, athlete_id, Task::fetch(ids), self.now, self.now)?;
+            let due = sync_state::announcement_hold(tx, athlete_id)?.map_or(now, |t| t.max(now));
+            jobs::enqueue(tx, athlete_id, Task::fetch(ids), due, now)?;
         }
         Ok(())
     }

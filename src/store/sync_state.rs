@@ -64,6 +64,16 @@ pub fn record_webhook_at(conn: &dyn Connection, athlete_id: i64, received_at: i6
     Ok(())
 }
 
+/// Until when the athlete's next listing for announced activities waits
+/// (see [`Store::missed_announced`]); None: it need not wait.
+pub fn announcement_hold(conn: &dyn Connection, athlete_id: i64) -> DbResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT announce_hold_until FROM sync_state WHERE athlete_id = ?1")?
+        .query_row(params![athlete_id], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
 /// One athlete as `/admin/athletes` lists them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AthleteOverview {
@@ -408,6 +418,60 @@ pub struct BackfillPace {
 const GAP_FILL_TICK_KEY: &str = "gap_fill.planned_tick";
 
 impl Store {
+    /// A listing showed every announced activity it was for: the athlete's
+    /// misses are forgiven.
+    pub async fn found_announced(&self, athlete_id: i64) -> DbResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sync_state SET announce_misses = 0, announce_hold_until = NULL
+                 WHERE athlete_id = ?1 AND announce_misses > 0",
+                [athlete_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A listing did not show `missing`: one more miss in a row for the
+    /// athlete, whose next listing for announcements waits `hold_secs(misses)`;
+    /// the missing ids are queued for that listing while the misses are at
+    /// most `retries`, and after that left to the gap-fill. Returns the
+    /// misses so far.
+    pub async fn missed_announced(
+        &self,
+        athlete_id: i64,
+        missing: Vec<i64>,
+        retries: u32,
+        hold_secs: impl Fn(u32) -> i64 + Send + 'static,
+        now: i64,
+    ) -> DbResult<u32> {
+        self.write(move |tx| {
+            let Some(misses) = tx
+                .query_row(
+                    "SELECT announce_misses FROM sync_state WHERE athlete_id = ?1",
+                    [athlete_id],
+                    |r| r.get::<i64>(0),
+                )
+                .optional()?
+            else {
+                // Disconnected since: nothing to hold back.
+                return Ok(0);
+            };
+            let misses = u32::try_from(misses).unwrap_or(u32::MAX).saturating_add(1);
+            let until = now + hold_secs(misses);
+            tx.execute(
+                "UPDATE sync_state SET announce_misses = ?2, announce_hold_until = ?3
+                 WHERE athlete_id = ?1",
+                params![athlete_id, i64::from(misses), until],
+            )?;
+            if misses <= retries {
+                jobs::enqueue(tx, athlete_id, Task::fetch(missing), until, now)?;
+            }
+            Ok(misses)
+        })
+        .await
+    }
+
     /// Queues a gap-fill for up to `limit` connected athletes in gap-fill
     /// order ([`gap_fill_order`]). Returns how many are now queued. For a
     /// scheduled pass, `tick` names the schedule's firing: every instance's

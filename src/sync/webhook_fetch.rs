@@ -12,9 +12,12 @@
 //! listing of the athlete's own activities is trusted, and an id costs at
 //! most its share of that one listing. Strava can announce an activity
 //! before it is readable, so ids the listing did not show are listed for
-//! again a few times with growing delays, counted per athlete (a flood of
-//! forged ids costs the same few listings as one), and after that left to
-//! the daily gap-fill. Activities a newer delete event removed are never
+//! again a few times with growing delays. The misses are counted per
+//! athlete, in a row, on its sync state: each one holds the athlete's next
+//! listing for announcements back four times longer (up to six hours), so a
+//! flood of forged ids, at once or spread over days, buys no listing of its
+//! own. After [`MAX_RETRIES`] misses the missing ids are left to the daily
+//! gap-fill. Activities a newer delete event removed are never
 //! brought back. The listing brings summaries; detail enrichment fetches
 //! the detailed records later, when nothing else waits.
 //!
@@ -23,11 +26,9 @@
 //! is a listing already in flight when the rename happens; it stores the
 //! older title until the activity's next refresh.
 
-use std::collections::BTreeSet;
-
-use crate::model::job::{Counts, Fetch, Task};
+use crate::model::job::{Counts, Fetch};
 use crate::model::Purpose;
-use crate::store::{DbResult, Store};
+use crate::store::Store;
 
 use super::gap_fill;
 use super::outcome::JobError;
@@ -39,10 +40,23 @@ use super::source::ActivitySource;
 pub const LIST_MARGIN_SECS: i64 = 4 * 86_400;
 /// The furthest back an announcement can make a listing reach.
 pub const MAX_REACH_SECS: i64 = 7 * 86_400;
-/// Listings repeated for ids the first one did not show, per athlete.
+/// Listings in a row that may miss announced ids before the missing ones
+/// are left to the gap-fill.
 pub const MAX_RETRIES: u32 = 3;
-/// The first retry's delay; each further one waits four times longer.
+/// The wait after a first miss; each further miss in a row waits four
+/// times longer, up to [`MAX_HOLD_SECS`].
 pub const FIRST_RETRY_SECS: i64 = 30;
+/// The longest an athlete's listings for announcements are held back: a
+/// flood of forged ids costs at most four listings a day once it is this
+/// long, and a genuine upload of a flooded athlete waits no longer.
+pub const MAX_HOLD_SECS: i64 = 6 * 3600;
+
+/// The wait before the athlete's next listing for announcements after
+/// `misses` listings in a row did not show every id.
+pub fn hold_secs(misses: u32) -> i64 {
+    let exponent = misses.clamp(1, 16) - 1;
+    (FIRST_RETRY_SECS * 4_i64.pow(exponent)).min(MAX_HOLD_SECS)
+}
 
 /// Lists the athlete's recent activities once for the announced ones that
 /// are not stored yet: the gap-fill's listing, reaching back far enough for
@@ -67,42 +81,37 @@ pub async fn run<S: ActivitySource>(
     let from = (oldest_event.unwrap_or(now) - LIST_MARGIN_SECS).max(now - MAX_REACH_SECS);
     let (counts, listed) =
         gap_fill::list_recent(store, source, athlete_id, purpose, Some(from), now).await?;
-    let missing = pending
+    let missing: Vec<i64> = pending
         .into_iter()
         .filter(|id| !listed.contains(id))
         .collect();
-    retry_later(store, athlete_id, payload.retries, missing, now).await?;
+    if missing.is_empty() {
+        store.found_announced(athlete_id).await?;
+    } else {
+        let ids = missing.len();
+        let misses = store
+            .missed_announced(athlete_id, missing, MAX_RETRIES, hold_secs, now)
+            .await?;
+        if misses > MAX_RETRIES {
+            tracing::info!(
+                athlete_id,
+                ids,
+                misses,
+                "announced activities still not listed; left to gap-fill"
+            );
+        }
+    }
     Ok(counts)
 }
 
-/// Queues another listing for ids not found yet, after a delay that grows
-/// with the athlete's retries so far; past [`MAX_RETRIES`] they are left to
-/// the gap-fill.
-async fn retry_later(
-    store: &Store,
-    athlete_id: i64,
-    retries: u32,
-    missing: BTreeSet<i64>,
-    now: i64,
-) -> DbResult<()> {
-    if missing.is_empty() {
-        return Ok(());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_miss_in_a_row_holds_four_times_longer_up_to_six_hours() {
+        let holds: Vec<i64> = (1..=7).map(hold_secs).collect();
+        assert_eq!(holds, [30, 120, 480, 1920, 7680, 21_600, 21_600]);
+        assert_eq!(hold_secs(u32::MAX), MAX_HOLD_SECS);
     }
-    if retries >= MAX_RETRIES {
-        tracing::info!(
-            athlete_id,
-            ids = missing.len(),
-            "announced activities still not listed; left to gap-fill"
-        );
-        return Ok(());
-    }
-    let retry = Fetch {
-        activity_ids: missing.into_iter().collect(),
-        retries: retries + 1,
-    };
-    let delay = FIRST_RETRY_SECS * 4_i64.pow(retries);
-    store
-        .enqueue(athlete_id, Task::WebhookFetch(retry), now + delay, now)
-        .await
-        .map(|_| ())
 }

@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use strava_sync::model::job::Task;
 use strava_sync::simulator::{NewActivity, SimConfig};
 use strava_sync::store::{athletes, subscription};
 use strava_sync::sync::{enrich, reconcile};
+use strava_sync::webhook::worker;
 
 use crate::helpers::{eventually, WAIT};
 use crate::sim_app::SimApp;
@@ -281,6 +282,41 @@ async fn forged_creates_cost_one_listing_and_a_few_retries_per_athlete() {
     .await;
     let spent = fetch_calls(&app).await - fetches;
     assert_eq!(spent, 4, "one listing and three retries, for 100 ids");
+    assert_eq!(app.sim.calls().to("GET /api/v3/activities/{id}"), 0);
+}
+
+/// Forged creates spread over a day, one an hour through the callback as
+/// whoever found it would send them. Counted per forged id, each would buy
+/// a listing and three retries (96 in the day); counted per athlete, each
+/// miss holds the athlete's listings for announcements back longer.
+#[tokio::test]
+async fn forged_creates_spread_over_a_day_cost_a_handful_of_listings() {
+    let (app, athlete, _token) = synced(5).await;
+    let secret = app.state().store.path_secret().await.unwrap();
+    let fetches = fetch_calls(&app).await;
+    for hour in 0..24 {
+        let now = app.state().clock.epoch();
+        let forged = json!({
+            "aspect_type": "create", "event_time": now, "object_id": 9_000_000_000u64 + hour,
+            "object_type": "activity", "owner_id": athlete, "subscription_id": 1,
+            "updates": {},
+        });
+        let res = app.post_webhook(&secret, forged.to_string()).await;
+        assert_eq!(res.status(), 200);
+        worker::drain(&app.state().store, now).await.unwrap();
+        // The hour in steps of ten minutes, running whatever came due.
+        for _ in 0..6 {
+            app.run_jobs_until_idle().await;
+            app.advance(600);
+        }
+    }
+    let spent = fetch_calls(&app).await - fetches;
+    // The first create's listing and three retries, then one listing each
+    // time a hold (2 h, then 6 h) runs out.
+    assert!(
+        (4..=10).contains(&spent),
+        "{spent} listings for 24 forged ids"
+    );
     assert_eq!(app.sim.calls().to("GET /api/v3/activities/{id}"), 0);
 }
 

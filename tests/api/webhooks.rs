@@ -474,7 +474,6 @@ async fn creates_share_one_fetch_job_and_duplicates_apply_once() {
             ATHLETE,
             Fetch {
                 activity_ids: new_ids.to_vec(),
-                ..Fetch::default()
             }
         )]
     );
