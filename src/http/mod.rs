@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use actix_cors::Cors;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::error::PayloadError;
+use actix_web::error::{JsonPayloadError, PayloadError};
 use actix_web::middleware::Next;
 use actix_web::{http::header, web, HttpMessage, HttpResponse, ResponseError};
 use futures_util::StreamExt;
@@ -101,7 +101,10 @@ pub fn configure(data: &AppData) -> impl FnOnce(&mut ServiceConfig) + '_ {
             .app_data(
                 web::JsonConfig::default()
                     .limit(MAX_BODY_BYTES)
-                    .error_handler(|e, _| body_error(e.to_string(), e.status_code()).into()),
+                    .error_handler(|e, _| match e {
+                        JsonPayloadError::Payload(e) => payload_error(e).into(),
+                        e => body_error(e.to_string(), e.status_code()).into(),
+                    }),
             )
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::bad_parameter("Request", "query", e.to_string()).into()

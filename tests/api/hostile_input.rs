@@ -181,7 +181,7 @@ async fn until_closed(app: &TestApp, head: String) -> (String, Duration) {
 #[tokio::test]
 async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() {
     let app = TestApp::spawn().await;
-    let (_, token) = app.seed_athlete("athlete.json").await;
+    let (athlete, token) = app.seed_athlete("athlete.json").await;
     let secret = app.store.path_secret().await.unwrap();
     let routes = [
         (format!("/webhook/{secret}"), String::new()),
@@ -194,10 +194,19 @@ async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() 
             "/admin/pause".into(),
             format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
         ),
+        (
+            format!("/admin/athletes/{athlete}"),
+            format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+        ),
     ];
     let stalled = routes.iter().map(|(path, auth)| {
+        let method = if path.starts_with("/admin/athletes/") {
+            "PATCH"
+        } else {
+            "POST"
+        };
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"aspect"
         );
         until_closed(&app, head)
@@ -207,10 +216,11 @@ async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() 
         .zip(futures_util::future::join_all(stalled).await)
     {
         assert!(open < Duration::from_secs(15), "{path} held for {open:?}");
-        // The webhook reads its body; the other routes answer without it.
-        if *path == format!("/webhook/{secret}") {
-            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-            assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+        // The routes that read a body say it timed out; the others answer
+        // without reading it.
+        if *path == format!("/webhook/{secret}") || path.starts_with("/admin/athletes/") {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+            assert!(answer.contains(r#""code":"timeout""#), "{path}: {answer}");
         }
     }
     assert_eq!(app.readyz().await.status(), 200);
