@@ -534,8 +534,10 @@ impl Parser<'_> {
     }
 
     fn positive(&mut self, key: &str) -> u32 {
+        let reported = self.problems.len();
         let n: u32 = self.number(key, u32::MAX);
-        if n == 0 && self.values.get(key).is_some_and(|v| v.trim() == "0") {
+        // A zero however written (`00`, `+0`), unless it was not a number.
+        if n == 0 && self.problems.len() == reported {
             self.problems.push(format!("{key} must be at least 1"));
         }
         n
@@ -836,6 +838,7 @@ mod tests {
                 ("PORT", "eighty"),
                 ("STRAVA_API_URL", "ftp://x"),
                 ("STRAVA_RATE_LIMIT_15MIN", "0"),
+                ("STRAVA_RATE_LIMIT_DAILY", "+00"),
                 ("LOG_FORMAT", "xml"),
                 ("SYNC_SCHEDULE", "0 4 * * *"),
             ]),
@@ -847,12 +850,13 @@ mod tests {
             "PORT",
             "STRAVA_API_URL",
             "STRAVA_RATE_LIMIT_15MIN",
+            "STRAVA_RATE_LIMIT_DAILY",
             "LOG_FORMAT",
             "SYNC_SCHEDULE",
         ] {
             assert!(text.contains(key), "{key} not named in: {text}");
         }
-        assert_eq!(err.problems.len(), 6);
+        assert_eq!(err.problems.len(), 7);
     }
 
     #[test]
@@ -1142,6 +1146,7 @@ mod tests {
             "\\PC{0,24}",
             any::<i64>().prop_map(|n| n.to_string()),
             "[0-9]{1,25}",
+            "[+]?0{1,3}",
             "[0-9a-fA-F]{62,66}",
             "[A-Za-z0-9+/_-]{42,45}={0,2}",
             "(http|https|ftp)://[a-z.]{1,12}(:[0-9]{1,6})?/?",
@@ -1165,8 +1170,14 @@ mod tests {
                 .collect();
             let needs = [Requirement::StravaApp, Requirement::Webhooks, Requirement::TokenKey];
             let loaded = Settings::from_sources_for(file.as_deref(), |k| given.get(k).cloned(), &needs);
-            let Err(err) = loaded else {
-                return Ok(());
+            let err = match loaded {
+                Ok(settings) => {
+                    // What loads is usable: no zero budget to divide by.
+                    prop_assert!(settings.strava_rate_limit_15min >= 1, "{given:?}");
+                    prop_assert!(settings.strava_rate_limit_daily >= 1, "{given:?}");
+                    return Ok(());
+                }
+                Err(err) => err,
             };
             for problem in &err.problems {
                 let named = KEYS.iter().any(|(key, _)| problem.starts_with(key))
