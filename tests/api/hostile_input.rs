@@ -361,37 +361,36 @@ async fn the_webhook_callback_is_limited_per_client_address() {
     assert_fault(res, 429, "the sixth request in a second").await;
 }
 
-/// Random list queries and webhook bodies against the running app: every
-/// one answered (a worker that panicked would drop the connection), with a
-/// status the route documents, and the app still ready.
+/// Random input to every parser of outside input, against the running app:
+/// list and feed queries, webhook bodies, handshake and OAuth callback
+/// queries, `Authorization` headers, `Last-Event-ID`, path ids. Every
+/// request is answered (a worker that panicked would drop the connection),
+/// never with a 5xx, every refusal in Strava's fault shape, and the app
+/// stays ready.
 #[test]
-fn random_queries_and_events_are_answered_never_dropped() {
+fn random_input_to_every_parser_is_answered_never_dropped() {
     use proptest::prelude::*;
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (app, token, secret) = runtime.block_on(async {
-        let app = TestApp::spawn().await;
+        // No per-client limits: the refusals under test are the parsers'.
+        let app = TestApp::spawn_with(&[
+            ("API_RATE_LIMIT", "0"),
+            ("CONNECT_RATE_LIMIT", "0"),
+            ("WEBHOOK_RATE_LIMIT", "0"),
+        ])
+        .await;
         let (_, token) = app.seed_athlete("athlete.json").await;
         let secret = app.store.path_secret().await.unwrap();
         (app, token, secret)
     });
-    let query = prop::collection::vec(
-        (
-            prop_oneof![
-                Just("page"),
-                Just("per_page"),
-                Just("before"),
-                Just("after"),
-                Just("x")
-            ],
-            prop_oneof!["-?[0-9]{0,22}", "[ -\"$-~]{0,10}"],
-        ),
-        0..5,
-    )
-    .prop_map(|pairs| {
-        let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        pairs.join("&")
-    });
+    let value = || prop_oneof!["-?[0-9]{0,22}", "[ -\"$-~]{0,10}"];
+    let query = |keys: &'static [&'static str]| {
+        prop::collection::vec((prop::sample::select(keys), value()), 0..5).prop_map(|pairs| {
+            let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            pairs.join("&")
+        })
+    };
     let body = prop_oneof![
         "[ -~]{0,200}",
         (0i64..3, -5i64..20_000_000_000, "[a-z]{0,8}").prop_map(|(kind, n, word)| {
@@ -401,17 +400,71 @@ fn random_queries_and_events_are_answered_never_dropped() {
             )
         }),
     ];
+    let authorization = prop_oneof![
+        "(Bearer|bearer|Basic) [ -~]{0,40}",
+        "Basic [A-Za-z0-9+/=]{0,60}",
+        "[ -~]{0,40}",
+    ];
+    let inputs = (
+        query(&["page", "per_page", "before", "after", "x"]),
+        body,
+        (
+            query(&["since", "limit", "access_token"]),
+            prop::option::of("[ -~]{0,24}"),
+        ),
+        query(&["hub.mode", "hub.challenge", "hub.verify_token"]),
+        query(&["code", "state", "scope", "error"]),
+        authorization,
+        prop_oneof!["-?[0-9]{1,22}", "[A-Za-z0-9_.~-]{1,24}"],
+    );
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(128));
     runner
-        .run(&(query, body), |(query, body)| {
-            runtime.block_on(async {
-                let res = app.list_activities(&token, &query).await;
-                prop_assert!([200, 400].contains(&res.status().as_u16()), "{query}");
-                let res = app.post_webhook(&secret, body.clone()).await;
-                prop_assert!([200, 400].contains(&res.status().as_u16()), "{body}");
-                Ok(())
-            })
-        })
+        .run(
+            &inputs,
+            |(list, body, (feed, last_event_id), handshake, callback, authorization, id)| {
+                runtime.block_on(async {
+                    let answers = [
+                        (app.list_activities(&token, &list).await, format!("list {list}")),
+                        (app.post_webhook(&secret, body.clone()).await, format!("event {body}")),
+                        (
+                            app.changes_stream(&token, &feed, last_event_id.as_deref()).await,
+                            format!("feed {feed} after {last_event_id:?}"),
+                        ),
+                        (
+                            app.webhook_handshake(&secret, &handshake).await,
+                            format!("handshake {handshake}"),
+                        ),
+                        (
+                            app.get(&format!("/auth/strava/callback?{callback}")).await,
+                            format!("callback {callback}"),
+                        ),
+                        (
+                            app.client
+                                .get(app.url("/api/v3/athlete"))
+                                .header("authorization", &authorization)
+                                .send()
+                                .await
+                                .unwrap(),
+                            format!("authorization {authorization}"),
+                        ),
+                        (
+                            app.get_activity(&token, &id).await,
+                            format!("activity {id}"),
+                        ),
+                    ];
+                    for (res, what) in answers {
+                        let status = res.status();
+                        prop_assert!(!status.is_server_error(), "{what}: {status}");
+                        if status.is_client_error() {
+                            let fault: Value = res.json().await.unwrap_or_default();
+                            prop_assert!(fault["message"].is_string(), "{what}: {fault}");
+                            prop_assert!(fault["errors"][0]["code"].is_string(), "{what}: {fault}");
+                        }
+                    }
+                    Ok(())
+                })
+            },
+        )
         .unwrap();
     runtime.block_on(async { assert_eq!(app.readyz().await.status(), 200) });
 }
