@@ -226,6 +226,38 @@ async fn a_body_declared_and_never_sent_is_answered_and_the_connection_closed() 
     assert_eq!(app.readyz().await.status(), 200);
 }
 
+/// HTTP too malformed for actix to hand to any code of ours is refused with
+/// its bare status and the connection closed (the framework answers it
+/// before the middleware that puts faults in Strava's shape runs), and the
+/// service keeps serving.
+#[tokio::test]
+async fn malformed_http_is_refused_and_the_connection_closed() {
+    let app = TestApp::spawn().await;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases = [
+        ("GARBAGE\r\n\r\n".to_string(), "400"),
+        (
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\
+             Content-Length: 2\r\n\r\nab"
+                .to_string(),
+            "400",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            "431",
+        ),
+    ];
+    for (head, status) in cases {
+        let (answer, open) = until_closed(&app, head.clone()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {answer}"
+        );
+        assert!(open < Duration::from_secs(5), "{head:?} held for {open:?}");
+    }
+    assert_eq!(app.readyz().await.status(), 200);
+}
+
 /// Asserts a refusal in Strava's fault shape, with the status given.
 async fn assert_fault(res: reqwest::Response, status: u16, what: &str) -> Value {
     assert_eq!(res.status(), status, "{what}");
@@ -424,10 +456,17 @@ fn random_input_to_every_parser_is_answered_never_dropped() {
             |(list, body, (feed, last_event_id), handshake, callback, authorization, id)| {
                 runtime.block_on(async {
                     let answers = [
-                        (app.list_activities(&token, &list).await, format!("list {list}")),
-                        (app.post_webhook(&secret, body.clone()).await, format!("event {body}")),
                         (
-                            app.changes_stream(&token, &feed, last_event_id.as_deref()).await,
+                            app.list_activities(&token, &list).await,
+                            format!("list {list}"),
+                        ),
+                        (
+                            app.post_webhook(&secret, body.clone()).await,
+                            format!("event {body}"),
+                        ),
+                        (
+                            app.changes_stream(&token, &feed, last_event_id.as_deref())
+                                .await,
                             format!("feed {feed} after {last_event_id:?}"),
                         ),
                         (
