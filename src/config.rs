@@ -318,19 +318,20 @@ const KEYS: &[(&str, Option<&str>)] = &[
 ];
 
 impl Settings {
-    /// Loads from `strava-sync.toml` (if present) and the process environment,
-    /// reporting malformed values and what `needs` lacks in one error.
-    pub fn load(needs: &[Requirement]) -> Result<Self, ConfigError> {
-        let file = match std::fs::read_to_string(CONFIG_FILE) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(ConfigError {
-                    problems: vec![format!("{CONFIG_FILE}: {e}")],
-                })
-            }
+    /// Reads `strava-sync.toml` (if present) and the process environment:
+    /// the settings, defaults standing in for wrong values, and every
+    /// malformed value and everything `needs` lacks, so the caller can add
+    /// what only the machine can check and report all of it at once.
+    pub fn read(needs: &[Requirement]) -> (Self, Vec<String>) {
+        let (file, unreadable) = match std::fs::read_to_string(CONFIG_FILE) {
+            Ok(text) => (Some(text), None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+            Err(e) => (None, Some(format!("{CONFIG_FILE}: {e}"))),
         };
-        Self::from_sources_for(file.as_deref(), |key| std::env::var(key).ok(), needs)
+        let (settings, mut problems) =
+            Self::parse(file.as_deref(), |key| std::env::var(key).ok(), needs);
+        problems.extend(unreadable);
+        (settings, problems)
     }
 
     /// Builds settings from the file's text and an environment lookup.
@@ -347,6 +348,20 @@ impl Settings {
         env: impl Fn(&str) -> Option<String>,
         needs: &[Requirement],
     ) -> Result<Self, ConfigError> {
+        let (settings, problems) = Self::parse(file, env, needs);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The settings, defaults standing in for wrong values, and every problem.
+    fn parse(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+        needs: &[Requirement],
+    ) -> (Self, Vec<String>) {
         let mut problems = Vec::new();
         // What the file or the environment set; the rest are defaults.
         let mut given: BTreeMap<&str, String> = BTreeMap::new();
@@ -446,11 +461,7 @@ impl Settings {
             ));
         }
         problems.extend(settings.missing(needs));
-        if problems.is_empty() {
-            Ok(settings)
-        } else {
-            Err(ConfigError { problems })
-        }
+        (settings, problems)
     }
 
     /// Checks that what a command needs is set, naming every missing key.

@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
-use strava_sync::config::{Requirement, Settings};
-use strava_sync::startup::Application;
+use strava_sync::config::{ConfigError, Requirement, Settings};
+use strava_sync::startup::{self, Application};
 use strava_sync::store::Store;
 use strava_sync::telemetry;
 use strava_sync::webhook::subscription;
@@ -62,7 +62,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscription { .. } => (&[Requirement::StravaApp, Requirement::Webhooks], true),
         _ => (&[], false),
     };
-    let settings = Settings::load(needs)?;
+    let (settings, mut problems) = Settings::read(needs);
+    if !matches!(command, Command::Demo(_) | Command::Simulator(_)) {
+        let listens = matches!(command, Command::Serve);
+        problems.extend(startup::preflight(&settings, &problems, listens));
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError { problems }.into());
+    }
     // The demo prints its own guide on stdout; keep its logs to warnings.
     let default_filter = match command {
         Command::Demo(_) => "warn",

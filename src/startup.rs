@@ -319,6 +319,24 @@ async fn shrink_caches(store: Store, shutdown: CancellationToken) {
     }
 }
 
+/// What only the machine can say about `HOST`, `PORT` (when `listens`) and
+/// the SQLite database file, for the settings `reported` does not already
+/// name as wrong: `main` adds these to the configuration's problems, so one
+/// message names everything before anything starts.
+pub fn preflight(settings: &Settings, reported: &[String], listens: bool) -> Vec<String> {
+    let named = |key: &str| reported.iter().any(|problem| problem.starts_with(key));
+    let mut problems = Vec::new();
+    if listens && !named("HOST") && !named("PORT") {
+        problems.extend(listen(&settings.host, settings.port).err());
+    }
+    if let Database::Sqlite(path) = &settings.database {
+        if !named("DATABASE_PATH") {
+            problems.extend(check_database(path).err());
+        }
+    }
+    problems
+}
+
 /// Binds the listen address and opens the database, once both are known to
 /// work: every problem with `HOST`, `PORT` or the database is reported in
 /// one error naming the setting, before a migration runs.

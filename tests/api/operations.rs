@@ -69,6 +69,50 @@ fn serve_refuses_to_start_naming_missing_settings() {
     assert!(!dir.path().join("x.db").exists(), "nothing started");
 }
 
+/// What only the machine can tell (a database file that cannot be made, a
+/// port in use) is named in the same message as the settings' own mistakes.
+#[test]
+fn serve_names_setting_database_and_port_problems_in_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let unmakeable = dir.path().join("no-such-dir").join("x.db");
+    let stderr = serve(&[
+        ("PORT", "abc"),
+        ("DATABASE_PATH", unmakeable.to_str().unwrap()),
+    ]);
+    for named in ["PORT", "STRAVA_CLIENT_ID", "DATABASE_PATH"] {
+        assert!(stderr.contains(&format!("- {named}")), "{named}: {stderr}");
+    }
+    assert_eq!(
+        stderr.matches("invalid configuration").count(),
+        1,
+        "{stderr}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let stderr = serve(&[("PORT", &port), ("STRAVA_CLIENT_ID", "1")]);
+    assert!(
+        stderr.contains(&format!("PORT {port} is already in use")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("STRAVA_CLIENT_SECRET"), "{stderr}");
+    assert!(
+        !dir.path().join("strava-sync.db").exists(),
+        "nothing started"
+    );
+}
+
 /// Why `Application::build` refused to start.
 async fn start_error(overrides: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
