@@ -37,43 +37,72 @@ pub enum Outcome {
 impl Store {
     /// Applies up to `limit` events due at `now` (see [`inbox::next_due`]:
     /// at most one per object, the earliest) in one transaction, so a
-    /// backlog costs one commit per batch rather than one per event. Each
-    /// event runs under its own savepoint: one that fails is rolled back
-    /// alone and its failure recorded, due again at `retry_at(attempts)`
-    /// (attempts counting this one) or failed when that is None, while the
-    /// others commit.
+    /// backlog costs one commit per batch rather than one per event.
+    ///
+    /// The batch is first applied straight through: events almost never
+    /// fail, and a savepoint per event costs a copy of every page the event
+    /// touches. If one fails, that transaction is rolled back and the batch
+    /// applied again with a savepoint per event: the one that fails is
+    /// rolled back alone and its failure recorded, due again at
+    /// `retry_at(attempts)` (attempts counting this one) or failed when that
+    /// is None, while the others commit.
     pub async fn apply_due_events(
         &self,
         now: i64,
         limit: usize,
         retry_at: impl Fn(i64) -> Option<i64> + Send + 'static,
     ) -> DbResult<Vec<Settled>> {
-        self.write(move |tx| {
-            let due = inbox::next_due(tx, now, limit)?;
-            let mut batch = Batch::new(tx, now);
-            let mut out = Vec::with_capacity(due.len());
-            for stored in due {
-                tx.execute_batch("SAVEPOINT event")?;
-                let outcome = match batch.apply(&stored.event, stored.received_at) {
-                    Ok((status, why)) => {
-                        inbox::settle(tx, stored.id, status, now)?;
-                        Outcome::Settled(why)
-                    }
-                    Err(e) => {
-                        tx.execute_batch("ROLLBACK TO event")?;
-                        let (error, retry_at) = (e.to_string(), retry_at(stored.attempts + 1));
-                        inbox::record_failure(tx, stored.id, &error, retry_at)?;
-                        Outcome::Failed { error, retry_at }
-                    }
-                };
-                tx.execute_batch("RELEASE event")?;
-                out.push(Settled { stored, outcome });
-            }
-            batch.finish()?;
-            Ok(out)
-        })
-        .await
+        let straight = self
+            .write(move |tx| apply_batch(tx, now, limit, None))
+            .await;
+        if straight.is_ok() {
+            return straight;
+        }
+        self.write(move |tx| apply_batch(tx, now, limit, Some(&retry_at)))
+            .await
     }
+}
+
+/// One batch in the caller's transaction: straight through when `isolated`
+/// is None (the first failure fails the batch), otherwise each event under
+/// its own savepoint, a failure recorded with its retry time.
+fn apply_batch(
+    tx: &dyn Connection,
+    now: i64,
+    limit: usize,
+    isolated: Option<&dyn Fn(i64) -> Option<i64>>,
+) -> DbResult<Vec<Settled>> {
+    let due = inbox::next_due(tx, now, limit)?;
+    let mut batch = Batch::new(tx, now);
+    let mut out = Vec::with_capacity(due.len());
+    for stored in due {
+        let Some(retry_at) = isolated else {
+            let (status, why) = batch.apply(&stored.event, stored.received_at)?;
+            inbox::settle(tx, stored.id, status, now)?;
+            out.push(Settled {
+                stored,
+                outcome: Outcome::Settled(why),
+            });
+            continue;
+        };
+        tx.execute_batch("SAVEPOINT event")?;
+        let outcome = match batch.apply(&stored.event, stored.received_at) {
+            Ok((status, why)) => {
+                inbox::settle(tx, stored.id, status, now)?;
+                Outcome::Settled(why)
+            }
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO event")?;
+                let (error, retry_at) = (e.to_string(), retry_at(stored.attempts + 1));
+                inbox::record_failure(tx, stored.id, &error, retry_at)?;
+                Outcome::Failed { error, retry_at }
+            }
+        };
+        tx.execute_batch("RELEASE event")?;
+        out.push(Settled { stored, outcome });
+    }
+    batch.finish()?;
+    Ok(out)
 }
 
 /// What the events of one batch share. Each athlete is looked up once, and
