@@ -157,11 +157,13 @@ async fn instances_spend_one_budget_and_run_each_step_once() {
         "the instances had work for the window"
     );
     // No step ran twice: no page was asked for twice.
-    let mut asked = BTreeSet::new();
+    let mut asked = BTreeMap::new();
     for call in sim.call_records() {
         if call.endpoint.contains(" /api/v3/") {
             let step = (call.endpoint.clone(), call.athlete_id, call.query.clone());
-            assert!(asked.insert(step.clone()), "asked twice: {step:?}");
+            if let Some(first) = asked.insert(step, call.clone()) {
+                panic!("asked twice: {first:?} then {call:?}");
+            }
         }
     }
     let queued: i64 = scalar(
