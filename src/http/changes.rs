@@ -94,7 +94,7 @@ async fn changes(
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+        .is_some_and(wants_event_stream);
     let resume = match req.headers().get("last-event-id") {
         Some(v) if live => Some(
             v.to_str()
@@ -311,6 +311,50 @@ impl Drop for StreamPermit {
     }
 }
 
+/// Whether an `Accept` header asks for Server-Sent Events: a media range
+/// `text/event-stream` (any case) whose quality is not zero, since `;q=0`
+/// is how a client says it will not take them.
+fn wants_event_stream(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        media.eq_ignore_ascii_case("text/event-stream")
+            && parts.all(|param| match param.split_once('=') {
+                Some((name, q)) if name.trim().eq_ignore_ascii_case("q") => {
+                    q.trim().parse::<f32>().map_or(true, |q| q > 0.0)
+                }
+                _ => true,
+            })
+    })
+}
+
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(changes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_event_stream;
+
+    #[test]
+    fn only_a_wanted_event_stream_streams() {
+        for accept in [
+            "text/event-stream",
+            "TEXT/Event-Stream",
+            "application/json, text/event-stream;q=0.5",
+            "text/event-stream; charset=utf-8",
+        ] {
+            assert!(wants_event_stream(accept), "{accept}");
+        }
+        for accept in [
+            "text/event-stream;q=0",
+            "text/event-stream; q=0.0, application/json",
+            "application/json",
+            "*/*",
+            "text/event-streams",
+            "",
+        ] {
+            assert!(!wants_event_stream(accept), "{accept}");
+        }
+    }
 }
