@@ -181,12 +181,14 @@ impl std::fmt::Debug for Database {
     }
 }
 
-/// `scheme://user:password@host/...` as `scheme://user:***@host/...`.
-/// A `password=` query parameter is masked too; the user information ends
-/// at the last `@`, as a password may hold one unencoded.
+/// `scheme://user:password@host/...` as `scheme://user:***@host/...`, also
+/// without the scheme (a malformed URL is quoted back too). A `password=`
+/// query parameter is masked as well; the user information ends at the last
+/// `@`, as a password may hold one unencoded.
 fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
@@ -195,9 +197,9 @@ fn without_password(url: &str) -> String {
     let mut shown = match rest.rsplit_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{name}:***@{host}")
+            format!("{scheme}{name}:***@{host}")
         }
-        _ => format!("{scheme}://{rest}"),
+        _ => format!("{scheme}{rest}"),
     };
     if let Some(query) = query {
         let masked: Vec<&str> = query
@@ -611,7 +613,8 @@ impl Parser<'_> {
             .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
         if !web {
             self.problems.push(format!(
-                "{key} must be an http:// or https:// URL, not `{raw}`"
+                "{key} must be an http:// or https:// URL, not `{}`",
+                without_password(&raw)
             ));
         }
         raw
@@ -705,8 +708,10 @@ impl Parser<'_> {
     fn redirect(&mut self, key: &str) -> Option<String> {
         let raw = self.optional(key)?;
         if reqwest::Url::parse(&raw).is_err() {
-            self.problems
-                .push(format!("{key} must be an absolute URL, not `{raw}`"));
+            self.problems.push(format!(
+                "{key} must be an absolute URL, not `{}`",
+                without_password(&raw)
+            ));
         }
         Some(raw)
     }
@@ -868,6 +873,28 @@ mod tests {
             assert!(text.contains(key), "{key} not named in: {text}");
         }
         assert_eq!(err.problems.len(), 7);
+    }
+
+    #[test]
+    fn a_refused_url_is_quoted_without_its_password() {
+        let err = Settings::from_sources(
+            None,
+            env(&[
+                ("APP_WEBHOOK_URL", "ftp://app:hunter2-pw@example.com/hook"),
+                (
+                    "APP_WEBHOOK_SECRET",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ),
+                ("APP_REDIRECT_URL", "no scheme:s3cret-pw@x"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ftp://app:***@example.com/hook"), "{err}");
+        assert!(
+            !err.contains("hunter2-pw") && !err.contains("s3cret-pw"),
+            "{err}"
+        );
     }
 
     #[test]
