@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa_actix_web::AppExt;
 
-use crate::config::{ConfigError, Database, Requirement, Settings};
+use crate::config::{ConfigError, Database, Requirement, Settings, CONFIG_FILE};
 use crate::http::auth::{Access, TokenRateLimiter};
 use crate::http::per_address::AddressLimits;
 use crate::http::{self, AppData, Services};
@@ -325,14 +325,16 @@ async fn shrink_caches(store: Store, shutdown: CancellationToken) {
 /// message names everything before anything starts.
 pub fn preflight(settings: &Settings, reported: &[String], listens: bool) -> Vec<String> {
     let named = |key: &str| reported.iter().any(|problem| problem.starts_with(key));
+    // Settings from a file that could not be read are mostly defaults.
+    if named(CONFIG_FILE) {
+        return Vec::new();
+    }
     let mut problems = Vec::new();
     if listens && !named("HOST") && !named("PORT") {
         problems.extend(listen(&settings.host, settings.port).err());
     }
-    if let Database::Sqlite(path) = &settings.database {
-        if !named("DATABASE_PATH") {
-            problems.extend(check_database(path).err());
-        }
+    if !named("DATABASE") {
+        problems.extend(database_file_problem(settings));
     }
     problems
 }
@@ -342,15 +344,8 @@ pub fn preflight(settings: &Settings, reported: &[String], listens: bool) -> Vec
 /// one error naming the setting, before a migration runs.
 async fn open(settings: &Settings) -> Result<(TcpListener, Store), ConfigError> {
     let listener = listen(&settings.host, settings.port);
-    let mut problems = Vec::new();
-    if let Err(problem) = &listener {
-        problems.push(problem.clone());
-    }
-    if let Database::Sqlite(path) = &settings.database {
-        if let Err(problem) = check_database(path) {
-            problems.push(problem);
-        }
-    }
+    let mut problems: Vec<String> = listener.as_ref().err().cloned().into_iter().collect();
+    problems.extend(database_file_problem(settings));
     let listener = match listener {
         Ok(listener) if problems.is_empty() => listener,
         _ => return Err(ConfigError { problems }),
@@ -429,8 +424,15 @@ fn listen(host: &str, port: u16) -> Result<TcpListener, String> {
     })
 }
 
-/// Whether the database file can be opened for writing, or created, without
-/// creating it.
+/// Why the SQLite database file can be neither opened for writing nor
+/// created, if it cannot (checked without creating it).
+fn database_file_problem(settings: &Settings) -> Option<String> {
+    match &settings.database {
+        Database::Sqlite(path) => check_database(path).err(),
+        Database::Postgres(_) => None,
+    }
+}
+
 fn check_database(path: &Path) -> Result<(), String> {
     let problem = |why: String| format!("DATABASE_PATH `{}` {why}", path.display());
     if path.is_dir() {

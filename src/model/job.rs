@@ -82,8 +82,7 @@ impl Task {
 
     /// Folds a task of the same kind into this queued one. Kinds without a
     /// payload are the same work however often asked for; a fetch or an
-    /// enrichment takes the union of the ids (a fetch keeps the higher retry
-    /// count, so new ids never reset the athlete's backoff).
+    /// enrichment takes the union of the ids.
     pub fn merge(&mut self, newer: Task) {
         match (self, newer) {
             (Task::WebhookFetch(queued), Task::WebhookFetch(newer)) => {

@@ -52,11 +52,12 @@ impl Store {
         limit: usize,
         retry_at: impl Fn(i64) -> Option<i64> + Send + 'static,
     ) -> DbResult<Vec<Settled>> {
-        let straight = self
+        match self
             .write(move |tx| apply_batch(tx, now, limit, None))
-            .await;
-        if straight.is_ok() {
-            return straight;
+            .await
+        {
+            Ok(settled) => return Ok(settled),
+            Err(e) => tracing::debug!(error = %e, "a batch of events failed; applying each alone"),
         }
         self.write(move |tx| apply_batch(tx, now, limit, Some(&retry_at)))
             .await
@@ -73,45 +74,44 @@ fn apply_batch(
     isolated: Option<&dyn Fn(i64) -> Option<i64>>,
 ) -> DbResult<Vec<Settled>> {
     let due = inbox::next_due(tx, now, limit)?;
-    let mut batch = Batch::new(tx, now);
+    let mut batch = Batch::new(tx, now, isolated.is_none());
     let mut out = Vec::with_capacity(due.len());
     for stored in due {
-        let Some(retry_at) = isolated else {
-            let (status, why) = batch.apply(&stored.event, stored.received_at)?;
-            inbox::settle(tx, stored.id, status, now)?;
-            out.push(Settled {
-                stored,
-                outcome: Outcome::Settled(why),
-            });
-            continue;
-        };
-        tx.execute_batch("SAVEPOINT event")?;
-        let outcome = match batch.apply(&stored.event, stored.received_at) {
-            Ok((status, why)) => {
+        if isolated.is_some() {
+            tx.execute_batch("SAVEPOINT event")?;
+        }
+        let outcome = match (batch.apply(&stored.event, stored.received_at), isolated) {
+            (Ok((status, why)), _) => {
                 inbox::settle(tx, stored.id, status, now)?;
                 Outcome::Settled(why)
             }
-            Err(e) => {
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(retry_at)) => {
                 tx.execute_batch("ROLLBACK TO event")?;
                 let (error, retry_at) = (e.to_string(), retry_at(stored.attempts + 1));
                 inbox::record_failure(tx, stored.id, &error, retry_at)?;
                 Outcome::Failed { error, retry_at }
             }
         };
-        tx.execute_batch("RELEASE event")?;
+        if isolated.is_some() {
+            tx.execute_batch("RELEASE event")?;
+        }
         out.push(Settled { stored, outcome });
     }
     batch.finish()?;
     Ok(out)
 }
 
-/// What the events of one batch share. Each athlete is looked up once, and
-/// what every event of an athlete would otherwise rewrite (when we last
-/// heard of the athlete, the queued fetch a create joins, whose payload
-/// holds up to a thousand ids) is written once, when the batch ends.
+/// What the events of one batch share. Each athlete is looked up once. In
+/// the straight pass, what every event of an athlete would otherwise
+/// rewrite (when we last heard of the athlete, the queued fetch a create
+/// joins, whose payload holds up to a thousand ids) is written once, when
+/// the batch ends; in the isolated pass it is written with its event, under
+/// the event's savepoint, so a write that fails fails only its event.
 struct Batch<'c> {
     tx: &'c dyn Connection,
     now: i64,
+    deferred: bool,
     connected: HashMap<i64, bool>,
     /// Athlete → the newest `received_at` among its events.
     heard_at: BTreeMap<i64, i64>,
@@ -120,10 +120,11 @@ struct Batch<'c> {
 }
 
 impl<'c> Batch<'c> {
-    fn new(tx: &'c dyn Connection, now: i64) -> Self {
+    fn new(tx: &'c dyn Connection, now: i64, deferred: bool) -> Self {
         Self {
             tx,
             now,
+            deferred,
             connected: HashMap::new(),
             heard_at: BTreeMap::new(),
             fetches: BTreeMap::new(),
@@ -139,17 +140,33 @@ impl<'c> Batch<'c> {
         Ok(known)
     }
 
-    /// Applies one event and says how it settled and why. What it leaves
-    /// for [`Batch::finish`] is noted only once nothing of it can fail, so
-    /// an event rolled back to its savepoint leaves nothing behind.
+    /// We heard from Strava about the athlete at `at`.
+    fn heard(&mut self, athlete_id: i64, at: i64) -> DbResult<()> {
+        if !self.deferred {
+            return sync_state::record_webhook_at(self.tx, athlete_id, at);
+        }
+        let heard = self.heard_at.entry(athlete_id).or_insert(at);
+        *heard = (*heard).max(at);
+        Ok(())
+    }
+
+    /// A create announced an activity that is not stored.
+    fn fetch(&mut self, athlete_id: i64, id: i64) -> DbResult<()> {
+        if !self.deferred {
+            return queue_fetch(self.tx, athlete_id, vec![id], self.now);
+        }
+        self.fetches.entry(athlete_id).or_default().push(id);
+        Ok(())
+    }
+
+    /// Applies one event and says how it settled and why.
     fn apply(&mut self, event: &Event, received_at: i64) -> DbResult<(Status, &'static str)> {
         let (tx, now) = (self.tx, self.now);
         let (owner, id, at) = (event.owner_id, event.object_id, event.event_time);
         if !self.connected(owner)? {
             return Ok((Status::Ignored, "unknown_athlete"));
         }
-        let heard = self.heard_at.entry(owner).or_insert(received_at);
-        *heard = (*heard).max(received_at);
+        self.heard(owner, received_at)?;
         if event.object_type == ObjectType::Activity
             && activities::owner(tx, id)?.is_some_and(|stored| stored != owner)
         {
@@ -173,7 +190,7 @@ impl<'c> Batch<'c> {
                 }
                 lifecycle::unbury(tx, owner, id)?;
                 if activities::stored_ids(tx, owner, &[id])?.is_empty() {
-                    self.fetches.entry(owner).or_default().push(id);
+                    self.fetch(owner, id)?;
                     (Status::Done, "fetch_queued")
                 } else {
                     (Status::Done, "already_stored")
@@ -202,21 +219,25 @@ impl<'c> Batch<'c> {
         })
     }
 
-    /// Writes what the batch's events left: each athlete's last webhook
-    /// time, and one merge into its queued fetch for all its creates, due
-    /// now unless announcements Strava did not list hold the athlete's
-    /// listings back ([`sync_state::announcement_hold`]).
+    /// Writes what the straight pass deferred: each athlete's last webhook
+    /// time, and one merge into its queued fetch for all its creates.
     fn finish(self) -> DbResult<()> {
-        let (tx, now) = (self.tx, self.now);
         for (athlete_id, at) in self.heard_at {
-            sync_state::record_webhook_at(tx, athlete_id, at)?;
+            sync_state::record_webhook_at(self.tx, athlete_id, at)?;
         }
         for (athlete_id, ids) in self.fetches {
-            let due = sync_state::announcement_hold(tx, athlete_id)?.map_or(now, |t| t.max(now));
-            jobs::enqueue(tx, athlete_id, Task::fetch(ids), due, now)?;
+            queue_fetch(self.tx, athlete_id, ids, self.now)?;
         }
         Ok(())
     }
+}
+
+/// Merges announced activities into the athlete's queued fetch, due now
+/// unless announcements Strava did not list hold the athlete's listings
+/// back ([`sync_state::announcement_hold`]).
+fn queue_fetch(tx: &dyn Connection, athlete_id: i64, ids: Vec<i64>, now: i64) -> DbResult<()> {
+    let due = sync_state::announcement_hold(tx, athlete_id)?.map_or(now, |t| t.max(now));
+    jobs::enqueue(tx, athlete_id, Task::fetch(ids), due, now).map(drop)
 }
 
 /// Translates an update event's `updates` to activity fields; keys and

@@ -65,7 +65,8 @@ fn set_task(conn: &dyn Connection, id: i64, task: &Task) -> DbResult<()> {
 
 /// Queues a task due at `not_before`, or merges it into the athlete's queued
 /// job of the same kind, which then is due at the earlier of the two times
-/// (a fresh create never waits behind a retry's backoff). Returns the job id.
+/// (new work never waits behind a retry's backoff; creates held back by
+/// their athlete's misses come due at that hold). Returns the job id.
 pub fn enqueue(
     conn: &dyn Connection,
     athlete_id: i64,
@@ -93,6 +94,16 @@ pub fn enqueue(
         ],
         |r| r.get(0),
     )
+}
+
+/// Holds the athlete's queued job of `kind` back until `until` at least.
+pub fn hold_queued(conn: &dyn Connection, athlete_id: i64, kind: &str, until: i64) -> DbResult<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET not_before = greatest(not_before, ?3)
+         WHERE athlete_id = ?1 AND kind = ?2 AND status = 'queued'",
+    )?
+    .execute(params![athlete_id, kind, until])?;
+    Ok(())
 }
 
 /// Takes an activity a delete event removed out of the athlete's queued

@@ -433,10 +433,11 @@ impl Store {
     }
 
     /// A listing did not show `missing`: one more miss in a row for the
-    /// athlete, whose next listing for announcements waits `hold_secs(misses)`;
-    /// the missing ids are queued for that listing while the misses are at
-    /// most `retries`, and after that left to the gap-fill. Returns the
-    /// misses so far.
+    /// athlete, whose next listing for announcements waits `hold_secs(misses)`
+    /// (a fetch queued while the listing ran, for creates that came in
+    /// meanwhile, waits too); the missing ids are queued for that listing
+    /// while the misses are at most `retries`, and after that left to the
+    /// gap-fill. Returns the misses so far.
     pub async fn missed_announced(
         &self,
         athlete_id: i64,
@@ -464,9 +465,11 @@ impl Store {
                  WHERE athlete_id = ?1",
                 params![athlete_id, i64::from(misses), until],
             )?;
+            let fetch = Task::fetch(missing);
             if misses <= retries {
-                jobs::enqueue(tx, athlete_id, Task::fetch(missing), until, now)?;
+                jobs::enqueue(tx, athlete_id, fetch.clone(), until, now)?;
             }
+            jobs::hold_queued(tx, athlete_id, fetch.kind(), until)?;
             Ok(misses)
         })
         .await
@@ -744,6 +747,45 @@ mod tests {
             "by hand left the firing's mark"
         );
         assert_eq!(plan(Some(120)).await.unwrap(), Some(1), "the next firing");
+    }
+
+    /// Creates that arrived while a listing for announcements ran queued a
+    /// fetch due at once; when that listing misses, the fetch waits for the
+    /// hold too, so a steady flood cannot buy listings back to back.
+    #[tokio::test]
+    async fn a_fetch_queued_during_a_missing_listing_waits_for_the_hold() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                connect(tx, 1);
+                jobs::enqueue(tx, 1, Task::fetch(vec![7]), 1_000, 1_000).map(drop)
+            })
+            .unwrap();
+        let hold = |misses: u32| 30 * 4_i64.pow(misses - 1);
+        let due = || {
+            store.read_blocking(|c| {
+                c.query_row(
+                    "SELECT not_before FROM jobs WHERE athlete_id = 1 AND status = 'queued'",
+                    params![],
+                    |r| r.get::<i64>(0),
+                )
+            })
+        };
+        // The first miss: the fetch, with the missed id merged in, waits 30 s.
+        let misses = store.missed_announced(1, vec![5], 3, hold, 1_000).await;
+        assert_eq!((misses.unwrap(), due().unwrap()), (1, 1_030));
+        // Past the retries the missed ids are not queued again, and the
+        // queued fetch still waits for the longer hold.
+        store
+            .write_blocking(|tx| {
+                tx.execute(
+                    "UPDATE sync_state SET announce_misses = 4 WHERE athlete_id = 1",
+                    params![],
+                )
+            })
+            .unwrap();
+        let misses = store.missed_announced(1, vec![6], 3, hold, 1_000).await;
+        assert_eq!((misses.unwrap(), due().unwrap()), (5, 1_000 + 7_680));
     }
 
     #[test]

@@ -16,9 +16,9 @@
 //! athlete, in a row, on its sync state: each one holds the athlete's next
 //! listing for announcements back four times longer (up to six hours), so a
 //! flood of forged ids, at once or spread over days, buys no listing of its
-//! own. After [`MAX_RETRIES`] misses the missing ids are left to the daily
-//! gap-fill. Activities a newer delete event removed are never
-//! brought back. The listing brings summaries; detail enrichment fetches
+//! own. After the first listing and [`MAX_RETRIES`] more, the missing ids are
+//! left to the daily gap-fill. Activities a newer delete event removed are
+//! never brought back. The listing brings summaries; detail enrichment fetches
 //! the detailed records later, when nothing else waits.
 //!
 //! Update events for an activity not stored yet are not kept: the listing
@@ -40,8 +40,8 @@ use super::source::ActivitySource;
 pub const LIST_MARGIN_SECS: i64 = 4 * 86_400;
 /// The furthest back an announcement can make a listing reach.
 pub const MAX_REACH_SECS: i64 = 7 * 86_400;
-/// Listings in a row that may miss announced ids before the missing ones
-/// are left to the gap-fill.
+/// Listings repeated for ids the first one did not show, before they are
+/// left to the gap-fill.
 pub const MAX_RETRIES: u32 = 3;
 /// The wait after a first miss; each further miss in a row waits four
 /// times longer, up to [`MAX_HOLD_SECS`].

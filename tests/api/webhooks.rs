@@ -1017,6 +1017,40 @@ async fn concurrent_events_are_each_answered_after_their_row_is_committed() {
     assert_eq!(again["status"], "duplicate");
 }
 
+/// A write the batch makes at its end for all its events (here the merge
+/// into a queued fetch whose stored payload cannot be read) fails only the
+/// event that needed it: the others apply, and the inbox moves on.
+#[tokio::test]
+async fn a_failing_write_left_for_the_end_of_a_batch_fails_only_its_event() {
+    let hook = seeded().await;
+    let other = ACTIVITY + 1;
+    seed_activities(&hook.app.store, ATHLETE, vec![other]).await;
+    hook.app
+        .store
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (athlete_id, kind, priority, payload_json, not_before, created_at)
+                 VALUES (?1, 'webhook_fetch', 0, 'not a payload', 0, 0)",
+                [ATHLETE],
+            )
+        })
+        .await
+        .unwrap();
+    hook.deliver_together(vec![
+        activity_event("update", other, T0, json!({ "title": "renamed" })),
+        activity_event("create", ACTIVITY + 50, T0 + 1, json!({})),
+    ])
+    .await;
+    hook.drain().await;
+    let v: Value = serde_json::from_str(&hook.summary(other).await.unwrap()).unwrap();
+    assert_eq!(v["name"], "renamed");
+    assert_eq!(hook.inbox().await, ["done", "pending"]);
+    let error: String = hook
+        .scalar("SELECT last_error FROM webhook_events WHERE status = 'pending'")
+        .await;
+    assert!(!error.is_empty());
+}
+
 #[tokio::test]
 async fn a_failing_event_in_a_batch_is_recorded_while_the_others_apply() {
     let hook = seeded().await;
