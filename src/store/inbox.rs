@@ -52,15 +52,16 @@ pub struct Stored {
     pub last_error: Option<String>,
 }
 
-/// Commits an event unless an identical one is already in the inbox.
-/// Returns whether it was new.
+/// Commits an event unless an identical one is already in the inbox (the
+/// dedup key is the inbox's only unique key besides the row id). Returns
+/// whether it was new.
 pub fn insert(conn: &dyn Connection, event: &Event, now: i64) -> DbResult<bool> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO webhook_events (dedup_key, object_type, object_id, aspect_type,
                  owner_id, event_time, updates_json, received_at, next_attempt_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-             ON CONFLICT(event_time, dedup_key) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             event.dedup_key(),
