@@ -250,8 +250,9 @@ mod tests {
         super::migrations().validate().unwrap();
     }
 
-    /// The inbox rebuilt by migration 8 keeps its events, and a repeat of
-    /// one still collapses into it.
+    /// The inbox rebuilt by migration 8 keeps its events, its dedup key is
+    /// indexed by event time first, and a repeat of an event still collapses
+    /// into it.
     #[test]
     fn the_inbox_keeps_its_events_and_their_dedup_across_its_rebuild() {
         use crate::model::event::{AspectType, Event, ObjectType};
@@ -282,6 +283,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kept, (1, "done".to_string(), 1_700_000_005));
+        let dedup_first: String = conn
+            .query_row(
+                "SELECT name FROM pragma_index_info('webhook_events_dedup') WHERE seqno = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(dedup_first, "event_time", "new events land together");
         assert!(!super::super::inbox::insert(&conn, &event, 1_700_000_009).unwrap());
         let later = Event {
             event_time: event.event_time + 1,
