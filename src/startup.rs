@@ -325,7 +325,8 @@ async fn shrink_caches(store: Store, shutdown: CancellationToken) {
 /// message names everything before anything starts.
 pub fn preflight(settings: &Settings, reported: &[String], listens: bool) -> Vec<String> {
     let named = |key: &str| reported.iter().any(|problem| problem.starts_with(key));
-    // Settings from a file that could not be read are mostly defaults.
+    // With the file unreadable or malformed, the settings are mostly
+    // defaults: checking them would name problems the operator does not have.
     if named(CONFIG_FILE) {
         return Vec::new();
     }

@@ -466,10 +466,11 @@ impl Store {
                 params![athlete_id, i64::from(misses), until],
             )?;
             let fetch = Task::fetch(missing);
+            let kind = fetch.kind();
             if misses <= retries {
-                jobs::enqueue(tx, athlete_id, fetch.clone(), until, now)?;
+                jobs::enqueue(tx, athlete_id, fetch, until, now)?;
             }
-            jobs::hold_queued(tx, athlete_id, fetch.kind(), until)?;
+            jobs::hold_queued(tx, athlete_id, kind, until)?;
             Ok(misses)
         })
         .await
