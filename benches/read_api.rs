@@ -52,7 +52,7 @@ const SOAK_EVENTS: u64 = 100;
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = common::database(dir.path(), "read_api");
-    println!("database: {db}");
+    println!("database: {db}, load average {}", common::load_average());
     let started = Instant::now();
     let (token, athlete, secret) = seed(&db)?;
     println!(

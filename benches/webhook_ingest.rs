@@ -188,7 +188,11 @@ async fn main() {
     let (server, base) = start_server(dir.path(), &db, &client).await;
     let url = format!("{base}/webhook/{secret}");
 
-    println!("webhook ingest, release binary over loopback ({n} events per burst) on {db}");
+    println!(
+        "webhook ingest, release binary over loopback ({n} events per burst) on {db}, load \
+         average {}",
+        common::load_average()
+    );
     println!("| scenario               | acknowledged  |  events/s | p50 ms  | p99 ms  |");
     println!("|------------------------|---------------|-----------|---------|---------|");
     let mut next = 0;

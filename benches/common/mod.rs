@@ -35,6 +35,14 @@ pub fn database(dir: &Path, name: &str) -> Database {
     Database::Postgres(format!("{url}{separator}options=-csearch_path%3D{schema}"))
 }
 
+/// The machine's load average (1, 5 and 15 minutes) as the kernel reports
+/// it, printed with the figures: on a shared machine they depend on it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Opens (and migrates) `database` off the async threads.
 pub fn open(database: &Database) -> Store {
     let database = database.clone();
