@@ -414,6 +414,18 @@ pub struct BackfillPace {
     pub in_progress: i64,
 }
 
+/// How an athlete's misses of announced activities are counted and held
+/// back ([`Store::missed_announced`]), as the sync layer decides.
+#[derive(Debug, Clone, Copy)]
+pub struct MissPolicy {
+    /// Listings repeated for ids the first one did not show.
+    pub retries: u32,
+    /// The hold after this many misses in a row.
+    pub hold_secs: fn(u32) -> i64,
+    /// A miss this long after the last hold ran out starts the count over.
+    pub forget_after_secs: i64,
+}
+
 /// The schedule's firing whose gap-fill pass was planned last.
 const GAP_FILL_TICK_KEY: &str = "gap_fill.planned_tick";
 
@@ -433,33 +445,35 @@ impl Store {
     }
 
     /// A listing did not show `missing`: one more miss in a row for the
-    /// athlete, whose next listing for announcements waits `hold_secs(misses)`
-    /// (a fetch queued while the listing ran, for creates that came in
-    /// meanwhile, waits too); the missing ids are queued for that listing
-    /// while the misses are at most `retries`, and after that left to the
-    /// gap-fill. Returns the misses so far.
+    /// athlete, whose next listing for announcements waits
+    /// `policy.hold_secs(misses)` (a fetch queued while the listing ran, for
+    /// creates that came in meanwhile, waits too); the missing ids are queued
+    /// for that listing while the misses are at most `policy.retries`, and
+    /// after that left to the gap-fill. Returns the misses so far.
     pub async fn missed_announced(
         &self,
         athlete_id: i64,
         missing: Vec<i64>,
-        retries: u32,
-        hold_secs: impl Fn(u32) -> i64 + Send + 'static,
+        policy: MissPolicy,
         now: i64,
     ) -> DbResult<u32> {
         self.write(move |tx| {
-            let Some(misses) = tx
+            let Some((misses, held_until)) = tx
                 .query_row(
-                    "SELECT announce_misses FROM sync_state WHERE athlete_id = ?1",
+                    "SELECT announce_misses, announce_hold_until FROM sync_state
+                     WHERE athlete_id = ?1",
                     [athlete_id],
-                    |r| r.get::<i64>(0),
+                    |r| Ok((r.get::<i64>(0)?, r.get::<Option<i64>>(1)?)),
                 )
                 .optional()?
             else {
                 // Disconnected since: nothing to hold back.
                 return Ok(0);
             };
-            let misses = u32::try_from(misses).unwrap_or(u32::MAX).saturating_add(1);
-            let until = now + hold_secs(misses);
+            let in_a_row = held_until.is_some_and(|t| now - t <= policy.forget_after_secs);
+            let before = if in_a_row { misses } else { 0 };
+            let misses = u32::try_from(before).unwrap_or(u32::MAX).saturating_add(1);
+            let until = now + (policy.hold_secs)(misses);
             tx.execute(
                 "UPDATE sync_state SET announce_misses = ?2, announce_hold_until = ?3
                  WHERE athlete_id = ?1",
@@ -467,7 +481,7 @@ impl Store {
             )?;
             let fetch = Task::fetch(missing);
             let kind = fetch.kind();
-            if misses <= retries {
+            if misses <= policy.retries {
                 jobs::enqueue(tx, athlete_id, fetch, until, now)?;
             }
             jobs::hold_queued(tx, athlete_id, kind, until)?;
@@ -762,7 +776,11 @@ mod tests {
                 jobs::enqueue(tx, 1, Task::fetch(vec![7]), 1_000, 1_000).map(drop)
             })
             .unwrap();
-        let hold = |misses: u32| 30 * 4_i64.pow(misses - 1);
+        let policy = MissPolicy {
+            retries: 3,
+            hold_secs: |misses| 30 * 4_i64.pow(misses - 1),
+            forget_after_secs: 86_400,
+        };
         let due = || {
             store.read_blocking(|c| {
                 c.query_row(
@@ -773,7 +791,7 @@ mod tests {
             })
         };
         // The first miss: the fetch, with the missed id merged in, waits 30 s.
-        let misses = store.missed_announced(1, vec![5], 3, hold, 1_000).await;
+        let misses = store.missed_announced(1, vec![5], policy, 1_000).await;
         assert_eq!((misses.unwrap(), due().unwrap()), (1, 1_030));
         // Past the retries the missed ids are not queued again, and the
         // queued fetch still waits for the longer hold.
@@ -785,8 +803,45 @@ mod tests {
                 )
             })
             .unwrap();
-        let misses = store.missed_announced(1, vec![6], 3, hold, 1_000).await;
+        let misses = store.missed_announced(1, vec![6], policy, 1_000).await;
         assert_eq!((misses.unwrap(), due().unwrap()), (5, 1_000 + 7_680));
+    }
+
+    /// Misses are counted in a row: one more than a day after the last hold
+    /// ran out starts over, so an athlete flooded once gets its quick
+    /// retries back for a genuine upload not readable yet.
+    #[tokio::test]
+    async fn misses_a_day_after_the_last_hold_start_over() {
+        let (_dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                connect(tx, 1);
+                Ok(())
+            })
+            .unwrap();
+        let policy = MissPolicy {
+            retries: 3,
+            hold_secs: |misses| 30 * 4_i64.pow(misses - 1),
+            forget_after_secs: 86_400,
+        };
+        let mut at = 1_000;
+        for expected in 1..=5 {
+            let misses = store.missed_announced(1, vec![5], policy, at).await;
+            assert_eq!(misses.unwrap(), expected);
+            at += (policy.hold_secs)(expected);
+        }
+        // The last hold ran out at `at`: a day later it still counts.
+        let misses = store
+            .missed_announced(1, vec![5], policy, at + 86_400)
+            .await;
+        assert_eq!(misses.unwrap(), 6);
+        let held_until = at + 86_400 + (policy.hold_secs)(6);
+        let misses = store
+            .missed_announced(1, vec![5], policy, held_until + 86_401)
+            .await;
+        assert_eq!(misses.unwrap(), 1, "forgotten");
+        let hold = store.read_blocking(|c| announcement_hold(c, 1)).unwrap();
+        assert_eq!(hold, Some(held_until + 86_401 + 30));
     }
 
     #[test]

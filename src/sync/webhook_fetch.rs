@@ -16,7 +16,8 @@
 //! athlete, in a row, on its sync state: each one holds the athlete's next
 //! listing for announcements back four times longer (up to six hours), so a
 //! flood of forged ids, at once or spread over days, buys no listing of its
-//! own. After the first listing and [`MAX_RETRIES`] more, the missing ids are
+//! own. The count starts over when a listing shows every id, or a day after
+//! the last hold ran out. After the first listing and [`MAX_RETRIES`] more, the missing ids are
 //! left to the daily gap-fill. Activities a newer delete event removed are
 //! never brought back. The listing brings summaries; detail enrichment fetches
 //! the detailed records later, when nothing else waits.
@@ -28,6 +29,7 @@
 
 use crate::model::job::{Counts, Fetch};
 use crate::model::Purpose;
+use crate::store::sync_state::MissPolicy;
 use crate::store::Store;
 
 use super::gap_fill;
@@ -50,6 +52,18 @@ pub const FIRST_RETRY_SECS: i64 = 30;
 /// flood of forged ids costs at most four listings a day once it is this
 /// long, and a genuine upload of a flooded athlete waits no longer.
 pub const MAX_HOLD_SECS: i64 = 6 * 3600;
+
+/// How long after its last hold ran out an athlete's misses are forgotten:
+/// a flood over, a genuine upload that is "not readable yet" gets its quick
+/// retries again.
+pub const MISSES_FORGOTTEN_AFTER_SECS: i64 = 86_400;
+
+/// How misses are counted and held back.
+pub const MISSES: MissPolicy = MissPolicy {
+    retries: MAX_RETRIES,
+    hold_secs,
+    forget_after_secs: MISSES_FORGOTTEN_AFTER_SECS,
+};
 
 /// The wait before the athlete's next listing for announcements after
 /// `misses` listings in a row did not show every id.
@@ -90,7 +104,7 @@ pub async fn run<S: ActivitySource>(
     } else {
         let ids = missing.len();
         let misses = store
-            .missed_announced(athlete_id, missing, MAX_RETRIES, hold_secs, now)
+            .missed_announced(athlete_id, missing, MISSES, now)
             .await?;
         if misses > MAX_RETRIES {
             tracing::info!(
