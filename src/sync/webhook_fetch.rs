@@ -17,9 +17,9 @@
 //! listing for announcements back four times longer (up to six hours), so a
 //! flood of forged ids, at once or spread over days, buys no listing of its
 //! own. The count starts over when a listing shows every id, or a day after
-//! the last hold ran out. After the first listing and [`MAX_RETRIES`] more, the missing ids are
-//! left to the daily gap-fill. Activities a newer delete event removed are
-//! never brought back. The listing brings summaries; detail enrichment fetches
+//! the last hold ran out. After the first listing and [`MAX_RETRIES`] more,
+//! the missing ids are left to the daily gap-fill. Activities a newer
+//! delete event removed are never brought back. The listing brings summaries; detail enrichment fetches
 //! the detailed records later, when nothing else waits.
 //!
 //! Update events for an activity not stored yet are not kept: the listing
