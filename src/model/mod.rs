@@ -3,6 +3,7 @@
 //! application. It imports nothing of the crate.
 
 pub mod app_event;
+pub mod backoff;
 pub mod clock;
 pub mod event;
 pub mod job;

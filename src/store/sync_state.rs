@@ -724,6 +724,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::backoff::fourfold_secs;
     use crate::model::job::Task;
     use crate::store::{athletes, jobs, Store};
 
@@ -764,6 +765,18 @@ mod tests {
         assert_eq!(plan(Some(120)).await.unwrap(), Some(1), "the next firing");
     }
 
+    /// Three retries, holds growing fourfold from 30 s without a cap, a
+    /// day to forget.
+    const POLICY: MissPolicy = MissPolicy {
+        retries: 3,
+        hold_secs: uncapped,
+        forget_after_secs: 86_400,
+    };
+
+    fn uncapped(misses: u32) -> i64 {
+        fourfold_secs(misses, i64::MAX)
+    }
+
     /// Creates that arrived while a listing for announcements ran queued a
     /// fetch due at once; when that listing misses, the fetch waits for the
     /// hold too, so a steady flood cannot buy listings back to back.
@@ -776,11 +789,6 @@ mod tests {
                 jobs::enqueue(tx, 1, Task::fetch(vec![7]), 1_000, 1_000).map(drop)
             })
             .unwrap();
-        let policy = MissPolicy {
-            retries: 3,
-            hold_secs: |misses| 30 * 4_i64.pow(misses - 1),
-            forget_after_secs: 86_400,
-        };
         let due = || {
             store.read_blocking(|c| {
                 c.query_row(
@@ -791,7 +799,7 @@ mod tests {
             })
         };
         // The first miss: the fetch, with the missed id merged in, waits 30 s.
-        let misses = store.missed_announced(1, vec![5], policy, 1_000).await;
+        let misses = store.missed_announced(1, vec![5], POLICY, 1_000).await;
         assert_eq!((misses.unwrap(), due().unwrap()), (1, 1_030));
         // Past the retries the missed ids are not queued again, and the
         // queued fetch still waits for the longer hold.
@@ -803,7 +811,7 @@ mod tests {
                 )
             })
             .unwrap();
-        let misses = store.missed_announced(1, vec![6], policy, 1_000).await;
+        let misses = store.missed_announced(1, vec![6], POLICY, 1_000).await;
         assert_eq!((misses.unwrap(), due().unwrap()), (5, 1_000 + 7_680));
     }
 
@@ -819,25 +827,20 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let policy = MissPolicy {
-            retries: 3,
-            hold_secs: |misses| 30 * 4_i64.pow(misses - 1),
-            forget_after_secs: 86_400,
-        };
         let mut at = 1_000;
         for expected in 1..=5 {
-            let misses = store.missed_announced(1, vec![5], policy, at).await;
+            let misses = store.missed_announced(1, vec![5], POLICY, at).await;
             assert_eq!(misses.unwrap(), expected);
-            at += (policy.hold_secs)(expected);
+            at += (POLICY.hold_secs)(expected);
         }
         // The last hold ran out at `at`: a day later it still counts.
         let misses = store
-            .missed_announced(1, vec![5], policy, at + 86_400)
+            .missed_announced(1, vec![5], POLICY, at + 86_400)
             .await;
         assert_eq!(misses.unwrap(), 6);
-        let held_until = at + 86_400 + (policy.hold_secs)(6);
+        let held_until = at + 86_400 + (POLICY.hold_secs)(6);
         let misses = store
-            .missed_announced(1, vec![5], policy, held_until + 86_401)
+            .missed_announced(1, vec![5], POLICY, held_until + 86_401)
             .await;
         assert_eq!(misses.unwrap(), 1, "forgotten");
         let hold = store.read_blocking(|c| announcement_hold(c, 1)).unwrap();

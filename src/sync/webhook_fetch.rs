@@ -19,14 +19,16 @@
 //! own. The count starts over when a listing shows every id, or a day after
 //! the last hold ran out. After the first listing and [`MAX_RETRIES`] more,
 //! the missing ids are left to the daily gap-fill. Activities a newer
-//! delete event removed are never brought back. The listing brings summaries; detail enrichment fetches
-//! the detailed records later, when nothing else waits.
+//! delete event removed are never brought back. The listing brings
+//! summaries; detail enrichment fetches the detailed records later, when
+//! nothing else waits.
 //!
 //! Update events for an activity not stored yet are not kept: the listing
 //! that stores it returns its current state, renames included. The one gap
 //! is a listing already in flight when the rename happens; it stores the
 //! older title until the activity's next refresh.
 
+use crate::model::backoff::fourfold_secs;
 use crate::model::job::{Counts, Fetch};
 use crate::model::Purpose;
 use crate::store::sync_state::MissPolicy;
@@ -45,9 +47,6 @@ pub const MAX_REACH_SECS: i64 = 7 * 86_400;
 /// Listings repeated for ids the first one did not show, before they are
 /// left to the gap-fill.
 pub const MAX_RETRIES: u32 = 3;
-/// The wait after a first miss; each further miss in a row waits four
-/// times longer, up to [`MAX_HOLD_SECS`].
-pub const FIRST_RETRY_SECS: i64 = 30;
 /// The longest an athlete's listings for announcements are held back: a
 /// flood of forged ids costs at most four listings a day once it is this
 /// long, and a genuine upload of a flooded athlete waits no longer.
@@ -66,10 +65,10 @@ pub const MISSES: MissPolicy = MissPolicy {
 };
 
 /// The wait before the athlete's next listing for announcements after
-/// `misses` listings in a row did not show every id.
+/// `misses` listings in a row did not show every id: 30 s, then four times
+/// longer each time, up to [`MAX_HOLD_SECS`].
 pub fn hold_secs(misses: u32) -> i64 {
-    let exponent = misses.clamp(1, 16) - 1;
-    (FIRST_RETRY_SECS * 4_i64.pow(exponent)).min(MAX_HOLD_SECS)
+    fourfold_secs(misses, MAX_HOLD_SECS)
 }
 
 /// Lists the athlete's recent activities once for the announced ones that

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
+use crate::model::backoff::fourfold_secs;
 use crate::model::clock::Clock;
 use crate::store::events::{Outcome, Settled};
 use crate::store::inbox::Stored;
@@ -38,8 +39,7 @@ const RETENTION_SECS: i64 = 30 * 24 * 3600;
 /// Seconds to wait after the `attempts`-th failure: 30 s, 2 min, 8 min,
 /// 32 min, then hourly.
 pub fn backoff_secs(attempts: i64) -> i64 {
-    let exponent = attempts.clamp(1, 5) as u32 - 1;
-    (30 * 4i64.pow(exponent)).min(3600)
+    fourfold_secs(attempts.clamp(1, 16) as u32, 3600)
 }
 
 /// What the worker works with.
