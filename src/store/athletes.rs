@@ -1,5 +1,7 @@
 //! Connected athletes: profile, granted scope and connection status.
 
+use std::collections::HashMap;
+
 use super::sql::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
@@ -105,6 +107,28 @@ pub fn get(conn: &dyn Connection, id: i64) -> DbResult<Option<Athlete>> {
             })
         })
         .optional()
+}
+
+/// Whether athletes are known, each looked up once within a transaction: a
+/// batch of webhook events names the same few athletes again and again, and
+/// on PostgreSQL every lookup is a round trip.
+#[derive(Default)]
+pub(super) struct Known(HashMap<i64, bool>);
+
+impl Known {
+    pub(super) fn check(&mut self, conn: &dyn Connection, id: i64) -> DbResult<bool> {
+        if let Some(known) = self.0.get(&id) {
+            return Ok(*known);
+        }
+        let known = get(conn, id)?.is_some();
+        self.0.insert(id, known);
+        Ok(known)
+    }
+
+    /// The athlete was purged in this transaction.
+    pub(super) fn forget(&mut self, id: i64) {
+        self.0.insert(id, false);
+    }
 }
 
 /// The athlete's profile JSON as last received.

@@ -4,7 +4,7 @@
 //! athlete. The lifecycle rule ([`lifecycle::may_store`]) decides what a
 //! create or delete may do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::sql::Connection;
 
@@ -112,7 +112,7 @@ struct Batch<'c> {
     tx: &'c dyn Connection,
     now: i64,
     deferred: bool,
-    connected: HashMap<i64, bool>,
+    connected: athletes::Known,
     /// Athlete → the newest `received_at` among its events.
     heard_at: BTreeMap<i64, i64>,
     /// Athlete → activities announced by its creates, to fetch.
@@ -125,19 +125,10 @@ impl<'c> Batch<'c> {
             tx,
             now,
             deferred,
-            connected: HashMap::new(),
+            connected: athletes::Known::default(),
             heard_at: BTreeMap::new(),
             fetches: BTreeMap::new(),
         }
-    }
-
-    fn connected(&mut self, athlete_id: i64) -> DbResult<bool> {
-        if let Some(known) = self.connected.get(&athlete_id) {
-            return Ok(*known);
-        }
-        let known = athletes::get(self.tx, athlete_id)?.is_some();
-        self.connected.insert(athlete_id, known);
-        Ok(known)
     }
 
     /// We heard from Strava about the athlete at `at`.
@@ -163,7 +154,7 @@ impl<'c> Batch<'c> {
     fn apply(&mut self, event: &Event, received_at: i64) -> DbResult<(Status, &'static str)> {
         let (tx, now) = (self.tx, self.now);
         let (owner, id, at) = (event.owner_id, event.object_id, event.event_time);
-        if !self.connected(owner)? {
+        if !self.connected.check(tx, owner)? {
             return Ok((Status::Ignored, "unknown_athlete"));
         }
         self.heard(owner, received_at)?;
@@ -178,7 +169,7 @@ impl<'c> Batch<'c> {
                 if event.updates.get("authorized").map(String::as_str) == Some("false") =>
             {
                 athletes::purge(tx, owner, now)?;
-                self.connected.insert(owner, false);
+                self.connected.forget(owner);
                 self.heard_at.remove(&owner);
                 self.fetches.remove(&owner);
                 (Status::Done, "purged")

@@ -3,7 +3,7 @@
 //! dedup key makes Strava's retries and duplicate deliveries collapse into
 //! one row, so an event is applied once however often it arrives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::sql::{params, Connection, Row};
 use serde::Serialize;
@@ -80,12 +80,12 @@ pub fn insert(conn: &dyn Connection, event: &Event, now: i64) -> DbResult<bool> 
 /// refuse another subscription's (any is taken while none is stored),
 /// acknowledge without keeping an unconnected athlete's, and otherwise
 /// insert unless an identical one is already in the inbox. The
-/// subscription and each athlete are looked up once for all the events:
-/// on PostgreSQL each lookup is a round trip.
+/// subscription and each athlete ([`athletes::Known`]) are looked up once
+/// for all the events.
 pub(super) struct Receiving<'c> {
     conn: &'c dyn Connection,
     ours: Option<i64>,
-    connected: HashMap<i64, bool>,
+    connected: athletes::Known,
 }
 
 impl<'c> Receiving<'c> {
@@ -93,7 +93,7 @@ impl<'c> Receiving<'c> {
         Ok(Self {
             conn,
             ours: subscription::id(conn)?,
-            connected: HashMap::new(),
+            connected: athletes::Known::default(),
         })
     }
 
@@ -106,15 +106,7 @@ impl<'c> Receiving<'c> {
         if self.ours.is_some_and(|ours| ours != claimed_subscription) {
             return Ok(Received::Foreign);
         }
-        let connected = match self.connected.get(&event.owner_id) {
-            Some(known) => *known,
-            None => {
-                let known = athletes::get(self.conn, event.owner_id)?.is_some();
-                self.connected.insert(event.owner_id, known);
-                known
-            }
-        };
-        if !connected {
+        if !self.connected.check(self.conn, event.owner_id)? {
             return Ok(Received::Ignored);
         }
         Ok(if insert(self.conn, event, now)? {
