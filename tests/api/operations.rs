@@ -1,5 +1,8 @@
 //! Health, readiness, metrics access and start-up configuration errors.
 
+use std::path::Path;
+use std::process::Output;
+
 use strava_sync::startup::Application;
 
 use crate::helpers::{on_postgres, open_store, test_database, test_settings, TestApp};
@@ -43,19 +46,31 @@ async fn unknown_routes_answer_a_fault() {
     assert!(body["errors"].is_array());
 }
 
+/// Runs the binary's `command` in `dir` with only `env` set.
+fn strava_sync(command: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
+        .arg(command)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn serve_refuses_to_start_naming_missing_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("DATABASE_PATH", dir.path().join("x.db"))
-        .env("STRAVA_CLIENT_ID", "1")
-        .env("PORT", "70000")
-        .env("SYNC_SCHEDULE", "61 0 4 * * *")
-        .output()
-        .unwrap();
+    let database = dir.path().join("x.db");
+    let out = strava_sync(
+        "serve",
+        dir.path(),
+        &[
+            ("DATABASE_PATH", database.to_str().unwrap()),
+            ("STRAVA_CLIENT_ID", "1"),
+            ("PORT", "70000"),
+            ("SYNC_SCHEDULE", "61 0 4 * * *"),
+        ],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("STRAVA_CLIENT_SECRET"), "{stderr}");
@@ -75,13 +90,7 @@ fn serve_refuses_to_start_naming_missing_settings() {
 fn serve_names_setting_database_and_port_problems_in_one_message() {
     let dir = tempfile::tempdir().unwrap();
     let serve = |env: &[(&str, &str)]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env_clear()
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let out = strava_sync("serve", dir.path(), env);
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -171,13 +180,7 @@ fn migrate_applies_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let database = test_database(&dir, "m.db");
     let (key, value) = database.env();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strava-sync"))
-        .arg("migrate")
-        .current_dir(dir.path())
-        .env_clear()
-        .env(key, &value)
-        .output()
-        .unwrap();
+    let out = strava_sync("migrate", dir.path(), &[(key, &value)]);
     assert!(
         out.status.success(),
         "{}",
