@@ -734,6 +734,18 @@ mod tests {
         (dir, store)
     }
 
+    /// A store with athlete 1 connected.
+    fn store_with_athlete() -> (tempfile::TempDir, Store) {
+        let (dir, store) = store();
+        store
+            .write_blocking(|tx| {
+                connect(tx, 1);
+                Ok(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
     fn connect(conn: &dyn Connection, id: i64) {
         athletes::upsert(
             conn,
@@ -746,13 +758,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_scheduled_pass_is_planned_once_per_firing_and_a_manual_one_always() {
-        let (_dir, store) = store();
-        store
-            .write_blocking(|tx| {
-                connect(tx, 1);
-                Ok(())
-            })
-            .unwrap();
+        let (_dir, store) = store_with_athlete();
         let plan = |tick| store.plan_gap_fill_pass(10, 0, 100, tick);
         assert_eq!(plan(Some(60)).await.unwrap(), Some(1));
         assert_eq!(plan(Some(60)).await.unwrap(), None, "another instance's");
@@ -782,12 +788,9 @@ mod tests {
     /// hold too, so a steady flood cannot buy listings back to back.
     #[tokio::test]
     async fn a_fetch_queued_during_a_missing_listing_waits_for_the_hold() {
-        let (_dir, store) = store();
+        let (_dir, store) = store_with_athlete();
         store
-            .write_blocking(|tx| {
-                connect(tx, 1);
-                jobs::enqueue(tx, 1, Task::fetch(vec![7]), 1_000, 1_000).map(drop)
-            })
+            .write_blocking(|tx| jobs::enqueue(tx, 1, Task::fetch(vec![7]), 1_000, 1_000))
             .unwrap();
         let due = || {
             store.read_blocking(|c| {
@@ -820,13 +823,7 @@ mod tests {
     /// retries back for a genuine upload not readable yet.
     #[tokio::test]
     async fn misses_a_day_after_the_last_hold_start_over() {
-        let (_dir, store) = store();
-        store
-            .write_blocking(|tx| {
-                connect(tx, 1);
-                Ok(())
-            })
-            .unwrap();
+        let (_dir, store) = store_with_athlete();
         let mut at = 1_000;
         for expected in 1..=5 {
             let misses = store.missed_announced(1, vec![5], POLICY, at).await;
